@@ -1,0 +1,25 @@
+"""ZeroMQ endpoints. The consumer of each stream binds (a stable endpoint); the
+producer connects, so either side can restart without the other noticing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def publisher_frames(run_dir: Path) -> str:
+    """ingest PUSH -> publisher PULL (binds): every frame and system event."""
+    return f"ipc://{run_dir}/publisher.frames"
+
+
+def persister_frames(run_dir: Path) -> str:
+    """ingest PUSH -> persister PULL (binds): account frames, subscription status, activity."""
+    return f"ipc://{run_dir}/persister.frames"
+
+
+def ingest_control(run_dir: Path) -> str:
+    """api DEALER -> ingest ROUTER (binds): subscription changes, answered with acks."""
+    return f"ipc://{run_dir}/ingest.control"
+
+
+def status_file(run_dir: Path, process: str) -> Path:
+    """Where each process writes its live state (JSON, replaced atomically) for /api/v1/status."""
+    return run_dir / "status" / f"{process}.json"

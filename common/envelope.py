@@ -1,0 +1,71 @@
+"""The ZeroMQ wire format between ingest and its downstream processes.
+
+A message is three frames: ``[VERSION, header, payload]``. The header is a small
+JSON object; the payload is the Bybit frame exactly as received (kind ``frame``)
+or a JSON document (the other kinds). Never pickle: every process can be
+restarted or replaced independently, and a version bump is explicit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+VERSION = b"gw1"
+
+FRAME = "frame"            # a Bybit data push (public or private)
+SYSTEM = "system"          # a gateway event for ws-gateway.system (connection lost/restored, resync...)
+SUB_STATUS = "sub_status"  # subscription status change for PostgreSQL (active / failed / removed)
+ACTIVITY = "activity"      # last event time per topic, for PostgreSQL and status
+REST = "rest"              # account state fetched over REST by reconciliation
+KINDS = (FRAME, SYSTEM, SUB_STATUS, ACTIVITY, REST)
+
+
+class EnvelopeError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Envelope:
+    kind: str
+    payload: bytes
+    endpoint: str = ""         # spot | linear | inverse | option | private
+    topic: str = ""            # Bybit topic (frame, rest) or system event kind (system)
+    recv_ns: int = 0           # wall-clock receive time, ns since the epoch
+    stream_seq: int = 0        # per (endpoint, topic), +1 per frame, restarts with each epoch
+    epoch: str = ""            # ingest run id
+    conn_id: str = ""          # ingest's id of the connection the frame came from
+    trace_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def encode(self) -> list[bytes]:
+        header = {"k": self.kind, "e": self.endpoint, "t": self.topic, "r": self.recv_ns,
+                  "s": self.stream_seq, "p": self.epoch, "c": self.conn_id, "tr": self.trace_id}
+        if self.extra:
+            header["x"] = self.extra
+        return [VERSION, orjson.dumps(header), self.payload]
+
+    @classmethod
+    def decode(cls, parts: list[bytes]) -> "Envelope":
+        if len(parts) != 3:
+            raise EnvelopeError(f"expected 3 frames, got {len(parts)}")
+        if parts[0] != VERSION:
+            raise EnvelopeError(f"unsupported envelope version {bytes(parts[0])[:16]!r}")
+        try:
+            h = orjson.loads(parts[1])
+            kind = h["k"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EnvelopeError(f"bad header: {exc}") from None
+        if kind not in KINDS:
+            raise EnvelopeError(f"unknown kind {kind!r}")
+        return cls(kind=kind, payload=bytes(parts[2]), endpoint=h.get("e", ""), topic=h.get("t", ""),
+                   recv_ns=h.get("r", 0), stream_seq=h.get("s", 0), epoch=h.get("p", ""),
+                   conn_id=h.get("c", ""), trace_id=h.get("tr", ""), extra=h.get("x") or {})
+
+    def json(self):
+        """The payload parsed as JSON."""
+        return orjson.loads(self.payload)
+
+
+def json_envelope(kind: str, body: dict, **kw) -> Envelope:
+    return Envelope(kind=kind, payload=orjson.dumps(body, default=str), **kw)

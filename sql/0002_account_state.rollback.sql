@@ -1,0 +1,5 @@
+DROP TABLE dead_letters;
+DROP TABLE positions;
+DROP TABLE executions;
+DROP TABLE orders;
+DROP TABLE balances;

@@ -1,0 +1,103 @@
+-- depends: 0001_subscriptions
+-- Latest account state per key, guarded by Bybit's own timestamps so a replayed
+-- or late event never overwrites a newer one. Amounts are NUMERIC, never float.
+
+CREATE TABLE balances (
+    account_type    text NOT NULL,
+    coin            text NOT NULL,
+    wallet_balance  numeric,
+    equity          numeric,
+    usd_value       numeric,
+    locked          numeric,
+    unrealised_pnl  numeric,
+    cum_realised_pnl numeric,
+    borrow_amount   numeric,
+    exchange_ts     bigint NOT NULL,          -- creationTime of the push (ms) or REST time
+    source          text NOT NULL DEFAULT 'ws',
+    event_id        text,
+    raw             jsonb NOT NULL,
+    written_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_type, coin)
+);
+
+CREATE TABLE orders (
+    order_id        text PRIMARY KEY,
+    order_link_id   text,
+    category        text NOT NULL,
+    symbol          text NOT NULL,
+    side            text,
+    order_type      text,
+    order_status    text NOT NULL,
+    is_open         boolean NOT NULL,
+    price           numeric,
+    qty             numeric,
+    avg_price       numeric,
+    leaves_qty      numeric,
+    cum_exec_qty    numeric,
+    cum_exec_value  numeric,
+    created_time    bigint,
+    updated_time    bigint NOT NULL,
+    source          text NOT NULL DEFAULT 'ws',
+    event_id        text,
+    raw             jsonb NOT NULL,
+    written_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX orders_filters ON orders (category, symbol, order_status);
+CREATE INDEX orders_open ON orders (is_open) WHERE is_open;
+CREATE INDEX orders_updated ON orders (updated_time DESC);
+
+CREATE TABLE executions (
+    exec_id         text PRIMARY KEY,
+    order_id        text NOT NULL,
+    order_link_id   text,
+    category        text NOT NULL,
+    symbol          text NOT NULL,
+    side            text,
+    exec_type       text,
+    exec_price      numeric,
+    exec_qty        numeric,
+    exec_value      numeric,
+    exec_fee        numeric,
+    is_maker        boolean,
+    exec_time       bigint NOT NULL,
+    seq             bigint,
+    source          text NOT NULL DEFAULT 'ws',
+    event_id        text,
+    raw             jsonb NOT NULL,
+    written_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX executions_order ON executions (order_id);
+CREATE INDEX executions_time ON executions (category, exec_time DESC);
+
+CREATE TABLE positions (
+    category        text NOT NULL,
+    symbol          text NOT NULL,
+    position_idx    integer NOT NULL,
+    side            text,
+    size            numeric,
+    entry_price     numeric,
+    mark_price      numeric,
+    leverage        numeric,
+    unrealised_pnl  numeric,
+    cum_realised_pnl numeric,
+    liq_price       numeric,
+    position_status text,
+    updated_time    bigint NOT NULL,
+    seq             bigint,
+    source          text NOT NULL DEFAULT 'ws',
+    event_id        text,
+    raw             jsonb NOT NULL,
+    written_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (category, symbol, position_idx)
+);
+
+-- Rows that could not be written (constraint violations, unparseable objects).
+CREATE TABLE dead_letters (
+    id          bigserial PRIMARY KEY,
+    event_id    text,
+    table_name  text NOT NULL,
+    error       text NOT NULL,
+    payload     jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letters_created ON dead_letters (created_at DESC);
