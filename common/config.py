@@ -63,6 +63,8 @@ class Settings:
     # Infrastructure
     database_url: str = field(default="", repr=False)
     rabbitmq_url: str = field(default="", repr=False)
+    # RabbitMQ management HTTP API (optional): the publisher sets its retention policy through it.
+    rabbitmq_management_url: str = field(default="", repr=False)
     run_dir: Path = ROOT / "run"
     log_level: str = "INFO"
     # API
@@ -230,6 +232,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_max_length=e.int("RETENTION_MAX_LENGTH", 100_000, 1),
         confirm_window=e.int("PUBLISHER_CONFIRM_WINDOW", 2000, 1, 100_000),
         publisher_buffer=e.int("PUBLISHER_BUFFER", 200_000, 100),
+        rabbitmq_management_url=(e.url("RABBITMQ_MANAGEMENT_URL", "", ("http", "https"))
+                                 if e.str("RABBITMQ_MANAGEMENT_URL", "") else ""),
         batch_rows=e.int("PERSISTER_BATCH_ROWS", 1000, 1, 100_000),
         batch_ms=e.int("PERSISTER_BATCH_MS", 200, 1, 60_000),
         reconcile_interval_s=e.float("GW_RECONCILE_INTERVAL_S", 300.0, 1.0),
