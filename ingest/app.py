@@ -1,0 +1,151 @@
+"""ingest's main(): settings, logging, the manager, the control socket and the
+periodic jobs (status file, activity report, convergence with PostgreSQL)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import orjson
+
+from common import addresses
+from common.config import ConfigError, load_settings
+from common.logs import get_logger, setup_logging
+from ingest import store
+from ingest.control import ControlServer
+from ingest.handoff import Handoff
+from ingest.manager import Manager
+
+log = get_logger("ingest")
+SYNC_EVERY_S = 30.0
+ACTIVITY_EVERY_S = 5.0
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(orjson.dumps({"level": "critical", "process": "ingest", "event": "bad_setting", "error": str(exc)}).decode(),
+              flush=True)
+        sys.exit(2)
+    setup_logging("ingest", settings.log_level)
+    log.info("starting", settings=settings.describe())
+    try:
+        asyncio.run(run(settings))
+    except Exception:
+        log.exception("crashed")
+        sys.exit(1)
+    log.info("stopped")
+
+
+def write_status(path, body: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(body, default=str))
+    os.replace(tmp, path)
+
+
+class Ingest:
+    def __init__(self, settings):
+        self.settings = settings
+        settings.status_dir.mkdir(parents=True, exist_ok=True)
+        self.handoff = Handoff(settings.run_dir, settings.handoff_buffer)
+        self.mgr = Manager(settings, self.handoff)
+        self.control = ControlServer(settings.run_dir, self.mgr, self.request_sync)
+        self._sync_now = asyncio.Event()
+        self._sync_trace = ""
+        self.db_state = {"reachable": None, "last_sync": None, "error": None}
+        self.started = time.time()
+
+    def request_sync(self, trace_id: str = "") -> None:
+        self._sync_trace = trace_id
+        self._sync_now.set()
+
+    async def sync_loop(self) -> None:
+        """Converge to PostgreSQL's desired set at start, when told, and every 30 s."""
+        delay = 0.5
+        while True:
+            trace_id, self._sync_trace = self._sync_trace, ""
+            self._sync_now.clear()
+            try:
+                desired, invalid = await asyncio.to_thread(store.load_desired, self.settings.database_url)
+            except Exception as exc:
+                if self.db_state["reachable"] is not False:
+                    log.warning("desired_state_unavailable", error=str(exc).strip(), retry_in_s=delay)
+                self.db_state.update(reachable=False, error=str(exc).strip())
+                wait, delay = delay, min(delay * 2, SYNC_EVERY_S)
+            else:
+                if self.db_state["reachable"] is not True:
+                    log.info("desired_state_loaded", topics=len(desired), invalid=len(invalid))
+                for sid, why in invalid:
+                    log.error("invalid_stored_subscription", id=sid, error=why)
+                self.db_state.update(reachable=True, error=None, last_sync=time.time())
+                self.mgr.converge(desired)
+                if trace_id:
+                    log.info("synced", topics=len(desired), trace_id=trace_id)
+                wait, delay = SYNC_EVERY_S, 0.5
+            try:
+                await asyncio.wait_for(self._sync_now.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def report_loop(self) -> None:
+        """Status file every second; activity to the persister every few seconds; flush hand-off."""
+        path = addresses.status_file(self.settings.run_dir, "ingest")
+        last_activity = time.monotonic()
+        while True:
+            for _ in range(20):
+                self.handoff.flush()
+                await asyncio.sleep(0.05)
+            now = time.monotonic()
+            if now - last_activity >= ACTIVITY_EVERY_S:
+                activity = self.mgr.take_activity()
+                if activity:
+                    self.handoff.to_persister("activity", {"topics": activity})
+                last_activity = now
+            try:
+                write_status(path, {"process": "ingest", "pid": os.getpid(), "updated_at": time.time(),
+                                    "started_at": self.started, "epoch": self.handoff.epoch,
+                                    "database": self.db_state, "handoff": self.handoff.stats(),
+                                    **self.mgr.status()})
+            except OSError as exc:
+                log.warning("status_write_failed", error=str(exc))
+
+    async def close(self) -> None:
+        await self.mgr.close()
+        self.handoff.flush()
+        self.control.close()
+        self.handoff.close()
+
+
+async def run(settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signame)
+            os._exit(1)
+        log.info("stopping", signal=signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    app = Ingest(settings)
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in
+             (("sync", app.sync_loop()), ("report", app.report_loop()), ("control", app.control.serve()))]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and t.exception():
+                raise t.exception()   # a dead loop must take the process down, not leave it looking alive
+    finally:
+        for t in tasks:
+            t.cancel()
+        stopper.cancel()
+        try:
+            await asyncio.wait_for(app.close(), 8.0)
+        except asyncio.TimeoutError:
+            log.warning("close_timed_out")

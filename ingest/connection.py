@@ -1,0 +1,413 @@
+"""One Bybit WebSocket connection, kept alive for as long as it holds topics.
+
+Transport only: it connects, authenticates (private), subscribes in batches within
+Bybit's limits, pings, declares the link dead when pongs or frames stop, reconnects
+with backoff and resubscribes. Frames go to the manager; nothing here parses data.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+
+import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from common.logs import RateLimited, get_logger
+from common.topics import PRIVATE
+from ingest import acks, auth, metrics, parse, plan
+
+log = get_logger(__name__)
+ACK_TIMEOUT_S = 10.0
+STABLE_AFTER_S = 10.0       # a session up this long resets the backoff: the next retry is immediate
+
+
+class SessionLost(Exception):
+    pass
+
+
+class AuthFailed(Exception):
+    pass
+
+
+class Session:
+    """One socket of a connection (a private connection has two while it rotates)."""
+
+    def __init__(self, ws, conn_id: str):
+        self.ws = ws
+        self.id = conn_id
+        self.pending: dict[str, asyncio.Future] = {}
+        self.subscribed: set[str] = set()
+        now = time.monotonic()
+        self.opened = now
+        self.last_rx = now
+        self.last_pong = now
+        self.done = asyncio.Event()
+        self.reason = ""
+        self.tasks: list[asyncio.Task] = []
+        self.bybit_conn_id: str | None = None
+
+    def lost(self, reason: str) -> None:
+        if not self.done.is_set():
+            self.reason = reason
+            self.done.set()
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(SessionLost(reason))
+
+    async def close(self) -> None:
+        self.lost(self.reason or "closed")
+        for t in self.tasks:
+            t.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(), 2.0)
+        except Exception:
+            self.ws.transport.abort()
+
+
+class Connection:
+    _req = itertools.count(1)
+
+    def __init__(self, mgr, endpoint: str, url: str, index: int):
+        self.mgr, self.settings = mgr, mgr.settings
+        self.endpoint, self.url = endpoint, url
+        self.id = f"{endpoint}-{index}"
+        self.topics: set[str] = set()           # what this connection should hold
+        self.resync: set[str] = set()           # topics to unsubscribe and subscribe again
+        self.state = "connecting"
+        self.since = time.time()
+        self.reconnects = 0
+        self.attempts = 0
+        self.last_error: str | None = None
+        self.session: Session | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._bad = RateLimited(log, 5.0)
+
+    # -- called by the manager -------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"conn-{self.id}")
+
+    def add(self, name: str) -> None:
+        self.topics.add(name)
+        self._wake.set()
+
+    def remove(self, name: str) -> None:
+        self.topics.discard(name)
+        self.resync.discard(name)
+        self._wake.set()
+
+    def request_resync(self, name: str) -> None:
+        self.resync.add(name)
+        self._wake.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._closed.set()
+        self._wake.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except (asyncio.TimeoutError, Exception):
+                self._task.cancel()
+
+    def describe(self) -> dict:
+        s = self.session
+        return {"id": self.id, "endpoint": self.endpoint, "state": self.state, "since": self.since,
+                "reconnects": self.reconnects, "attempts": self.attempts, "last_error": self.last_error,
+                "topics": len(self.topics), "subscribed": len(s.subscribed) if s else 0,
+                "bybit_conn_id": s.bybit_conn_id if s else None}
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
+        if error is not None:
+            self.last_error = error
+
+    # -- the loop ----------------------------------------------------------------
+    async def run(self) -> None:
+        lost_at: float | None = None
+        while not self._closing:
+            delay = max(plan.backoff_delay(self.attempts, self.settings.backoff_max_s, random.random()),
+                        self.mgr.budget.delay())
+            if delay:
+                self._set_state("backoff")
+                await self._sleep(delay)
+                if self._closing:
+                    break
+            self._set_state("connecting")
+            try:
+                session = await self._open()
+            except AuthFailed as exc:
+                self.attempts += 1
+                self._set_state("auth_failed", str(exc))
+                continue
+            except Exception as exc:
+                self.attempts += 1
+                self._set_state("disconnected", _describe(exc))
+                log.warning("connect_failed", conn=self.id, error=_describe(exc), attempt=self.attempts)
+                continue
+            if lost_at is not None:
+                self.mgr.connection_event("connection_restored", self, {"lost_at": lost_at, "restored_at": time.time()})
+            reason = await self._hold(session)
+            up_for = time.monotonic() - session.opened
+            if self._closing:
+                break
+            self.reconnects += 1
+            metrics.RECONNECTS.labels(self.endpoint).inc()
+            self.attempts = 0 if up_for >= STABLE_AFTER_S else self.attempts + 1
+            lost_at = time.time()
+            self._set_state("disconnected", reason)
+            log.warning("connection_lost", conn=self.id, reason=reason, up_for_s=round(up_for, 1),
+                        retry_attempt=self.attempts)
+            self.mgr.connection_event("connection_lost", self, {"lost_at": lost_at, "reason": reason,
+                                                               "topics": sorted(self.topics)})
+        self._set_state("closed")
+
+    async def _sleep(self, seconds: float) -> None:
+        """Back off; only closing cuts it short (a topic added meanwhile must not)."""
+        try:
+            await asyncio.wait_for(self._closed.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _open(self) -> Session:
+        """Connect and (private) authenticate; the session's reader and watchdog are running."""
+        self.mgr.budget.take()
+        metrics.CONNECTS.labels(self.endpoint).inc()
+        url = self.url
+        if self.endpoint == PRIVATE and self.settings.max_active_time:
+            url += f"?max_active_time={self.settings.max_active_time}"
+        ws = await asyncio.wait_for(connect(url, ping_interval=None, max_size=2 ** 24, open_timeout=10,
+                                            close_timeout=2, max_queue=4096), 15)
+        session = Session(ws, self.id)
+        try:
+            if self.endpoint == PRIVATE:
+                await self._authenticate(session)
+            session.tasks = [asyncio.create_task(self._read(session), name=f"read-{self.id}"),
+                             asyncio.create_task(self._watch(session), name=f"watch-{self.id}")]
+        except BaseException:
+            ws.transport.abort()
+            raise
+        log.info("connected", conn=self.id, url=self.url)
+        return session
+
+    async def _authenticate(self, session: Session) -> None:
+        await self.mgr.clock.refresh()
+        req_id = f"auth-{next(self._req)}"
+        request = auth.auth_request(self.settings.bybit_api_key, self.settings.bybit_api_secret,
+                                    self.mgr.clock.expires_ms(), req_id)
+        await session.ws.send(orjson.dumps(request), text=True)
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while True:
+            raw = await asyncio.wait_for(session.ws.recv(decode=False), max(0.1, deadline - time.monotonic()))
+            try:
+                ctl = parse.classify_control(parse.loads(raw))
+            except parse.FrameError:
+                continue
+            if ctl.kind == parse.AUTH:
+                break
+        if not ctl.success:
+            metrics.AUTH_FAILURES.inc()
+            self.mgr.auth_result(False, ctl.ret_msg)
+            log.error("auth_failed", conn=self.id, ret_msg=ctl.ret_msg,
+                      hint="check BYBIT_API_KEY/SECRET belong to BYBIT_ENV and the host clock")
+            raise AuthFailed(f"authentication refused: {ctl.ret_msg or 'no message'}")
+        session.bybit_conn_id = ctl.conn_id
+        self.mgr.auth_result(True, "")
+        log.info("authenticated", conn=self.id, bybit_conn_id=ctl.conn_id)
+
+    async def _hold(self, session: Session) -> str:
+        """Keep the session's subscriptions in step with ``topics`` until it dies.
+
+        A private connection with max_active_time rotates before Bybit's cut: the new
+        socket is authenticated and subscribed before the old one is closed.
+        """
+        self.session = session
+        self._set_state("ready")
+        metrics.CONNECTED.labels(self.endpoint).inc()
+        try:
+            while True:
+                rotate_in = self._rotate_in(session)
+                try:
+                    await self._sync(session)
+                except SessionLost:
+                    pass
+                if session.done.is_set():
+                    await session.close()
+                    return session.reason
+                if self._closing:
+                    await session.close()
+                    return "closing"
+                if rotate_in is not None and rotate_in <= 0:
+                    session = await self._rotate(session)
+                    continue
+                self._wake.clear()
+                waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(session.done.wait())]
+                await asyncio.wait(waits, timeout=rotate_in, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+        finally:
+            metrics.CONNECTED.labels(self.endpoint).dec()
+            self.session = None
+
+    def _rotate_in(self, session: Session) -> float | None:
+        mat = self.settings.max_active_time
+        if self.endpoint != PRIVATE or not mat:
+            return None
+        limit = int(mat[:-1]) * (60 if mat.endswith("m") else 1)
+        rotate_at = session.opened + max(limit * 0.5, limit - 15.0)
+        return rotate_at - time.monotonic()
+
+    async def _rotate(self, old: Session) -> Session:
+        try:
+            new = await self._open()
+            await self._sync(new)
+        except Exception as exc:
+            log.warning("rotation_failed", conn=self.id, error=_describe(exc))
+            old.opened += 5.0   # try again in 5 s; if Bybit cuts the old one first, we reconnect
+            return old
+        self.session = new
+        log.info("rotated", conn=self.id, old_age_s=round(time.monotonic() - old.opened, 1))
+        old.reason = "rotated"
+        await old.close()
+        return new
+
+    async def _sync(self, session: Session) -> None:
+        """Subscribe what's missing, unsubscribe what's no longer wanted, resync books."""
+        while not session.done.is_set():
+            gone = sorted(session.subscribed - self.topics)
+            if gone:
+                await self._unsubscribe(session, gone)
+                continue
+            redo = sorted(self.resync & session.subscribed)
+            if redo:
+                self.resync.difference_update(redo)
+                await self._unsubscribe(session, redo)
+                await self._subscribe(session, redo)
+                continue
+            missing = sorted(self.topics - session.subscribed)
+            if missing:
+                await self._subscribe(session, missing)
+                continue
+            return
+
+    async def _request(self, session: Session, op: str, args: list[str]) -> parse.Control:
+        req_id = f"{op[:5]}-{next(self._req)}"
+        fut = asyncio.get_running_loop().create_future()
+        fut.args = args
+        session.pending[req_id] = fut
+        try:
+            await session.ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": args}), text=True)
+            return await asyncio.wait_for(fut, ACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            session.lost(f"no {op} ack within {ACK_TIMEOUT_S:.0f}s")
+            raise SessionLost(session.reason) from None
+        except ConnectionClosed as exc:
+            session.lost(_describe(exc))
+            raise SessionLost(session.reason) from None
+        finally:
+            session.pending.pop(req_id, None)
+
+    async def _subscribe(self, session: Session, names: list[str]) -> None:
+        for batch in plan.batches(self.endpoint, names):
+            result = acks.interpret(batch, await self._request(session, "subscribe", batch))
+            for name in result.retry:
+                single = acks.interpret([name], await self._request(session, "subscribe", [name]))
+                result.ok.extend(single.ok)
+                result.failed.update(single.failed)
+                if single.retry:   # an ack that still names nothing usable: report it as failed
+                    result.failed[name] = "subscribe not confirmed by Bybit"
+            for name in result.ok:
+                session.subscribed.add(name)
+                self.mgr.subscription_result(self, name, True, None)
+            for name, msg in result.failed.items():
+                metrics.SUB_FAILURES.labels(self.endpoint).inc()
+                self.mgr.subscription_result(self, name, False, msg)
+
+    async def _unsubscribe(self, session: Session, names: list[str]) -> None:
+        for batch in plan.batches(self.endpoint, names):
+            ack = await self._request(session, "unsubscribe", batch)
+            session.subscribed.difference_update(batch)
+            if not ack.success and not ack.per_topic:
+                log.warning("unsubscribe_refused", conn=self.id, topics=batch, ret_msg=ack.ret_msg)
+
+    # -- per-session tasks ---------------------------------------------------------
+    async def _read(self, session: Session) -> None:
+        ws, mgr, endpoint = session.ws, self.mgr, self.endpoint
+        try:
+            while True:
+                raw = await ws.recv(decode=False)
+                recv_ns = time.time_ns()
+                session.last_rx = time.monotonic()
+                try:
+                    obj = parse.loads(raw)
+                except parse.FrameError as exc:
+                    mgr.bad_frame(self, str(exc), raw)
+                    continue
+                topic = obj.get("topic")
+                if topic is not None:
+                    mgr.on_data(self, session, obj, topic, raw, recv_ns)
+                    continue
+                ctl = parse.classify_control(obj)
+                if ctl.kind == parse.PONG:
+                    session.last_pong = session.last_rx
+                elif ctl.kind in (parse.SUB_ACK, parse.ERROR, parse.AUTH):
+                    self._resolve(session, ctl)
+                else:
+                    self._bad("info", "unexpected_control_frame", conn=self.id, frame=raw[:200].decode(errors="replace"))
+        except ConnectionClosed as exc:
+            session.lost(_describe(exc))
+        except Exception as exc:  # never let the reader die silently
+            log.exception("reader_failed", conn=self.id)
+            session.lost(f"reader failed: {exc!r}")
+
+    def _resolve(self, session: Session, ctl: parse.Control) -> None:
+        fut = session.pending.get(ctl.req_id) if ctl.req_id else None
+        if fut is None and session.pending:
+            # option acks carry no req_id: match by topic, else the oldest request
+            names = set(ctl.success_topics) | set(ctl.fail_topics)
+            fut = next((f for f in session.pending.values() if names & set(getattr(f, "args", ()))),
+                       next(iter(session.pending.values())))
+        if fut is not None and not fut.done():
+            fut.set_result(ctl)
+        elif ctl.kind == parse.ERROR:
+            self._bad("warning", "bybit_error_reply", conn=self.id, ret_msg=ctl.ret_msg)
+
+    async def _watch(self, session: Session) -> None:
+        """JSON ping every ping_interval; no pong (or no frame at all) within dead_after: dead."""
+        ping_every, dead_after = self.settings.ping_interval_s, self.settings.dead_after_s
+        tick = min(1.0, ping_every / 4)
+        last_ping = 0.0
+        n = itertools.count(1)
+        try:
+            while not session.done.is_set():
+                now = time.monotonic()
+                if now - last_ping >= ping_every:
+                    await session.ws.send(orjson.dumps({"req_id": f"ping-{next(n)}", "op": "ping"}), text=True)
+                    last_ping = now
+                silent, no_pong = now - session.last_rx, now - session.last_pong
+                if silent > dead_after or no_pong > dead_after:
+                    what = f"silent for {silent:.1f}s" if silent > dead_after else f"no pong for {no_pong:.1f}s"
+                    log.warning("dead_link", conn=self.id, detail=what)
+                    session.lost(f"dead link: {what}")
+                    session.ws.transport.abort()
+                    return
+                await asyncio.sleep(tick)
+        except ConnectionClosed as exc:
+            session.lost(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        return f"closed by peer ({rcvd.code} {rcvd.reason})" if rcvd else "connection dropped (no close frame)"
+    if isinstance(exc, (InvalidHandshake, InvalidURI)):
+        return f"handshake failed: {exc}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,118 @@
+"""Hand-off to publisher and persister over ZeroMQ PUSH; never blocks the reader.
+
+Each frame gets its per-(endpoint, topic) ``stream_seq`` here. Sends use NOBLOCK;
+when a downstream can't take more (its HWM is reached), frames wait in a bounded
+buffer: past the bound, market frames are dropped oldest first and counted per
+class, account frames are kept.
+"""
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+
+import zmq
+
+from common import addresses
+from common.classify import ACCOUNT_CLASSES
+from common.envelope import FRAME, Envelope, json_envelope
+from common.logs import RateLimited, get_logger
+from ingest import metrics
+
+log = get_logger(__name__)
+HWM = 100_000
+
+
+class Downstream:
+    def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int):
+        self.name = name
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(address)
+        self.bound = bound
+        self.account: collections.deque = collections.deque()
+        self.market: collections.deque = collections.deque()
+        self.dropped: collections.Counter = collections.Counter()
+        self.sent = 0
+        self._warn = RateLimited(log, 10.0)
+
+    @property
+    def buffered(self) -> int:
+        return len(self.account) + len(self.market)
+
+    def send(self, parts: list[bytes], cls: str) -> None:
+        if not self.account and not self.market and self._try(parts):
+            return
+        if cls in ACCOUNT_CLASSES or cls == "system" or cls == "":
+            self.account.append(parts)
+        else:
+            if len(self.market) >= self.bound:
+                self.market.popleft()
+                self.dropped[cls] += 1
+                metrics.DROPPED.labels(self.name, cls).inc()
+                self._warn("warning", "handoff_dropping", downstream=self.name, dropped=sum(self.dropped.values()))
+            self.market.append((parts, cls))
+        self.flush()
+
+    def _try(self, parts) -> bool:
+        try:
+            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self.sent += 1
+        return True
+
+    def flush(self) -> None:
+        while self.account:
+            if not self._try(self.account[0]):
+                return
+            self.account.popleft()
+        while self.market:
+            if not self._try(self.market[0][0]):
+                return
+            self.market.popleft()
+
+    def close(self) -> None:
+        self.sock.close(linger=1000)
+
+
+class Handoff:
+    def __init__(self, run_dir, bound: int, ctx: zmq.Context | None = None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.epoch = uuid.uuid4().hex[:12]
+        self.publisher = Downstream(self.ctx, "publisher", addresses.publisher_frames(run_dir), bound)
+        self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound)
+        self._seq: dict[tuple[str, str], int] = {}
+
+    def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str) -> int:
+        key = (endpoint, topic)
+        seq = self._seq.get(key, 0) + 1
+        self._seq[key] = seq
+        parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id).encode()
+        self.publisher.send(parts, cls)
+        if cls in ACCOUNT_CLASSES:
+            self.persister.send(parts, cls)
+        return seq
+
+    def system(self, kind: str, body: dict, endpoint: str = "", trace_id: str = "") -> None:
+        env = json_envelope("system", body, endpoint=endpoint, topic=kind, recv_ns=time.time_ns(),
+                            epoch=self.epoch, trace_id=trace_id)
+        self.publisher.send(env.encode(), "system")
+
+    def to_persister(self, kind: str, body: dict, trace_id: str = "") -> None:
+        env = json_envelope(kind, body, recv_ns=time.time_ns(), epoch=self.epoch, trace_id=trace_id)
+        self.persister.send(env.encode(), "")
+
+    def flush(self) -> None:
+        for d in (self.publisher, self.persister):
+            d.flush()
+            metrics.BUFFERED.labels(d.name).set(d.buffered)
+
+    def stats(self) -> dict:
+        return {d.name: {"sent": d.sent, "buffered": d.buffered, "dropped": dict(d.dropped)}
+                for d in (self.publisher, self.persister)}
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.persister.close()

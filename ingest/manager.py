@@ -1,0 +1,225 @@
+"""Desired topics → connections, and what happens to each frame on its way out.
+
+The manager places each topic on a connection of its endpoint (opening one with the
+first topic, another only when one is full, closing one after its last topic), checks
+order-book and ticker streams, stamps and hands frames off, and reports subscription
+status changes and connection events downstream. It never waits on downstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+
+from common.classify import event_class
+from common.logs import RateLimited, get_logger
+from common.topics import PRIVATE, Topic
+from ingest import books, metrics, parse, plan
+from ingest.auth import ServerClock
+from ingest.connection import Connection
+
+log = get_logger(__name__)
+ACTIVE, FAILED, PENDING = "active", "failed", "pending"
+
+
+class TopicState:
+    __slots__ = ("topic", "cls", "status", "error", "last_event_ms", "frames", "book", "ticker_ok",
+                 "trace_id", "conn", "metric", "added_at")
+
+    def __init__(self, topic: Topic, trace_id: str):
+        self.topic = topic
+        self.cls = event_class(topic.name)
+        self.status, self.error = PENDING, None
+        self.last_event_ms: int | None = None
+        self.frames = 0
+        self.book = books.BookTracker()
+        self.ticker_ok = False
+        self.trace_id = trace_id
+        self.conn: Connection | None = None
+        self.metric = metrics.FRAMES.labels(topic.endpoint, self.cls)
+        self.added_at = time.time()
+
+
+class Manager:
+    def __init__(self, settings, handoff):
+        self.settings, self.handoff = settings, handoff
+        self.budget = plan.ConnectionBudget(settings.max_new_connections_5min)
+        self.clock = ServerClock(settings.rest_url)
+        self.topics: dict[str, TopicState] = {}
+        self.conns: dict[str, list[Connection]] = collections.defaultdict(list)
+        self._index = itertools.count(1)
+        self.auth = {"configured": settings.has_private, "state": "not_connected" if settings.has_private else "not_configured",
+                     "error": None, "failures": 0, "since": time.time()}
+        self._seen_private: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._activity: dict[str, int] = {}
+        self._bad = RateLimited(log, 5.0)
+        self._closing: set[asyncio.Task] = set()
+
+    # -- desired state -------------------------------------------------------------
+    def add(self, topic: Topic, trace_id: str = "") -> str | None:
+        """Start holding ``topic``; returns why not when it can't be held."""
+        if topic.endpoint == PRIVATE and not self.settings.has_private:
+            return "private stream not configured: set BYBIT_API_KEY and BYBIT_API_SECRET"
+        st = self.topics.get(topic.key)
+        if st is not None:
+            if st.status == FAILED:          # asked again: try again
+                st.status, st.error, st.trace_id = PENDING, None, trace_id
+                st.conn.add(topic.name)
+            return None
+        st = self.topics[topic.key] = TopicState(topic, trace_id)
+        st.conn = self._place(topic)
+        st.conn.add(topic.name)
+        log.info("topic_added", topic=topic.key, conn=st.conn.id, trace_id=trace_id or None)
+        return None
+
+    def remove(self, key: str, trace_id: str = "") -> bool:
+        st = self.topics.pop(key, None)
+        if st is None:
+            return False
+        conn = st.conn
+        conn.remove(st.topic.name)
+        log.info("topic_removed", topic=key, conn=conn.id, trace_id=trace_id or None)
+        if not conn.topics:
+            self.conns[conn.endpoint].remove(conn)
+            task = asyncio.create_task(conn.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            log.info("connection_closing", conn=conn.id, reason="no topics left")
+        return True
+
+    def converge(self, desired: dict[str, tuple[Topic, str, str]]) -> None:
+        """Make held topics equal ``desired`` (key -> (topic, trace_id, stored status))."""
+        for key in [k for k in self.topics if k not in desired]:
+            self.remove(key)
+        for key, (topic, trace_id, stored) in desired.items():
+            st = self.topics.get(key)
+            if st is None:
+                err = self.add(topic, trace_id)
+                if err:
+                    self._report(key, topic, FAILED, err, trace_id)
+            elif st.status != PENDING and st.status != stored:
+                # the status write was lost (persister restarted): say it again
+                self._report(key, topic, st.status, st.error, st.trace_id)
+
+    def _place(self, topic: Topic) -> Connection:
+        conns = self.conns[topic.endpoint]
+        for conn in conns:
+            if plan.has_room(topic.endpoint, conn.topics, topic.name):
+                return conn
+        url = self.settings.ws_private_url if topic.endpoint == PRIVATE \
+            else f"{self.settings.ws_public_base}/{topic.endpoint}"
+        conn = Connection(self, topic.endpoint, url, next(self._index))
+        conns.append(conn)
+        conn.start()
+        log.info("connection_opening", conn=conn.id, url=url, reason="first topic" if len(conns) == 1 else "others full")
+        return conn
+
+    # -- called by connections ----------------------------------------------------
+    def on_data(self, conn: Connection, session, obj: dict, topic: str, raw: bytes, recv_ns: int) -> None:
+        key = f"{conn.endpoint}:{topic}"
+        st = self.topics.get(key)
+        if st is None:
+            self._bad("info", "frame_for_unheld_topic", topic=key)
+            return
+        if conn.endpoint == PRIVATE:
+            mid = obj.get("id")
+            if mid is not None:   # both sockets deliver while a private connection rotates
+                if mid in self._seen_private:
+                    return
+                self._seen_private[mid] = None
+                if len(self._seen_private) > 16384:
+                    self._seen_private.popitem(last=False)
+        cls = st.cls
+        if cls == "orderbook":
+            try:
+                verdict = st.book.check(parse.book_update(obj))
+            except parse.FrameError as exc:
+                self.bad_frame(conn, str(exc), raw)
+                return
+            if verdict.action != books.OK:
+                if verdict.action == books.RESYNC:
+                    self._resync(conn, st, "book_resync", verdict.reason)
+                return
+        elif cls == "tickers" and conn.endpoint in ("linear", "inverse"):
+            if obj.get("type") == "snapshot":
+                st.ticker_ok = True
+            elif not st.ticker_ok:
+                self._resync(conn, st, "ticker_resync", "ticker delta before any snapshot")
+                return
+        self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id)
+        st.frames += 1
+        st.last_event_ms = recv_ns // 1_000_000
+        self._activity[key] = st.last_event_ms
+        st.metric.inc()
+
+    def _resync(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
+        if st.topic.name in conn.resync:
+            return
+        metrics.RESYNCS.labels(conn.endpoint).inc()
+        st.book.reset()
+        st.ticker_ok = False
+        self._bad("warning", kind, topic=st.topic.key, reason=reason)
+        self.handoff.system(kind, {"endpoint": conn.endpoint, "topic": st.topic.name, "reason": reason,
+                                   "at": time.time()}, endpoint=conn.endpoint)
+        conn.request_resync(st.topic.name)
+
+    def subscription_result(self, conn: Connection, name: str, ok: bool, error: str | None) -> None:
+        key = f"{conn.endpoint}:{name}"
+        st = self.topics.get(key)
+        if st is None:
+            return
+        if ok:
+            st.book.reset()      # a (re)subscribe brings a fresh snapshot first
+            st.ticker_ok = False
+        else:
+            conn.topics.discard(name)   # held as failed until asked again
+        status = ACTIVE if ok else FAILED
+        if (status, error) != (st.status, st.error):
+            st.status, st.error = status, error
+            if not ok:
+                log.warning("subscribe_failed", topic=key, ret_msg=error, trace_id=st.trace_id or None)
+            else:
+                log.info("subscribed", topic=key, conn=conn.id, trace_id=st.trace_id or None)
+            self._report(key, st.topic, status, error, st.trace_id)
+
+    def _report(self, key: str, topic: Topic, status: str, error: str | None, trace_id: str) -> None:
+        self.handoff.to_persister("sub_status", {"endpoint": topic.endpoint, "topic": topic.name, "status": status,
+                                                 "error": error, "at_ms": int(time.time() * 1000),
+                                                 "trace_id": trace_id}, trace_id=trace_id)
+
+    def connection_event(self, kind: str, conn: Connection, details: dict) -> None:
+        self.handoff.system(kind, {"endpoint": conn.endpoint, "connection": conn.id, **details}, endpoint=conn.endpoint)
+
+    def auth_result(self, ok: bool, message: str) -> None:
+        state = "ok" if ok else "failed"
+        if not ok:
+            self.auth["failures"] += 1
+            self.handoff.system("auth_failed", {"endpoint": PRIVATE, "ret_msg": message, "at": time.time(),
+                                                "failures": self.auth["failures"]}, endpoint=PRIVATE)
+        if state != self.auth["state"]:
+            self.auth["since"] = time.time()
+        self.auth.update(state=state, error=None if ok else message)
+
+    def bad_frame(self, conn: Connection, error: str, raw: bytes) -> None:
+        metrics.BAD_FRAMES.labels(conn.endpoint).inc()
+        self._bad("warning", "bad_frame", conn=conn.id, error=error, frame=raw[:200].decode(errors="replace"))
+
+    # -- reporting ------------------------------------------------------------------
+    def take_activity(self) -> dict[str, int]:
+        out, self._activity = self._activity, {}
+        return out
+
+    def status(self) -> dict:
+        return {
+            "connections": [c.describe() for conns in self.conns.values() for c in conns],
+            "topics": {k: {"status": st.status, "error": st.error, "last_event_ms": st.last_event_ms,
+                           "frames": st.frames, "conn": st.conn.id if st.conn else None}
+                       for k, st in self.topics.items()},
+            "private": self.auth,
+            "new_connections_5min": len(self.budget.opened),
+        }
+
+    async def close(self) -> None:
+        conns = [c for cs in self.conns.values() for c in cs]
+        await asyncio.gather(*(c.close() for c in conns), *self._closing, return_exceptions=True)

@@ -1,0 +1,16 @@
+"""ingest's Prometheus metrics (multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set)."""
+from prometheus_client import Counter, Gauge
+
+FRAMES = Counter("wsgw_ingest_frames_total", "Bybit data frames received", ["endpoint", "event_class"])
+DROPPED = Counter("wsgw_ingest_dropped_total", "Frames dropped at the hand-off (downstream full)",
+                  ["downstream", "event_class"])
+BAD_FRAMES = Counter("wsgw_ingest_bad_frames_total", "Frames that could not be parsed or classified", ["endpoint"])
+RECONNECTS = Counter("wsgw_ingest_reconnects_total", "Connections lost and reopened", ["endpoint"])
+CONNECTS = Counter("wsgw_ingest_connects_total", "New WebSocket connections opened", ["endpoint"])
+AUTH_FAILURES = Counter("wsgw_ingest_auth_failures_total", "Private stream authentication failures")
+RESYNCS = Counter("wsgw_ingest_book_resyncs_total", "Order-book topics resubscribed after a gap", ["endpoint"])
+SUB_FAILURES = Counter("wsgw_ingest_subscribe_failures_total", "Topics Bybit refused", ["endpoint"])
+CONNECTED = Gauge("wsgw_ingest_connections_up", "Open and ready Bybit connections", ["endpoint"],
+                  multiprocess_mode="livesum")
+BUFFERED = Gauge("wsgw_ingest_handoff_buffered", "Frames waiting in ingest for a downstream", ["downstream"],
+                 multiprocess_mode="livesum")

@@ -1,0 +1,29 @@
+import pytest
+
+from common.envelope import FRAME, Envelope, EnvelopeError, json_envelope
+
+
+def test_round_trip_keeps_every_field_and_the_payload_bytes():
+    raw = b'{"topic":"publicTrade.BTCUSDT","data":[{"p":"118250.40"}]}'
+    env = Envelope(FRAME, raw, "linear", "publicTrade.BTCUSDT", 1_785_000_000_123_456_789, 42, "ep1", "linear-1",
+                   "tr-1", {"k": 1})
+    back = Envelope.decode(env.encode())
+    assert back == env
+    assert back.payload == raw
+
+
+def test_json_envelope():
+    env = json_envelope("sub_status", {"status": "active"}, trace_id="t")
+    assert Envelope.decode(env.encode()).json() == {"status": "active"}
+
+
+@pytest.mark.parametrize("parts", [
+    [b"gw1", b"{}"],
+    [b"gw0", b'{"k":"frame"}', b""],
+    [b"gw1", b"not json", b""],
+    [b"gw1", b'{"k":"mystery"}', b""],
+    [b"gw1", b"[1]", b""],
+])
+def test_bad_envelopes_raise(parts):
+    with pytest.raises(EnvelopeError):
+        Envelope.decode(parts)
