@@ -27,10 +27,10 @@ unit:
 
 ## Apply / revert (the last) SQL migrations on DATABASE_URL (default: the wsgw database).
 migrate:
-	@$(VENV)/bin/yoyo apply --batch --no-config-file --database "$${DATABASE_URL:-postgresql://wsgw:wsgw@127.0.0.1:5432/wsgw}" sql
+	@$(PY) scripts/migrate.py up
 
 migrate-down:
-	@$(VENV)/bin/yoyo rollback --batch --no-config-file --database "$${DATABASE_URL:-postgresql://wsgw:wsgw@127.0.0.1:5432/wsgw}" sql
+	@$(PY) scripts/migrate.py down
 
 ## supervisorctl against the running gateway: make ctl ARGS="tail -f ingest"
 ctl:

@@ -17,8 +17,11 @@ CREATE TABLE balances (
     event_id        text,
     raw             jsonb NOT NULL,
     written_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (account_type, coin)
+    PRIMARY KEY (account_type, coin),
+    CHECK (coin <> '' AND account_type <> ''),
+    CHECK (source IN ('ws', 'rest'))
 );
+CREATE INDEX balances_coin ON balances (coin);
 
 CREATE TABLE orders (
     order_id        text PRIMARY KEY,
@@ -40,9 +43,16 @@ CREATE TABLE orders (
     source          text NOT NULL DEFAULT 'ws',
     event_id        text,
     raw             jsonb NOT NULL,
-    written_at      timestamptz NOT NULL DEFAULT now()
+    written_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (order_id <> ''),
+    CHECK (is_open = (order_status IN ('New', 'PartiallyFilled', 'Untriggered', 'Triggered'))),
+    CHECK (source IN ('ws', 'rest'))
 );
+-- The API filters orders by status, symbol and category, alone or together.
 CREATE INDEX orders_filters ON orders (category, symbol, order_status);
+CREATE INDEX orders_status ON orders (order_status);
+CREATE INDEX orders_symbol ON orders (symbol);
+CREATE INDEX orders_link ON orders (order_link_id) WHERE order_link_id IS NOT NULL;
 CREATE INDEX orders_open ON orders (is_open) WHERE is_open;
 CREATE INDEX orders_updated ON orders (updated_time DESC);
 
@@ -61,10 +71,12 @@ CREATE TABLE executions (
     is_maker        boolean,
     exec_time       bigint NOT NULL,
     seq             bigint,
-    source          text NOT NULL DEFAULT 'ws',
+    source          text NOT NULL DEFAULT 'ws',   -- ws_fast rows are completed by a later ws/rest one
     event_id        text,
     raw             jsonb NOT NULL,
-    written_at      timestamptz NOT NULL DEFAULT now()
+    written_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (exec_id <> ''),
+    CHECK (source IN ('ws', 'ws_fast', 'rest'))
 );
 CREATE INDEX executions_order ON executions (order_id);
 CREATE INDEX executions_time ON executions (category, exec_time DESC);
@@ -88,7 +100,8 @@ CREATE TABLE positions (
     event_id        text,
     raw             jsonb NOT NULL,
     written_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (category, symbol, position_idx)
+    PRIMARY KEY (category, symbol, position_idx),
+    CHECK (source IN ('ws', 'rest'))
 );
 
 -- Rows that could not be written (constraint violations, unparseable objects).
@@ -101,3 +114,4 @@ CREATE TABLE dead_letters (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dead_letters_created ON dead_letters (created_at DESC);
+CREATE INDEX dead_letters_event ON dead_letters (event_id);
