@@ -1,0 +1,125 @@
+"""ws-gateway REST API: a Flask app factory (flask-openapi3, pydantic v2), served by
+gunicorn as ``api:create_app()``. Contract: DESIGN.md, contract 2."""
+from __future__ import annotations
+
+import hmac
+import re
+import time
+import uuid
+
+import orjson
+import structlog
+from flask import g, request
+from flask_openapi3 import Info, OpenAPI
+
+from common.addresses import ingest_control
+from common.config import load_settings
+from common.logs import get_logger
+
+from . import account, db, errors, ops, subscriptions
+from .control import ControlClient
+from .errors import ApiError
+from .models import ErrorBody
+from .metrics import LATENCY, REQUESTS
+
+__version__ = "1.0.0"
+MAX_BODY_BYTES = 16 * 1024
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+_QUIET_PATHS = ("/health", "/metrics")
+log = get_logger("api")
+
+SECURITY = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+
+
+def create_app(test_config: dict | None = None) -> OpenAPI:
+    """Build the app. ``test_config`` may carry ``SETTINGS`` (a common.config.Settings)
+    and any Flask config override; otherwise settings come from the environment."""
+    test_config = dict(test_config or {})
+    settings = test_config.pop("SETTINGS", None) or load_settings()
+    app = OpenAPI(
+        __name__,
+        info=Info(title="ws-gateway API", version=__version__,
+                  description="Subscriptions to Bybit v5 streams, account state, status and metrics."),
+        security_schemes=SECURITY,
+        validation_error_status=422,
+        validation_error_model=ErrorBody,
+        validation_error_callback=errors.validation_error_callback,
+        doc_ui=False,
+    )
+    app.config.from_mapping(
+        SETTINGS=settings,
+        DATABASE_URL=settings.database_url,
+        API_KEY=settings.gateway_api_key,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(test_config)
+    app.extensions["control"] = ControlClient(ingest_control(settings.run_dir), settings.control_timeout_ms)
+
+    app.register_api(subscriptions.bp)
+    app.register_api(account.bp)
+    app.register_api(ops.v1)
+    app.register_api(ops.bp)
+    app.add_url_rule("/openapi.json", "openapi_json", lambda: app.api_doc)
+
+    db.init_app(app)
+    errors.register(app)
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_teardown)
+    return app
+
+
+def _start():
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+    structlog.contextvars.bind_contextvars(trace_id=g.request_id)
+    if request.path.startswith("/api/v1/") or request.path == "/api/v1":
+        _authorize()
+    if request.method in ("POST", "PUT", "PATCH"):
+        _check_json_body()
+
+
+def _authorize():
+    from flask import current_app
+
+    key = current_app.config["API_KEY"]
+    if not key:
+        return
+    given = request.headers.get("X-API-Key", "")
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key",
+                       headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
+
+
+def _check_json_body():
+    if request.mimetype != "application/json":
+        raise ApiError(400, "bad_content_type", "send the body as application/json",
+                       {"content_type": request.mimetype or None})
+    raw = request.get_data(cache=True)          # 413 past MAX_CONTENT_LENGTH
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON", {"reason": str(exc)[:200]}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+
+
+def _finish(response):
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    LATENCY.labels(route).observe(elapsed)
+    fields = {"method": request.method, "path": request.path, "status": response.status_code,
+              "ms": round(elapsed * 1000, 2)}
+    if request.path in _QUIET_PATHS:
+        log.debug("request", **fields)
+    else:
+        log.info("request", **fields)
+    return response
+
+
+def _teardown(_exc=None):
+    structlog.contextvars.clear_contextvars()

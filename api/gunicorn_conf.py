@@ -1,0 +1,57 @@
+"""gunicorn settings for the API (``python -m api`` execs gunicorn with this file).
+
+gthread, 2 workers x 4 threads: a slow control call or query never blocks /health
+or /metrics, and two processes are enough on 2 cores shared with ingest. No preload,
+so ``supervisorctl signal HUP api`` loads new code. Timeouts sit inside supervisord's
+stopwaitsecs=40. gunicorn's own log lines go through common.logs as JSON.
+"""
+import logging
+import os
+from pathlib import Path
+
+from gunicorn import glogging
+
+from common.config import load_settings
+from common.logs import setup_logging
+
+_settings = load_settings()
+setup_logging("api", _settings.log_level)
+
+chdir = str(Path(__file__).resolve().parent.parent)
+bind = [_settings.api_bind]
+worker_class = "gthread"
+workers = int(os.environ.get("API_WORKERS", "2"))
+threads = 4
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+max_requests = 5000
+max_requests_jitter = 500
+preload_app = False
+accesslog = None                 # the app logs one JSON line per request itself
+loglevel = _settings.log_level.lower()
+control_socket_disable = True    # supervisord is the control interface
+proc_name = "ws-gateway-api"
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's error log without its own handlers: lines reach the root (JSON) handler."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
+        self.error_log.setLevel(logging.getLogger().level)
+
+
+logger_class = JsonLogger
+
+
+def child_exit(server, worker):
+    """A worker's live gauges must not outlive it in /metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

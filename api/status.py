@@ -1,0 +1,114 @@
+"""What /api/v1/status reports, as pure functions over status files and rows.
+
+Freshness is judged by what a topic type should send: ``orderbook.1`` re-sends its
+snapshot every 3 s, tickers push every 50-100 ms, klines every 1-60 s; trades,
+liquidations and private topics may legitimately be quiet. Last-event times reach
+PostgreSQL through ingest's activity reports (every few seconds), hence the slack.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+STALE_FILE_S = 10.0          # a status file older than this: the process is not reporting
+ACTIVITY_SLACK_S = 10.0      # activity reports lag the stream by a few seconds
+QUIET_AFTER_S = 60.0         # for may-be-quiet topics: fresh within this, quiet after
+EXPECTED_PROCESSES = ("ingest", "publisher", "persister")
+
+
+def expected_gap(channel: str, endpoint: str, depth: int | None) -> float | None:
+    """Longest normal gap between two events of a topic, or None if it may be quiet."""
+    if endpoint == "private" or channel in ("trades", "liquidation"):
+        return None
+    if channel == "tickers":
+        return 1.0
+    if channel == "orderbook":
+        return 3.0 if depth == 1 else 5.0
+    if channel == "kline":
+        return 60.0
+    return None
+
+
+def freshness(channel: str, endpoint: str, depth: int | None, age_s: float | None) -> str:
+    if age_s is None:
+        return "none"
+    gap = expected_gap(channel, endpoint, depth)
+    if gap is None:
+        return "fresh" if age_s <= QUIET_AFTER_S else "quiet"
+    return "fresh" if age_s <= gap + ACTIVITY_SLACK_S else "stale"
+
+
+def topic_status(row: dict, now: datetime) -> dict:
+    last = row.get("last_event_at")
+    age = round(max(0.0, (now - last).total_seconds()), 3) if last is not None else None
+    judged = freshness(row["channel"], row["endpoint"], row.get("depth"), age) if row["status"] == "active" else None
+    return {"id": row["id"], "endpoint": row["endpoint"], "topic": row["topic"], "status": row["status"],
+            "last_event_age_s": age, "freshness": judged}
+
+
+def read_status_files(status_dir: Path, now: float | None = None) -> dict[str, dict]:
+    """{process: {"age_s", "data"}} for every ``*.json`` in ``status_dir`` (data None if unreadable)."""
+    now = time.time() if now is None else now
+    out: dict[str, dict] = {}
+    try:
+        paths = sorted(status_dir.glob("*.json"))
+    except OSError:
+        return out
+    for path in paths:
+        age = data = None
+        try:
+            age = now - path.stat().st_mtime
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):   # vanished between glob and read, or half-written
+            pass
+        out[path.stem] = {"age_s": None if age is None else round(max(age, 0.0), 3),
+                          "data": data if isinstance(data, dict) else None}
+    return out
+
+
+def process_list(files: dict[str, dict]) -> list[dict]:
+    names = list(EXPECTED_PROCESSES) + sorted(set(files) - set(EXPECTED_PROCESSES))
+    result = []
+    for name in names:
+        entry = files.get(name)
+        if entry is None:
+            result.append({"process": name, "reporting": False})
+            continue
+        data = entry["data"] or {}
+        age = entry["age_s"]
+        result.append({"process": name, "reporting": entry["data"] is not None and age is not None
+                       and age <= STALE_FILE_S, "age_s": age,
+                       "buffered": data.get("buffered"), "dropped": data.get("dropped")})
+    return result
+
+
+def connection_list(files: dict[str, dict]) -> list[dict]:
+    """Connections as the processes report them: a list of objects or a {name: object} map."""
+    result = []
+    for process, entry in sorted(files.items()):
+        conns = (entry["data"] or {}).get("connections")
+        if isinstance(conns, dict):
+            conns = [{"name": name, **(value if isinstance(value, dict) else {"state": value})}
+                     for name, value in conns.items()]
+        if not isinstance(conns, list):
+            continue
+        for conn in conns:
+            if not isinstance(conn, dict):
+                continue
+            item = {"process": process, **conn}
+            item["name"] = str(conn.get("name") or conn.get("endpoint") or conn.get("id") or "?")
+            if not isinstance(item.get("reconnects"), int) or isinstance(item.get("reconnects"), bool):
+                item["reconnects"] = None
+            for key in ("state", "last_error"):
+                if item.get(key) is not None and not isinstance(item[key], str):
+                    item[key] = str(item[key])
+            result.append(item)
+    return result
+
+
+def overall(processes: list[dict], topics: list[dict], db_ok: bool, broker_ok: bool) -> str:
+    healthy = (db_ok and broker_ok and all(p["reporting"] for p in processes)
+               and not any(t["freshness"] == "stale" for t in topics))
+    return "ok" if healthy else "degraded"
