@@ -34,7 +34,7 @@ migrate-down:
 
 ## supervisorctl against the running gateway: make ctl ARGS="tail -f ingest"
 ctl:
-	@$(VENV)/bin/supervisorctl -c supervisord.conf $(ARGS)
+	@scripts/ctl.sh $(ARGS)
 
 lock:
 	@$(VENV)/bin/pip install -q -r requirements.in && \

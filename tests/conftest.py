@@ -3,6 +3,7 @@ migrations applied, and a throwaway RabbitMQ vhost, each created for the test
 session and dropped after it, so tests never touch `make run`'s data."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -45,9 +46,9 @@ def drop_database(name: str) -> None:
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh database with every migration applied; dropped at the end."""
+@contextlib.contextmanager
+def throwaway_database():
+    """A fresh database with every migration applied; dropped on exit."""
     name = f"wsgw_t_{uuid.uuid4().hex[:10]}"
     url = create_database(name)
     try:
@@ -55,6 +56,12 @@ def pg_url():
         yield url
     finally:
         drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -70,9 +77,9 @@ def rabbitmqctl(*args: str) -> str:
                           timeout=60).stdout
 
 
-@pytest.fixture(scope="session")
-def amqp_vhost():
-    """A fresh RabbitMQ vhost for this session; deleted at the end."""
+@contextlib.contextmanager
+def throwaway_vhost():
+    """A fresh RabbitMQ vhost; deleted on exit."""
     vhost = f"wsgw-t-{uuid.uuid4().hex[:10]}"
     rabbitmqctl("add_vhost", vhost)
     try:
@@ -80,6 +87,12 @@ def amqp_vhost():
         yield vhost
     finally:
         rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost():
+    with throwaway_vhost() as vhost:
+        yield vhost
 
 
 @pytest.fixture(scope="session")

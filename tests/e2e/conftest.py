@@ -1,0 +1,62 @@
+"""Fixture starting the whole gateway (supervisord: four programs + simulator) with pytest-xprocess."""
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from xprocess import ProcessStarter
+
+from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
+from tests.e2e.gateway import ROOT, Gateway, gateway_env
+
+
+def start_gateway(xprocess, name: str, pg_url: str, amqp_url: str, **overrides):
+    run_dir = Path(tempfile.mkdtemp(prefix="gw-", dir="/tmp"))
+    env = gateway_env(run_dir, pg_url, amqp_url, **overrides)
+
+    class Starter(ProcessStarter):
+        args = [str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(ROOT / "supervisord.conf")]
+        pattern = "supervisord started with pid"
+        timeout = 30
+        terminate_on_interrupt = True
+
+    Starter.env = env
+    xprocess.ensure(name, Starter)
+    gw = Gateway(env, pg_url, amqp_url)
+    gw.xprocess_name = name
+    return gw, run_dir
+
+
+def stop_gateway(xprocess, gw: Gateway, run_dir: Path) -> None:
+    try:
+        gw.ctl("stop", "all")
+    finally:
+        info = xprocess.getinfo(gw.xprocess_name)
+        info.terminate(timeout=20)
+        gw.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gateway_stores():
+    """A database and a vhost of the module's own, so no other test's rows reach its ingest."""
+    with throwaway_database() as pg_url, throwaway_vhost() as vhost:
+        yield pg_url, f"{AMQP_BASE}/{vhost}"
+
+
+@pytest.fixture(scope="module")
+def gateway(xprocess, gateway_stores):
+    """One gateway for a test module: every program RUNNING, the API answering."""
+    pg_url, amqp_url = gateway_stores
+    gw, run_dir = start_gateway(xprocess, "gateway", pg_url, amqp_url)
+    try:
+        gw.wait_running()
+        from tests.helpers import wait_for
+        wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+        yield gw
+    finally:
+        stop_gateway(xprocess, gw, run_dir)
