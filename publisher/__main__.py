@@ -1,0 +1,5 @@
+import sys
+
+from publisher.service import main
+
+sys.exit(main())

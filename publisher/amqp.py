@@ -1,0 +1,214 @@
+"""RabbitMQ transport: one pika AsyncioConnection, one confirm-mode channel.
+
+Runs in the publisher's event loop (pika is single-threaded; its heartbeats
+are serviced by the same loop). Declares the topology of DESIGN.md contract 1
+on every connect (idempotent: no x-arguments, retention is a policy), tracks
+publisher confirms by delivery tag (``multiple`` acks included), and
+reconnects with capped, jittered backoff. It does not build or buffer events:
+the service hands it ``Event`` records and gets them back when confirmed,
+nacked, or left unconfirmed by a lost connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import pika
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+from common import classify
+from common.logs import get_logger
+from publisher.events import Event
+
+log = get_logger("publisher.amqp")
+
+DOWN, CONNECTING, READY, CLOSING = "down", "connecting", "ready", "closing"
+
+
+def backoff_delay(attempt: int, cap: float, rng=random.random) -> float:
+    """0 for the first retry, then 0.5, 1, 2 ... s capped at ``cap``, with jitter in [50%, 100%]."""
+    if attempt <= 0:
+        return 0.0
+    return min(cap, 0.5 * 2 ** (attempt - 1)) * (0.5 + 0.5 * rng())
+
+
+class Broker:
+    """Connection state machine + confirm tracking. Callbacks run in the event loop."""
+
+    def __init__(self, url: str, *, on_ready: Callable[[], None],
+                 on_confirm: Callable[[list[tuple[Event, float]], bool, float], None],
+                 on_lost: Callable[[list[Event], str], None],
+                 on_return: Callable[[str, str, str], None],
+                 backoff_max_s: float = 30.0, heartbeat_s: int = 20):
+        self.params = pika.URLParameters(url)
+        self.params.heartbeat = heartbeat_s
+        self.params.connection_attempts = 1
+        self.params.socket_timeout = 5
+        self.params.blocked_connection_timeout = 60
+        self._on_ready, self._on_confirm, self._on_lost, self._on_return = on_ready, on_confirm, on_lost, on_return
+        self.backoff_max_s = backoff_max_s
+        self.state = DOWN
+        self.since = time.time()
+        self.last_error = ""
+        self.connects = 0
+        self._conn: AsyncioConnection | None = None
+        self._ch = None
+        self._tag = 0
+        self.inflight: OrderedDict[int, tuple[Event, float]] = OrderedDict()
+        self._attempt = 0
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self._connect()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self.state == CLOSING:
+            return
+        self._set_state(CONNECTING)
+        self._conn = AsyncioConnection(self.params, on_open_callback=self._on_conn_open,
+                                       on_open_error_callback=self._on_conn_error,
+                                       on_close_callback=self._on_conn_closed,
+                                       custom_ioloop=asyncio.get_running_loop())
+
+    def _schedule_reconnect(self) -> None:
+        if self.state == CLOSING:
+            self._closed.set()
+            return
+        self._set_state(DOWN)
+        delay = backoff_delay(self._attempt, self.backoff_max_s)
+        self._attempt += 1
+        log.info("broker reconnect scheduled", delay_s=round(delay, 2), attempt=self._attempt)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._connect)
+
+    def _lost(self, reason: str) -> None:
+        was_ready = self.state == READY
+        self._ch = None
+        pending = [ev for ev, _ in self.inflight.values()]
+        self.inflight.clear()
+        self.last_error = reason
+        if was_ready:
+            log.warning("broker connection lost", reason=reason, unconfirmed=len(pending))
+        self._on_lost(pending, reason)
+        self._schedule_reconnect()
+
+    def _on_conn_error(self, _conn, exc) -> None:
+        log.warning("broker connect failed", error=str(exc) or type(exc).__name__)
+        self._lost(f"connect failed: {exc!r}")
+
+    def _on_conn_closed(self, _conn, exc) -> None:
+        self._conn = None
+        if self.state == CLOSING:
+            self._set_state(DOWN)
+            self._closed.set()
+            return
+        self._lost(f"connection closed: {exc!r}")
+
+    def _on_conn_open(self, conn) -> None:
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, ch) -> None:
+        self._ch = ch
+        self._tag = 0
+        ch.add_on_close_callback(self._on_channel_closed)
+        ch.add_on_return_callback(self._on_returned)
+        ch.confirm_delivery(ack_nack_callback=self._on_delivery, callback=lambda _f: self._declare(ch))
+
+    def _on_channel_closed(self, ch, exc) -> None:
+        if ch is not self._ch or self.state == CLOSING:
+            return
+        # A channel error (e.g. 406 on a queue declared elsewhere with other arguments) is
+        # fatal for this channel only; close the connection and start again from scratch.
+        log.error("broker channel closed", reason=str(exc))
+        self.last_error = f"channel closed: {exc!r}"
+        self._ch = None
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            conn.close()
+
+    # -- topology -------------------------------------------------------------
+    def _declare(self, ch) -> None:
+        steps: list[Callable[[Callable], None]] = [
+            lambda cb: ch.exchange_declare(classify.EXCHANGE, exchange_type="topic", durable=True, callback=cb)]
+        for cls in classify.EVENT_CLASSES:
+            q = classify.queue_name(cls)
+            steps.append(lambda cb, q=q: ch.queue_declare(q, durable=True, callback=cb))
+            steps.append(lambda cb, q=q, c=cls: ch.queue_bind(q, classify.EXCHANGE, routing_key=f"{c}.#", callback=cb))
+
+        def run(i: int) -> None:
+            if ch is not self._ch:
+                return
+            if i == len(steps):
+                self._attempt = 0
+                self.connects += 1
+                self._set_state(READY)
+                log.info("broker ready", connects=self.connects)
+                self._on_ready()
+                return
+            steps[i](lambda _frame: run(i + 1))
+
+        run(0)
+
+    # -- publishing -----------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == READY and self._ch is not None
+
+    def publish(self, ev: Event) -> None:
+        props = pika.BasicProperties(content_type="application/json", message_id=ev.event_id,
+                                     timestamp=ev.timestamp, headers=ev.headers,
+                                     delivery_mode=2 if ev.persistent else 1)
+        self._ch.basic_publish(classify.EXCHANGE, ev.routing_key, ev.body, props, mandatory=True)
+        self._tag += 1
+        self.inflight[self._tag] = (ev, time.perf_counter())
+
+    def _on_delivery(self, frame) -> None:
+        m = frame.method
+        ok = m.NAME == "Basic.Ack"
+        tag = m.delivery_tag
+        settled: list[tuple[Event, float]] = []
+        if m.multiple:
+            inflight = self.inflight
+            while inflight:
+                first = next(iter(inflight))
+                if first > tag:
+                    break
+                settled.append(inflight.pop(first))
+        else:
+            item = self.inflight.pop(tag, None)
+            if item is not None:
+                settled.append(item)
+        if settled:
+            self._on_confirm(settled, ok, time.perf_counter())
+
+    def _on_returned(self, _ch, method, props, _body) -> None:
+        cls = (props.headers or {}).get("event_class", "unknown")
+        self._on_return(str(cls), method.routing_key, method.reply_text)
+
+    # -- shutdown -------------------------------------------------------------
+    async def close(self, timeout: float = 5.0) -> None:
+        prev = self.state
+        self._set_state(CLOSING)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        conn = self._conn
+        if conn is not None and (conn.is_open or conn.is_opening) and prev != DOWN:
+            try:
+                conn.close()
+            except Exception as exc:  # already closing: nothing more to do
+                log.debug("broker close", error=repr(exc))
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("broker close timed out")
+        self._set_state(DOWN)

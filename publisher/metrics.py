@@ -1,0 +1,63 @@
+"""Prometheus metrics of the publisher (multiprocess mode: PROMETHEUS_MULTIPROC_DIR).
+
+The hot path counts in plain dicts; ``flush`` moves the increments into these
+metrics about once a second, so a busy publisher does not take a lock and
+write an mmap'd file several times per event.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import Counter as PCounter, Gauge, Histogram
+
+EVENTS_IN = PCounter("wsgw_publisher_events_in_total", "Envelopes received from ingest", ["kind"])
+PUBLISHED = PCounter("wsgw_publisher_published_total", "Events handed to RabbitMQ", ["event_class"])
+CONFIRMED = PCounter("wsgw_publisher_confirmed_total", "Events confirmed (acked) by RabbitMQ", ["event_class"])
+NACKED = PCounter("wsgw_publisher_nacked_total", "Events nacked by RabbitMQ (re-published)", ["event_class"])
+RETURNED = PCounter("wsgw_publisher_returned_total", "Events returned unroutable (mandatory)", ["event_class"])
+DROPPED = PCounter("wsgw_publisher_dropped_total", "Market events dropped, buffer full", ["event_class"])
+BAD_INPUT = PCounter("wsgw_publisher_bad_input_total", "Envelopes or frames that could not be published",
+                     ["reason"])
+STREAM_GAPS = PCounter("wsgw_publisher_stream_gaps_total", "stream_gap events emitted")
+TICKER_NO_SNAPSHOT = PCounter("wsgw_publisher_ticker_delta_without_snapshot_total",
+                              "Ticker deltas not published: no snapshot yet")
+REPUBLISHED = PCounter("wsgw_publisher_republished_total", "Unconfirmed events re-published after a reconnect")
+BUFFER_DEPTH = Gauge("wsgw_publisher_buffer_depth", "Events waiting for the broker (memory + spool)",
+                     multiprocess_mode="livesum")
+SPOOL_DEPTH = Gauge("wsgw_publisher_spool_depth", "Account events in the spool file", multiprocess_mode="livesum")
+UNCONFIRMED = Gauge("wsgw_publisher_unconfirmed", "Events published, not yet confirmed", multiprocess_mode="livesum")
+BROKER_UP = Gauge("wsgw_publisher_broker_up", "1 when the RabbitMQ channel is ready", multiprocess_mode="livemax")
+CONFIRM_LATENCY = Histogram("wsgw_publisher_confirm_latency_seconds", "basic.publish -> confirm",
+                            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+class Tally:
+    """Per-process counts (also shown in the status file), flushed into Prometheus."""
+
+    FIELDS = ("events_in", "published", "confirmed", "nacked", "returned", "dropped", "bad_input")
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, Counter())
+        self.gaps = 0
+        self.ticker_no_snapshot = 0
+        self.republished = 0
+        self._flushed: dict[str, Counter] = {name: Counter() for name in self.FIELDS}
+        self._flushed_scalars = {"gaps": 0, "ticker_no_snapshot": 0, "republished": 0}
+
+    def flush(self) -> None:
+        metric = {"events_in": EVENTS_IN, "published": PUBLISHED, "confirmed": CONFIRMED, "nacked": NACKED,
+                  "returned": RETURNED, "dropped": DROPPED, "bad_input": BAD_INPUT}
+        for name, m in metric.items():
+            now, before = getattr(self, name), self._flushed[name]
+            for label, value in now.items():
+                delta = value - before[label]
+                if delta:
+                    m.labels(label).inc(delta)
+                    before[label] = value
+        for name, m in (("gaps", STREAM_GAPS), ("ticker_no_snapshot", TICKER_NO_SNAPSHOT),
+                        ("republished", REPUBLISHED)):
+            delta = getattr(self, name) - self._flushed_scalars[name]
+            if delta:
+                m.inc(delta)
+                self._flushed_scalars[name] += delta

@@ -1,0 +1,179 @@
+"""The publisher's bounded buffer: events waiting for the broker, in arrival order.
+
+ingest never waits for us, so while RabbitMQ is slow or away events collect
+here. Two FIFO deques (market, account) merged by arrival sequence keep the
+original order on the way out. Past ``bound`` events in memory:
+
+- market events are dropped oldest first, counted per class (and per stream,
+  so the outage notice can say which ranges consumers will never see);
+- account events are never dropped: once memory is full they go to an
+  append-only spool file and come back, in order, as memory frees up.
+
+Nacked or unconfirmed events come back through ``requeue`` with their original
+sequence, so they go out again before anything newer.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import Counter, deque
+from pathlib import Path
+
+from publisher.events import Event
+
+SPOOL_CHUNK = 1000
+MAX_DROP_STREAMS = 1000
+
+
+class Spool:
+    """Append-only file of account events (one orjson record per line).
+
+    The file is replayed from its start after a restart (at-least-once: the same
+    message_id may be published twice) and truncated only once every event read
+    from it has been confirmed by the broker.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._read_at = 0
+        self.depth = self._count_lines()   # written, not yet read back
+        self.unconfirmed = 0               # read back, not yet confirmed
+
+    def _count_lines(self) -> int:
+        with open(self.path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+    @property
+    def idle(self) -> bool:
+        return self.depth == 0 and self.unconfirmed == 0
+
+    def append(self, event: Event) -> None:
+        os.write(self._fd, event.to_record() + b"\n")
+        self.depth += 1
+
+    def read(self, limit: int) -> list[Event]:
+        out: list[Event] = []
+        with open(self.path, "rb") as f:
+            f.seek(self._read_at)
+            while len(out) < limit:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break
+                self._read_at += len(line)
+                ev = Event.from_record(line)
+                ev.extra["spool"] = True
+                out.append(ev)
+        self.depth -= len(out)
+        self.unconfirmed += len(out)
+        return out
+
+    def confirmed(self, n: int) -> None:
+        self.unconfirmed -= n
+        if self.idle and self._read_at:
+            os.ftruncate(self._fd, 0)
+            self._read_at = 0
+
+    def rewrite_front(self, events: list[Event]) -> None:
+        """At shutdown: ``events`` (older than anything unread here) first, then the unread rest."""
+        with open(self.path, "rb") as f:
+            f.seek(self._read_at)
+            rest = f.read()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(ev.to_record() + b"\n" for ev in events))
+            f.write(rest)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        self._read_at = 0
+        self.depth = self._count_lines()
+        self.unconfirmed = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Outbox:
+    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns):
+        self.bound = bound
+        self.spool = spool
+        self._market: deque[Event] = deque()
+        self._account: deque[Event] = deque()
+        # Sequence numbers keep growing across restarts (they start at the wall clock),
+        # so events read back from an old spool never wait behind newer ones.
+        self._seq = itertools.count(clock())
+        self.dropped: Counter[str] = Counter()
+        self.drop_ranges: dict[str, list[int]] = {}   # stream -> [first_seq, last_seq, count]
+        if spool is not None and spool.depth:
+            self._refill()
+
+    def __len__(self) -> int:
+        return len(self._market) + len(self._account) + (self.spool.depth if self.spool else 0)
+
+    @property
+    def in_memory(self) -> int:
+        return len(self._market) + len(self._account)
+
+    @property
+    def spool_depth(self) -> int:
+        return self.spool.depth if self.spool else 0
+
+    def add(self, event: Event, front: bool = False) -> None:
+        """Queue a new event (``front``: ahead of everything, e.g. an outage notice)."""
+        event.seq = -1 if front else next(self._seq)
+        if event.is_account or event.event_class == "system":
+            sp = self.spool
+            # Once spooling, every account event goes to the spool until it is drained: order.
+            if not front and sp is not None and (sp.depth > 0 or (self.in_memory >= self.bound and not self._market)):
+                sp.append(event)
+                return
+            if front:
+                self._account.appendleft(event)
+            else:
+                self._account.append(event)
+        else:
+            self._market.appendleft(event) if front else self._market.append(event)
+        while self.in_memory > self.bound and self._market:
+            self._drop(self._market.popleft())
+
+    def _drop(self, ev: Event) -> None:
+        self.dropped[ev.event_class] += 1
+        r = self.drop_ranges.get(ev.stream)
+        if r is not None:
+            r[0], r[1], r[2] = min(r[0], ev.stream_seq), max(r[1], ev.stream_seq), r[2] + 1
+        elif len(self.drop_ranges) < MAX_DROP_STREAMS:
+            self.drop_ranges[ev.stream] = [ev.stream_seq, ev.stream_seq, 1]
+
+    def take_drop_ranges(self) -> dict[str, list[int]]:
+        ranges, self.drop_ranges = self.drop_ranges, {}
+        return ranges
+
+    def requeue(self, events: list[Event]) -> None:
+        """Put unconfirmed/nacked events back, ahead of newer ones, in their original order."""
+        for ev in sorted(events, key=lambda e: e.seq, reverse=True):
+            (self._account if ev.is_account or ev.event_class == "system" else self._market).appendleft(ev)
+        while self.in_memory > self.bound and self._market:
+            self._drop(self._market.popleft())
+
+    def _refill(self) -> None:
+        if self.spool is not None and self.spool.depth and not self._account:
+            room = max(self.bound - self.in_memory, 1)
+            for ev in self.spool.read(min(SPOOL_CHUNK, room)):
+                ev.seq = next(self._seq)
+                self._account.append(ev)
+
+    def pop(self) -> Event | None:
+        """The oldest waiting event, or None."""
+        if not self._account:
+            self._refill()
+        m, a = self._market, self._account
+        if m and (not a or m[0].seq < a[0].seq):
+            return m.popleft()
+        if a:
+            return a.popleft()
+        return None

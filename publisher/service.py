@@ -1,0 +1,344 @@
+"""The publisher process: ZeroMQ PULL in, RabbitMQ (publisher confirms) out.
+
+One asyncio loop holds everything: the PULL socket (drained in batches with
+NOBLOCK on a shadow socket, ecosystem.md section 3), the pika connection
+(``publisher.amqp``), the pure pipeline (``publisher.pipeline``), the bounded
+outbox (``publisher.outbox``), and a once-a-second housekeeping task (status
+file, metrics, gap state). The first SIGTERM stops intake, waits (bounded) for
+outstanding confirms and spools unpublished account events; a second exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import zmq
+import zmq.asyncio
+
+from common import addresses
+from common.classify import UnknownTopic
+from common.config import ConfigError, Settings, load_settings
+from common.envelope import Envelope, EnvelopeError
+from common.logs import RateLimited, get_logger, setup_logging
+from publisher import events as evmod, metrics
+from publisher.amqp import READY, Broker
+from publisher.events import Event, FrameError
+from publisher.outbox import Outbox, Spool
+from publisher.pipeline import Pipeline
+from publisher import retention
+
+log = get_logger("publisher")
+
+DRAIN_BATCH = 1000
+STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
+DROP_NOTICE_EVERY_S = 5.0
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+class Service:
+    def __init__(self, settings: Settings, *, max_envelopes: int | None = None):
+        self.s = settings
+        self.max_envelopes = max_envelopes
+        self.tally = metrics.Tally()
+        self.pipeline = Pipeline()
+        self.spool_dir = settings.run_dir / "spool"
+        self.spool = Spool(self.spool_dir / "account.spool")
+        self.outbox = Outbox(settings.publisher_buffer, self.spool)
+        self.tally.dropped = self.outbox.dropped
+        self.state_file = self.spool_dir / "streams.json"
+        self.status_file = addresses.status_file(settings.run_dir, "publisher")
+        self.rl = RateLimited(log)
+        self.broker: Broker | None = None
+        self.window = settings.confirm_window
+        self.retention = "pending"
+        self.outage_since: float | None = None
+        self._outage_dropped = self.outbox.dropped.copy()
+        self._last_drop_notice = time.monotonic()
+        self._stop = asyncio.Event()
+        self._force = False
+        self._intake_open = True
+        self._handled = 0
+
+    # -- intake -----------------------------------------------------------------
+    def handle(self, parts: list[bytes]) -> None:
+        self._handled += 1
+        try:
+            env = Envelope.decode(parts)
+        except EnvelopeError as exc:
+            self.tally.bad_input["envelope"] += 1
+            self.rl("warning", "bad envelope", error=str(exc))
+            return
+        self.tally.events_in[env.kind] += 1
+        try:
+            out = self.pipeline.process(env)
+        except UnknownTopic as exc:
+            self.tally.bad_input["unknown_topic"] += 1
+            self.rl("warning", "no event class for topic", topic=env.topic, endpoint=env.endpoint, error=str(exc))
+            return
+        except (FrameError, KeyError, TypeError, ValueError) as exc:
+            self.tally.bad_input["bad_frame"] += 1
+            self.rl("warning", "frame not publishable", topic=env.topic, endpoint=env.endpoint,
+                    kind=env.kind, error=str(exc))
+            return
+        for ev in out:
+            self.outbox.add(ev)
+
+    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
+        shadow = zmq.Socket.shadow(sock.underlying)
+        while not self._stop.is_set():
+            parts = await sock.recv_multipart()
+            self.handle(parts)
+            for _ in range(DRAIN_BATCH - 1):
+                try:
+                    parts = shadow.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(parts)
+            self.pump()
+            if self.max_envelopes is not None and self._handled >= self.max_envelopes:
+                self.request_stop()
+
+    def _drain_socket(self, sock: zmq.asyncio.Socket) -> int:
+        """Take what already sits in our receive queue before closing (it would be lost)."""
+        shadow, n = zmq.Socket.shadow(sock.underlying), 0
+        while True:
+            try:
+                self.handle(shadow.recv_multipart(zmq.NOBLOCK))
+                n += 1
+            except zmq.Again:
+                return n
+
+    # -- output -----------------------------------------------------------------
+    def pump(self) -> None:
+        b = self.broker
+        if b is None or not b.ready:
+            return
+        inflight, window, pop, publish, published = b.inflight, self.window, self.outbox.pop, b.publish, \
+            self.tally.published
+        while len(inflight) < window:
+            ev = pop()
+            if ev is None:
+                break
+            publish(ev)
+            published[ev.event_class] += 1
+
+    def _on_ready(self) -> None:
+        if self.outage_since is not None:
+            self._announce_outage()
+        self.pump()
+
+    def _announce_outage(self) -> None:
+        """Tell consumers (ws-gateway.system) that we could not publish for a while."""
+        now = time.time()
+        dropped = {c: n - self._outage_dropped[c] for c, n in self.outbox.dropped.items()
+                   if n - self._outage_dropped[c]}
+        ranges = self.outbox.take_drop_ranges()
+        details = {"since": evmod.iso_utc(int(self.outage_since * 1e9)), "until": evmod.iso_utc(int(now * 1e9)),
+                   "duration_s": round(now - self.outage_since, 3), "dropped": dropped,
+                   "dropped_streams": {k: {"from_seq": a, "to_seq": z, "count": n} for k, (a, z, n) in ranges.items()},
+                   "buffered": len(self.outbox), "spooled": self.outbox.spool_depth}
+        self.outage_since = None
+        log.warning("broker outage over", **{k: v for k, v in details.items() if k != "dropped_streams"})
+        self.outbox.add(evmod.system_event("broker_outage", details, recv_ns=time.time_ns()), front=True)
+
+    def _on_confirm(self, settled: list[tuple[Event, float]], ok: bool, now: float) -> None:
+        spooled = 0
+        if ok:
+            confirmed, observe = self.tally.confirmed, metrics.CONFIRM_LATENCY.observe
+            for ev, t0 in settled:
+                confirmed[ev.event_class] += 1
+                observe(now - t0)
+                if ev.extra.get("spool"):
+                    spooled += 1
+        else:
+            for ev, _ in settled:
+                self.tally.nacked[ev.event_class] += 1
+            self.rl("warning", "broker nacked events", count=len(settled))
+            self.outbox.requeue([ev for ev, _ in settled])
+        if spooled:
+            self.spool.confirmed(spooled)
+        self.pump()
+
+    def _on_lost(self, pending: list[Event], reason: str) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self._outage_dropped = self.outbox.dropped.copy()
+            self.outbox.take_drop_ranges()
+        if pending:
+            self.tally.republished += len(pending)
+            self.outbox.requeue(pending)
+
+    def _on_return(self, cls: str, routing_key: str, reply: str) -> None:
+        self.tally.returned[cls] += 1
+        self.rl("warning", "event returned unroutable", event_class=cls, routing_key=routing_key, reply=reply)
+
+    # -- housekeeping -------------------------------------------------------------
+    def status(self) -> dict:
+        b = self.broker
+        t = self.tally
+        return {
+            "process": "publisher", "pid": os.getpid(), "updated_at": time.time(),
+            "broker": {"state": b.state if b else "down", "since": b.since if b else None,
+                       "connects": b.connects if b else 0, "last_error": b.last_error if b else ""},
+            "buffered": len(self.outbox), "in_memory": self.outbox.in_memory,
+            "spool_depth": self.outbox.spool_depth, "unconfirmed": len(b.inflight) if b else 0,
+            "dropped": dict(self.outbox.dropped), "returned": dict(t.returned), "published": dict(t.published),
+            "confirmed": dict(t.confirmed), "nacked": dict(t.nacked), "events_in": dict(t.events_in),
+            "bad_input": dict(t.bad_input), "stream_gaps": self.pipeline.counts["stream_gap"],
+            "ticker_delta_without_snapshot": self.pipeline.counts["ticker_delta_no_snapshot"],
+            "republished": t.republished, "retention": self.retention, "intake_open": self._intake_open,
+        }
+
+    def housekeeping(self) -> None:
+        t = self.tally
+        t.gaps = self.pipeline.counts["stream_gap"]
+        t.ticker_no_snapshot = self.pipeline.counts["ticker_delta_no_snapshot"]
+        t.flush()
+        b = self.broker
+        metrics.BUFFER_DEPTH.set(len(self.outbox))
+        metrics.SPOOL_DEPTH.set(self.outbox.spool_depth)
+        metrics.UNCONFIRMED.set(len(b.inflight) if b else 0)
+        metrics.BROKER_UP.set(1 if b is not None and b.state == READY else 0)
+        if (self.outage_since is None and self.outbox.drop_ranges
+                and time.monotonic() - self._last_drop_notice >= DROP_NOTICE_EVERY_S):
+            self._last_drop_notice = time.monotonic()
+            ranges = self.outbox.take_drop_ranges()
+            self.outbox.add(evmod.system_event("events_dropped", {
+                "reason": "publisher buffer full", "dropped_total": dict(self.outbox.dropped),
+                "dropped_streams": {k: {"from_seq": a, "to_seq": z, "count": n} for k, (a, z, n) in ranges.items()},
+            }, recv_ns=time.time_ns()), front=True)
+            self.pump()
+        try:
+            _write_json(self.status_file, self.status())
+            _write_json(self.state_file, self.pipeline.gaps.snapshot())
+        except OSError as exc:
+            self.rl("warning", "status file not written", error=str(exc))
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            self.housekeeping()
+            try:
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+
+    # -- lifecycle ------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._force = True
+            log.warning("second stop signal: exiting without waiting for confirms")
+        self._stop.set()
+
+    def _restore_gaps(self) -> None:
+        try:
+            self.pipeline.gaps.restore(orjson.loads(self.state_file.read_bytes()))
+        except FileNotFoundError:
+            return
+        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+            log.warning("stream state not restored", error=str(exc))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        self._restore_gaps()
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        address = addresses.publisher_frames(self.s.run_dir)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            log.error("cannot bind frames socket", address=address, error=str(exc))
+            sock.close(0)
+            ctx.term()
+            return 1
+        self.broker = Broker(self.s.rabbitmq_url, on_ready=self._on_ready, on_confirm=self._on_confirm,
+                             on_lost=self._on_lost, on_return=self._on_return, backoff_max_s=self.s.backoff_max_s)
+        log.info("publisher started", address=address, window=self.window, buffer=self.s.publisher_buffer,
+                 spooled=self.outbox.spool_depth, settings=self.s.describe())
+        self.broker.start()
+        retention_task = asyncio.create_task(self._apply_retention())
+        recv_task = asyncio.create_task(self._receive(sock))
+        house_task = asyncio.create_task(self._housekeeping_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            recv_task.cancel()
+            await asyncio.gather(recv_task, return_exceptions=True)
+            self._intake_open = False
+            drained = self._drain_socket(sock)
+            sock.close(0)
+            ctx.term()
+            self.pump()
+            await self._finish(drained)
+            retention_task.cancel()
+            await asyncio.gather(retention_task, house_task, return_exceptions=True)
+            await self.broker.close()
+            self._spool_leftovers()
+            self.housekeeping()
+            self.spool.close()
+        log.info("publisher stopped", **{k: self.status()[k] for k in ("published", "confirmed", "dropped", "buffered")})
+        return 0
+
+    async def _apply_retention(self) -> None:
+        self.retention = await retention.apply(self.s.rabbitmq_url, self.s.rabbitmq_management_url,
+                                               self.s.retention_ttl_ms, self.s.retention_max_length)
+
+    async def _finish(self, drained: int) -> None:
+        """Wait (bounded) until every waiting event is published and confirmed."""
+        started = time.monotonic()
+        b = self.broker
+        log.info("stopping: waiting for confirms", drained=drained, buffered=len(self.outbox),
+                 unconfirmed=len(b.inflight))
+        while not self._force and time.monotonic() - started < STOP_DRAIN_S:
+            if not b.inflight and self.outbox.in_memory == 0 and self.outbox.spool_depth == 0:
+                return
+            if b.state != READY and time.monotonic() - started > 3:
+                return   # broker away: spool account events rather than wait out the deadline
+            self.pump()
+            await asyncio.sleep(0.02)
+
+    def _spool_leftovers(self) -> None:
+        """Unconfirmed and unpublished account events survive a stop in the spool file."""
+        b = self.broker
+        left = [ev for ev, _ in (b.inflight.values() if b else [])]
+        if b:
+            b.inflight.clear()
+        while (ev := self.outbox.pop()) is not None:
+            left.append(ev)
+        keep = [ev for ev in left if ev.is_account or ev.event_class == "system"]
+        lost = len(left) - len(keep)
+        if keep:
+            self.spool.rewrite_front(keep)
+        if keep or lost:
+            log.warning("stopped with events not confirmed", spooled=len(keep), market_dropped=lost)
+            for ev in left:
+                if not (ev.is_account or ev.event_class == "system"):
+                    self.outbox.dropped[ev.event_class] += 1
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        setup_logging("publisher")
+        log.error("bad configuration", error=str(exc))
+        return 2
+    setup_logging("publisher", settings.log_level)
+    try:
+        return asyncio.run(Service(settings).run())
+    except KeyboardInterrupt:
+        return 130
