@@ -77,7 +77,7 @@ def _start():
     structlog.contextvars.bind_contextvars(trace_id=g.request_id)
     if request.path.startswith("/api/v1/") or request.path == "/api/v1":
         _authorize()
-    if request.method in ("POST", "PUT", "PATCH"):
+    if request.method in ("POST", "PUT", "PATCH") and request.routing_exception is None:
         _check_json_body()
 
 
