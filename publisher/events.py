@@ -20,6 +20,7 @@ import orjson
 
 from common import classify
 from common.envelope import Envelope
+from common.topics import PUBLIC_CATEGORIES
 
 # Fixed namespace: event ids are uuid5(NAMESPACE, identifying content), so a
 # replay of the same Bybit frame gets the same id (consumers de-duplicate on it).
@@ -131,7 +132,8 @@ def _account_groups(cls: str, topic: str, items) -> list[tuple[str, list]]:
     if not isinstance(items, list):
         raise FrameError(f"{topic}: data is not a list")
     key = "accountType" if cls == "balances" else "category"
-    fallback = topic.split(".")[-1] if "." in topic else None
+    last = topic.rsplit(".", 1)[-1]
+    fallback = last if last in PUBLIC_CATEGORIES else None     # order.linear -> linear
     groups: dict[str, list] = {}
     for item in items:
         if not isinstance(item, dict):

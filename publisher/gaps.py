@@ -46,7 +46,7 @@ class GapTracker:
         gaps = []
         if self.epoch:
             reason = "publisher_restarted" if self._restored else "ingest_restarted"
-            for key, (last, last_ns, endpoint, topic) in self._streams.items():
+            for key, (last, last_ns, endpoint, topic, *_) in self._streams.items():
                 gaps.append({"stream": key, "endpoint": endpoint, "topic": topic, "reason": reason,
                              "old_epoch": self.epoch, "new_epoch": epoch, "last_seq": last,
                              "from_time": iso_utc(last_ns), "to_time": iso_utc(recv_ns)})

@@ -1,0 +1,170 @@
+"""Pure event building, over every recorded frame in tests/frames/."""
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from common import classify
+from common.classify import UnknownTopic
+from common.envelope import Envelope, json_envelope
+from publisher import events
+from publisher.events import FrameError
+from publisher.pipeline import Pipeline
+
+FRAMES = Path(__file__).resolve().parent.parent / "frames"
+RECV_NS = 1_785_000_010_123_456_789
+ISO = "2026-07-25T17:20:10.123456Z"
+
+# frame file -> (endpoint it arrives on, expected event class)
+MARKET = {
+    "public_trade": ("linear", "trades"), "public_trade_option": ("option", "trades"),
+    "orderbook_snapshot": ("linear", "orderbook"), "orderbook_delta": ("linear", "orderbook"),
+    "orderbook_l1_snapshot": ("linear", "orderbook"), "ticker_linear_snapshot": ("linear", "tickers"),
+    "ticker_spot": ("spot", "tickers"), "ticker_option": ("option", "tickers"),
+    "kline": ("linear", "klines"), "all_liquidation": ("linear", "liquidations"),
+}
+ACCOUNT = {"order": "order_status", "execution": "executions", "execution_fast": "executions",
+           "position": "positions", "wallet": "balances"}
+# Data pushes with no gateway event class: counted and skipped.
+UNCLASSIFIED = {"insurance": "linear", "price_limit": "linear", "system_status": "linear", "greeks": "private"}
+# Control replies, requests and REST bodies: never data pushes.
+NOT_PUSHES = {"auth_fail", "auth_ok", "pong_private", "pong_public", "pong_public_option", "pong_public_spot",
+              "req_auth", "req_ping", "req_subscribe", "req_subscribe_private", "req_unsubscribe",
+              "rest_error_sign", "rest_error_timestamp", "rest_execution_list", "rest_instruments_info",
+              "rest_instruments_info_spot", "rest_order_realtime", "rest_orderbook", "rest_position_list",
+              "rest_server_time", "rest_wallet_balance", "subscribe_fail", "subscribe_fail_duplicate",
+              "subscribe_fail_spot_args", "subscribe_ok", "subscribe_ok_option", "subscribe_ok_private",
+              "subscribe_ok_spot", "trade_auth_ok"}
+BODY_KEYS = ["event_id", "event_class", "source", "category", "topic", "symbol", "type", "exchange_ts",
+             "received_at", "stream_seq", "trace_id", "data"]
+
+
+def raw(name: str) -> bytes:
+    return (FRAMES / f"{name}.json").read_bytes()
+
+
+def env_for(name: str, endpoint: str, seq: int = 7) -> Envelope:
+    payload = raw(name)
+    return Envelope("frame", payload, endpoint=endpoint, topic=orjson.loads(payload).get("topic", ""),
+                    recv_ns=RECV_NS, stream_seq=seq, epoch="ep1", conn_id="c1", trace_id="tr-1")
+
+
+def test_every_frame_file_is_covered():
+    names = {p.stem for p in FRAMES.glob("*.json")}
+    covered = set(MARKET) | set(ACCOUNT) | set(UNCLASSIFIED) | NOT_PUSHES | {"ticker_linear_delta"}
+    assert names == covered, names ^ covered
+
+
+@pytest.mark.parametrize("name", sorted(MARKET))
+def test_market_event_body_and_properties(name):
+    endpoint, cls = MARKET[name]
+    frame = orjson.loads(raw(name))
+    [ev] = Pipeline().process(env_for(name, endpoint))
+    body = orjson.loads(ev.body)
+    assert list(body) == BODY_KEYS
+    symbol = frame["topic"].rsplit(".", 1)[-1]
+    assert body["event_class"] == ev.event_class == cls
+    assert body["source"] == "bybit" and body["category"] == endpoint and body["symbol"] == symbol
+    assert body["topic"] == frame["topic"] and body["type"] == frame.get("type", "snapshot")
+    assert body["exchange_ts"] == frame["ts"]
+    assert body["received_at"] == ISO and body["stream_seq"] == 7 and body["trace_id"] == "tr-1"
+    assert body["data"] == frame["data"]
+    assert ev.routing_key == f"{cls}.{endpoint}.{symbol}"
+    assert ev.headers == {"event_class": cls, "category": endpoint, "symbol": symbol, "trace_id": "tr-1",
+                          "stream_seq": 7}
+    assert ev.persistent is False and ev.timestamp == RECV_NS // 10**9
+    assert str(uuid.UUID(body["event_id"])) == ev.event_id
+
+
+@pytest.mark.parametrize("name", sorted(ACCOUNT))
+def test_account_event_body_and_properties(name):
+    frame = orjson.loads(raw(name))
+    [ev] = Pipeline().process(env_for(name, "private"))
+    body = orjson.loads(ev.body)
+    cls = ACCOUNT[name]
+    group = "UNIFIED" if cls == "balances" else "linear"
+    assert list(body) == BODY_KEYS
+    assert body["event_class"] == cls and body["source"] == "bybit" and body["type"] == "snapshot"
+    assert body["category"] == group and body["symbol"] is None
+    assert body["exchange_ts"] == frame["creationTime"] and body["data"] == frame["data"]
+    assert ev.routing_key == f"{cls}.{group}" and ev.persistent is True
+    assert ev.headers["event_class"] == cls and ev.headers["stream_seq"] == 7
+
+
+def test_private_push_with_several_categories_splits_per_category():
+    frame = orjson.loads(raw("order"))
+    linear = frame["data"][0]
+    spot = dict(linear, category="spot", orderId="s-1")
+    frame["data"] = [linear, spot, dict(linear, orderId="l-2")]
+    env = Envelope("frame", orjson.dumps(frame), endpoint="private", topic="order", recv_ns=RECV_NS, stream_seq=3)
+    evs = events.account_events(env, frame)
+    assert [e.routing_key for e in evs] == ["order_status.linear", "order_status.spot"]
+    assert [len(orjson.loads(e.body)["data"]) for e in evs] == [2, 1]
+    assert len({e.event_id for e in evs}) == 2
+
+
+@pytest.mark.parametrize("name", sorted(UNCLASSIFIED))
+def test_unclassified_pushes_raise(name):
+    with pytest.raises(UnknownTopic):
+        Pipeline().process(env_for(name, UNCLASSIFIED[name]))
+
+
+@pytest.mark.parametrize("name", sorted(NOT_PUSHES))
+def test_control_frames_are_not_events(name):
+    with pytest.raises(FrameError):
+        Pipeline().process(env_for(name, "linear"))
+
+
+def test_event_id_is_stable_for_a_replayed_frame():
+    a = Pipeline().process(env_for("public_trade", "linear", seq=1))[0]
+    b = Pipeline().process(env_for("public_trade", "linear", seq=99))[0]
+    assert a.event_id == b.event_id
+    c = Pipeline().process(env_for("orderbook_delta", "linear"))[0]
+    assert c.event_id != a.event_id
+    p1 = Pipeline().process(env_for("order", "private"))[0]
+    p2 = Pipeline().process(env_for("order", "private", seq=5))[0]
+    assert p1.event_id == p2.event_id
+
+
+def test_system_envelope_published_as_is():
+    env = json_envelope("system", {"endpoint": "linear", "conn": "c1", "reason": "ping timeout"},
+                        endpoint="linear", topic="connection_lost", recv_ns=RECV_NS, epoch="ep1", trace_id="t")
+    [ev] = Pipeline().process(env)
+    body = orjson.loads(ev.body)
+    assert ev.routing_key == "system.connection_lost" and ev.event_class == "system" and ev.persistent
+    assert body["source"] == "gateway" and body["topic"] == "connection_lost"
+    assert body["data"] == {"endpoint": "linear", "conn": "c1", "reason": "ping timeout"}
+
+
+def test_rest_payload_source_and_routing():
+    listing = orjson.loads(raw("rest_order_realtime"))["result"]["list"]
+    env = json_envelope("rest", {"topic": "order", "category": "linear", "list": listing,
+                                 "fetched_at_ms": 1785000009000}, topic="order", recv_ns=RECV_NS)
+    [ev] = Pipeline().process(env)
+    body = orjson.loads(ev.body)
+    assert body["source"] == "bybit-rest" and ev.routing_key == "order_status.linear"
+    assert body["data"] == listing and body["exchange_ts"] == 1785000009000
+
+
+def test_bad_frames_raise_frame_error():
+    p = Pipeline()
+    bad = [b"not json", b"[]", orjson.dumps({"topic": "publicTrade.BTCUSDT", "data": []}),   # no ts
+           orjson.dumps({"topic": "order", "creationTime": 1, "data": [{"symbol": "X"}]})]    # no category
+    for i, payload in enumerate(bad):
+        endpoint = "private" if b"order" in payload else "linear"
+        with pytest.raises(FrameError):
+            p.process(Envelope("frame", payload, endpoint=endpoint, topic="x", recv_ns=RECV_NS, stream_seq=i + 1))
+
+
+def test_received_at_format():
+    assert events.iso_utc(0) == "1970-01-01T00:00:00.000000Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", events.iso_utc(RECV_NS))
+
+
+def test_routing_keys_match_queue_bindings():
+    for cls in classify.EVENT_CLASSES:
+        assert classify.queue_name(cls) == f"ws-gateway.{cls}"

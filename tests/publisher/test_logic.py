@@ -1,0 +1,154 @@
+"""Ticker merge, gap detection and the bounded outbox: pure logic, no services."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from common.envelope import Envelope
+from publisher.events import system_event
+from publisher.gaps import GapTracker
+from publisher.outbox import Outbox, Spool
+from publisher.pipeline import Pipeline
+
+FRAMES = Path(__file__).resolve().parent.parent / "frames"
+NS = 1_785_000_000_000_000_000
+
+
+def frame_env(name: str, endpoint: str, seq: int, epoch: str = "ep1", ns: int = NS) -> Envelope:
+    payload = (FRAMES / f"{name}.json").read_bytes()
+    return Envelope("frame", payload, endpoint=endpoint, topic=orjson.loads(payload)["topic"], recv_ns=ns,
+                    stream_seq=seq, epoch=epoch)
+
+
+# -- tickers -------------------------------------------------------------------------
+def test_ticker_delta_merged_into_snapshot():
+    p = Pipeline()
+    snap = orjson.loads((FRAMES / "ticker_linear_snapshot.json").read_bytes())["data"]
+    delta = orjson.loads((FRAMES / "ticker_linear_delta.json").read_bytes())["data"]
+    [first] = p.process(frame_env("ticker_linear_snapshot", "linear", 1))
+    assert orjson.loads(first.body)["data"] == snap and "changed_keys" not in orjson.loads(first.body)
+    [merged] = p.process(frame_env("ticker_linear_delta", "linear", 2))
+    body = orjson.loads(merged.body)
+    assert body["type"] == "delta"
+    assert body["data"] == {**snap, **delta}
+    assert set(body["data"]) == set(snap)                      # complete ticker
+    assert body["changed_keys"] == [k for k in delta if k != "symbol"]
+    assert merged.headers["changed_keys"] == ",".join(body["changed_keys"])
+
+
+def test_ticker_delta_before_snapshot_is_not_published():
+    p = Pipeline()
+    assert p.process(frame_env("ticker_linear_delta", "linear", 1)) == []
+    assert p.counts["ticker_delta_no_snapshot"] == 1
+    # The same symbol on another category has its own state.
+    p.process(frame_env("ticker_linear_snapshot", "linear", 2))
+    assert p.process(frame_env("ticker_linear_delta", "inverse", 1)) == []
+    assert len(p.process(frame_env("ticker_linear_delta", "linear", 3))) == 1
+
+
+# -- gaps ----------------------------------------------------------------------------
+def test_seq_jump_publishes_stream_gap():
+    p = Pipeline()
+    p.process(frame_env("public_trade", "linear", 1, ns=NS))
+    p.process(frame_env("public_trade", "linear", 2, ns=NS + 1000))
+    out = p.process(frame_env("public_trade", "linear", 6, ns=NS + 5_000_000))
+    assert [e.routing_key for e in out] == ["system.stream_gap", "trades.linear.BTCUSDT"]
+    gap = orjson.loads(out[0].body)["data"]
+    assert gap["stream"] == "linear:publicTrade.BTCUSDT" and gap["reason"] == "seq_jump"
+    assert (gap["missing_from"], gap["missing_to"], gap["missing"]) == (3, 5, 3)
+    assert gap["from_time"] < gap["to_time"]
+    # Other streams are independent; duplicates are counted, not gaps.
+    assert len(p.process(frame_env("kline", "linear", 1))) == 1
+    assert len(p.process(frame_env("public_trade", "linear", 6))) == 1
+    assert p.gaps.out_of_order == 1
+
+
+def test_new_epoch_reports_every_open_stream():
+    p = Pipeline()
+    p.process(frame_env("public_trade", "linear", 1))
+    p.process(frame_env("kline", "linear", 1))
+    out = p.process(frame_env("public_trade", "linear", 1, epoch="ep2", ns=NS + 10**9))
+    gaps = [orjson.loads(e.body)["data"] for e in out if e.event_class == "system"]
+    assert {g["stream"] for g in gaps} == {"linear:publicTrade.BTCUSDT", "linear:kline.5.BTCUSDT"}
+    assert all(g["reason"] == "ingest_restarted" and g["old_epoch"] == "ep1" for g in gaps)
+    # A late envelope of the old epoch is not a new epoch change.
+    assert [e.event_class for e in p.process(frame_env("kline", "linear", 2, epoch="ep1"))] == ["klines"]
+    assert p.gaps.stale == 1
+
+
+def test_gap_state_survives_a_restart():
+    g = GapTracker()
+    g.observe("linear", "t", "ep1", 1, NS)
+    g.observe("linear", "t", "ep1", 2, NS)
+    g2 = GapTracker()
+    g2.restore(orjson.loads(orjson.dumps(g.snapshot())))
+    [gap] = g2.observe("linear", "t", "ep1", 10, NS + 1)
+    assert gap["reason"] == "publisher_restarted" and (gap["missing_from"], gap["missing_to"]) == (3, 9)
+    assert g2.observe("linear", "t", "ep1", 11, NS + 2) == []
+    g3 = GapTracker()
+    g3.restore(g.snapshot())
+    [gap] = g3.observe("linear", "t", "ep2", 1, NS + 3)
+    assert gap["reason"] == "publisher_restarted" and gap["last_seq"] == 2
+
+
+# -- outbox --------------------------------------------------------------------------
+def ev(cls: str, n: int):
+    e = system_event("x", {"n": n}, recv_ns=NS + n)
+    e.event_class, e.stream, e.stream_seq = cls, f"linear:{cls}", n
+    return e
+
+
+def test_outbox_drops_oldest_market_keeps_account(tmp_path):
+    box = Outbox(bound=4, spool=Spool(tmp_path / "s"))
+    for i in range(1, 4):
+        box.add(ev("trades", i))
+    box.add(ev("order_status", 100))
+    box.add(ev("trades", 4))                      # over the bound: trades 1 goes
+    box.add(ev("executions", 101))                # trades 2 goes
+    assert dict(box.dropped) == {"trades": 2}
+    assert box.drop_ranges == {"linear:trades": [1, 2, 2]}
+    out = [box.pop() for _ in range(4)]
+    assert [(e.event_class, e.stream_seq) for e in out] == [
+        ("trades", 3), ("order_status", 100), ("trades", 4), ("executions", 101)]
+    assert box.pop() is None
+
+
+def test_outbox_spools_account_events_in_order(tmp_path):
+    spool = Spool(tmp_path / "s")
+    box = Outbox(bound=100, spool=spool)
+    for i in range(250):
+        box.add(ev("order_status", i))
+    assert box.in_memory == 100 and spool.depth == 150 and len(box) == 250
+    seen = []
+    while (e := box.pop()) is not None:
+        seen.append(e.stream_seq)
+    assert seen == list(range(250))
+    spool.confirmed(150)
+    assert spool.idle and (tmp_path / "s").stat().st_size == 0
+
+
+def test_spool_replayed_after_restart(tmp_path):
+    spool = Spool(tmp_path / "s")
+    box = Outbox(bound=100, spool=spool)
+    for i in range(130):
+        box.add(ev("balances", i))
+    first = [box.pop() for _ in range(50)]           # 50 of the in-memory ones published
+    spool.rewrite_front([e for e in [box.pop() for _ in range(50)]])   # 50 left in memory at stop
+    spool.close()
+    box2 = Outbox(bound=100, spool=Spool(tmp_path / "s"))
+    replay = []
+    while (e := box2.pop()) is not None:
+        replay.append(e.stream_seq)
+    assert [e.stream_seq for e in first] == list(range(50))
+    assert replay == list(range(50, 130))
+
+
+def test_requeue_goes_before_newer_events(tmp_path):
+    box = Outbox(bound=10)
+    for i in range(5):
+        box.add(ev("trades", i))
+    taken = [box.pop() for _ in range(3)]
+    box.add(ev("trades", 5))
+    box.requeue(taken[::-1])
+    assert [box.pop().stream_seq for _ in range(6)] == [0, 1, 2, 3, 4, 5]
