@@ -133,10 +133,14 @@ class Manager:
         cls = st.cls
         if cls == "orderbook":
             try:
-                verdict = st.book.check(parse.book_update(obj))
+                upd = parse.book_update(obj)
             except parse.FrameError as exc:
                 self.bad_frame(conn, str(exc), raw)
                 return
+            if upd.u == 1 and upd.type == "snapshot" and st.book.u not in (None, 1):
+                # Bybit restarted its book: the snapshot replaces it; tell consumers
+                self._announce(conn, st, "book_resync", f"u == 1 snapshot after u={st.book.u}: Bybit reset the book")
+            verdict = st.book.check(upd)
             if verdict.action != books.OK:
                 if verdict.action == books.RESYNC:
                     self._resync(conn, st, "book_resync", verdict.reason)
@@ -156,13 +160,16 @@ class Manager:
     def _resync(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
         if st.topic.name in conn.resync:
             return
-        metrics.RESYNCS.labels(conn.endpoint).inc()
         st.book.reset()
         st.ticker_ok = False
+        self._announce(conn, st, kind, reason)
+        conn.request_resync(st.topic.name)
+
+    def _announce(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
+        metrics.RESYNCS.labels(conn.endpoint).inc()
         self._bad("warning", kind, topic=st.topic.key, reason=reason)
         self.handoff.system(kind, {"endpoint": conn.endpoint, "topic": st.topic.name, "reason": reason,
                                    "at": time.time()}, endpoint=conn.endpoint)
-        conn.request_resync(st.topic.name)
 
     def subscription_result(self, conn: Connection, name: str, ok: bool, error: str | None) -> None:
         key = f"{conn.endpoint}:{name}"
