@@ -58,7 +58,8 @@ def status_report():
     processes = status.process_list(files)
     database, rows = _database()
     now = datetime.now(timezone.utc)
-    topics = [status.topic_status(r, now) for r in rows]
+    live = status.ingest_last_events(files)
+    topics = [status.topic_status(r, now, live.get(f"{r['endpoint']}:{r['topic']}")) for r in rows]
     amqp = broker.probe(settings.rabbitmq_url)
     report = {"overall": status.overall(processes, topics, database["reachable"], amqp["reachable"]),
               "processes": processes, "connections": status.connection_list(files),

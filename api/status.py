@@ -40,9 +40,13 @@ def freshness(channel: str, endpoint: str, depth: int | None, age_s: float | Non
     return "fresh" if age_s <= gap + ACTIVITY_SLACK_S else "stale"
 
 
-def topic_status(row: dict, now: datetime) -> dict:
+def topic_status(row: dict, now: datetime, live_last: float | None = None) -> dict:
+    """One live subscription; ``live_last`` is ingest's own last-event time (epoch s), if known."""
     last = row.get("last_event_at")
-    age = round(max(0.0, (now - last).total_seconds()), 3) if last is not None else None
+    ages = [(now - last).total_seconds()] if last is not None else []
+    if live_last is not None:
+        ages.append(now.timestamp() - live_last)
+    age = round(max(0.0, min(ages)), 3) if ages else None
     judged = freshness(row["channel"], row["endpoint"], row.get("depth"), age) if row["status"] == "active" else None
     return {"id": row["id"], "endpoint": row["endpoint"], "topic": row["topic"], "status": row["status"],
             "last_event_age_s": age, "freshness": judged}
@@ -68,6 +72,21 @@ def read_status_files(status_dir: Path, now: float | None = None) -> dict[str, d
     return out
 
 
+def _counts(data: dict) -> tuple[object, object]:
+    """(buffered, dropped) in whatever shape each process keeps them (docs/internals.md)."""
+    handoff = data.get("handoff")
+    if isinstance(handoff, dict):                       # ingest: per downstream
+        return ({k: v.get("buffered") for k, v in handoff.items() if isinstance(v, dict)},
+                {k: v.get("dropped") for k, v in handoff.items() if isinstance(v, dict)})
+    buffered = data.get("buffered")
+    if buffered is None and isinstance(data.get("pending"), dict):   # persister: rows waiting
+        buffered = {"pending": data["pending"], "spooled": data.get("spooled")}
+    dropped = data.get("dropped")
+    if dropped is None and "dead_letters" in data:
+        dropped = {"dead_letters": data["dead_letters"]}
+    return buffered, dropped
+
+
 def process_list(files: dict[str, dict]) -> list[dict]:
     names = list(EXPECTED_PROCESSES) + sorted(set(files) - set(EXPECTED_PROCESSES))
     result = []
@@ -76,36 +95,62 @@ def process_list(files: dict[str, dict]) -> list[dict]:
         if entry is None:
             result.append({"process": name, "reporting": False})
             continue
-        data = entry["data"] or {}
         age = entry["age_s"]
+        buffered, dropped = _counts(entry["data"] or {})
         result.append({"process": name, "reporting": entry["data"] is not None and age is not None
-                       and age <= STALE_FILE_S, "age_s": age,
-                       "buffered": data.get("buffered"), "dropped": data.get("dropped")})
+                       and age <= STALE_FILE_S, "age_s": age, "buffered": buffered, "dropped": dropped})
     return result
+
+
+def _as_connection(process: str, name: str, conn: dict) -> dict:
+    item = {"process": process, **conn, "name": name}
+    if "reconnects" not in item and isinstance(conn.get("connects"), int):
+        item["reconnects"] = max(conn["connects"] - 1, 0)
+    if isinstance(conn.get("up"), bool) and "state" not in conn:
+        item["state"] = "up" if conn["up"] else "down"
+    if "last_error" not in item and "error" in conn:
+        item["last_error"] = conn["error"]
+    if not isinstance(item.get("reconnects"), int) or isinstance(item.get("reconnects"), bool):
+        item["reconnects"] = None
+    for key in ("state", "last_error"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            item[key] = str(item[key])
+    if item.get("last_error") == "":
+        item["last_error"] = None
+    return item
 
 
 def connection_list(files: dict[str, dict]) -> list[dict]:
-    """Connections as the processes report them: a list of objects or a {name: object} map."""
+    """Bybit connections as ingest reports them, plus the publisher's broker link and
+    the persister's database link."""
     result = []
     for process, entry in sorted(files.items()):
-        conns = (entry["data"] or {}).get("connections")
+        data = entry["data"] or {}
+        conns = data.get("connections")
         if isinstance(conns, dict):
-            conns = [{"name": name, **(value if isinstance(value, dict) else {"state": value})}
-                     for name, value in conns.items()]
-        if not isinstance(conns, list):
-            continue
-        for conn in conns:
-            if not isinstance(conn, dict):
-                continue
-            item = {"process": process, **conn}
-            item["name"] = str(conn.get("name") or conn.get("endpoint") or conn.get("id") or "?")
-            if not isinstance(item.get("reconnects"), int) or isinstance(item.get("reconnects"), bool):
-                item["reconnects"] = None
-            for key in ("state", "last_error"):
-                if item.get(key) is not None and not isinstance(item[key], str):
-                    item[key] = str(item[key])
-            result.append(item)
+            conns = [{"name": k, **(v if isinstance(v, dict) else {"state": v})} for k, v in conns.items()]
+        for conn in conns if isinstance(conns, list) else []:
+            if isinstance(conn, dict):
+                name = conn.get("name") or conn.get("id") or conn.get("endpoint") or "?"
+                result.append(_as_connection(process, str(name), conn))
+        if process == "publisher" and isinstance(data.get("broker"), dict):
+            result.append(_as_connection(process, "rabbitmq", data["broker"]))
+        if process == "persister" and isinstance(data.get("database"), dict):
+            result.append(_as_connection(process, "postgresql", data["database"]))
     return result
+
+
+def ingest_last_events(files: dict[str, dict]) -> dict[str, float]:
+    """{"endpoint:topic": last event (epoch s)} from ingest's own file: fresher than
+    PostgreSQL, which hears about activity every few seconds."""
+    topics = ((files.get("ingest") or {}).get("data") or {}).get("topics")
+    out = {}
+    if isinstance(topics, dict):
+        for key, value in topics.items():
+            ms = value.get("last_event_ms") if isinstance(value, dict) else None
+            if isinstance(ms, (int, float)) and not isinstance(ms, bool):
+                out[key] = ms / 1000
+    return out
 
 
 def overall(processes: list[dict], topics: list[dict], db_ok: bool, broker_ok: bool) -> str:
