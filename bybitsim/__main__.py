@@ -1,0 +1,5 @@
+import sys
+
+from bybitsim.app import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Market state: instruments and their mid price as a pure function of (seed, time).
+
+Every stream of one symbol (trades, book, ticker, kline) reads the same mid price at
+the same instant, so the frames agree with each other, and a run is reproducible from
+its seed and timestamps. Prices are Decimal, quantised to the instrument's tick.
+"""
+from __future__ import annotations
+
+import math
+import re
+import uuid
+import zlib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+_BASE_PRICES = {
+    "BTC": "118000", "ETH": "3500", "SOL": "180", "BNB": "650", "XRP": "2.5", "DOGE": "0.2",
+    "ADA": "0.8", "LTC": "95", "TON": "5.5", "AVAX": "35", "LINK": "18", "DOT": "7",
+}
+_QUOTE = re.compile(r"(USDT|USDC|USD|PERP|EUR|BTC)([FGHJKMNQUVXZ]\d\d)?$")
+
+
+def stable_hash(*parts) -> int:
+    """A hash that does not change between runs (unlike ``hash()`` on str)."""
+    return zlib.crc32("\x1f".join(str(p) for p in parts).encode())
+
+
+def base_coin(symbol: str) -> str:
+    head = symbol.split("-")[0]
+    stripped = _QUOTE.sub("", head)
+    return stripped or head
+
+
+def option_parts(symbol: str) -> tuple[str, Decimal, str] | None:
+    """``BTC-31JUL26-120000-C(-USDT)`` -> (base, strike, "C"|"P"); None if not an option symbol."""
+    parts = symbol.split("-")
+    if len(parts) >= 4 and parts[2].isdigit() and parts[3] in ("C", "P"):
+        return parts[0], Decimal(parts[2]), parts[3]
+    return None
+
+
+def default_option_symbol(base: str) -> str:
+    spot = Decimal(_BASE_PRICES.get(base, "100"))
+    strike = (spot / 1000).to_integral_value() * 1000 if spot >= 1000 else spot.to_integral_value()
+    return f"{base}-31JUL26-{int(strike)}-C"
+
+
+def _tick(price: Decimal) -> Decimal:
+    if price >= 1000:
+        return Decimal("0.10")
+    if price >= 10:
+        return Decimal("0.01")
+    if price >= 1:
+        return Decimal("0.0001")
+    return Decimal("0.00001")
+
+
+def _qty_step(price: Decimal) -> Decimal:
+    if price >= 1000:
+        return Decimal("0.001")
+    if price >= 10:
+        return Decimal("0.01")
+    if price >= 1:
+        return Decimal("0.1")
+    return Decimal("1")
+
+
+@dataclass(frozen=True)
+class Instrument:
+    category: str
+    symbol: str
+    base: str
+    ref_price: Decimal    # centre of the price path
+    tick: Decimal
+    qty_step: Decimal
+    phase1: float
+    phase2: float
+
+    def q_price(self, value: Decimal) -> Decimal:
+        return (value / self.tick).quantize(Decimal(1), ROUND_HALF_UP) * self.tick
+
+    def q_qty(self, value: Decimal) -> Decimal:
+        steps = max(1, int(value / self.qty_step))
+        return self.qty_step * steps
+
+
+class Market:
+    """Instruments by (category, symbol), with a deterministic, smoothly moving mid price."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._instruments: dict[tuple[str, str], Instrument] = {}
+
+    def instrument(self, category: str, symbol: str) -> Instrument:
+        key = (category, symbol)
+        inst = self._instruments.get(key)
+        if inst is None:
+            inst = self._instruments[key] = self._make(category, symbol)
+        return inst
+
+    def _make(self, category: str, symbol: str) -> Instrument:
+        base = base_coin(symbol)
+        h = stable_hash(self.seed, category, symbol)
+        spot = Decimal(_BASE_PRICES.get(base) or str(1 + h % 997))
+        opt = option_parts(symbol)
+        if category == "option" and opt:
+            # A rough call/put premium: intrinsic value plus some time value.
+            _, strike, kind = opt
+            intrinsic = max(Decimal(0), spot - strike if kind == "C" else strike - spot)
+            ref, tick, step = intrinsic + spot * Decimal("0.02"), Decimal("5"), Decimal("0.01")
+        elif category == "inverse":
+            ref, tick, step = spot, Decimal("0.50") if spot >= 1000 else _tick(spot), Decimal("1")
+        else:
+            ref, tick, step = spot, _tick(spot), _qty_step(spot)
+        return Instrument(category, symbol, base, ref, tick, step,
+                          phase1=(h % 1000) / 1000 * math.tau, phase2=(h // 1000 % 1000) / 1000 * math.tau)
+
+    def index_price(self, base: str, ts_ms: int) -> Decimal:
+        """The underlying's index price (for option tickers and trades)."""
+        return self.mid(self.instrument("linear", f"{base}USDT"), ts_ms)
+
+    def mid(self, inst: Instrument, ts_ms: int) -> Decimal:
+        """Mid price at ``ts_ms``: two slow waves plus a few ticks of per-250 ms noise."""
+        t = ts_ms / 1000.0
+        move = 0.001 * math.sin(math.tau * t / 300.0 + inst.phase1) + 0.0003 * math.sin(math.tau * t / 30.0 + inst.phase2)
+        noise = stable_hash(self.seed, inst.symbol, ts_ms // 250) % 7 - 3
+        price = inst.ref_price * Decimal(str(round(1 + move, 9))) + inst.tick * noise
+        return max(inst.q_price(price), inst.tick * 10)
+
+
+def rng_uuid(rng) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))

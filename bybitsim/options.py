@@ -1,0 +1,74 @@
+"""The simulator's settings, read once: common Settings (sim_host, sim_port, sim_rate)
+plus its own SIM_* environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from common.config import ConfigError, Settings
+
+from .faults import REJECT_MODES
+from .protocol import Symbols
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765                  # 0 = any free port
+    rate: float = 10.0                # public frames/s per subscribed topic (0 = silent)
+    api_key: str = "sim-key"
+    api_secret: str = field(default="sim-secret", repr=False)
+    symbols: str = ""                 # SIM_SYMBOLS: "" = every well-formed symbol exists
+    account_rate: float = 2.0         # account events/s (orders placed, filled, cancelled)
+    seed: int = 0                     # frames are reproducible from the seed and the timestamps
+    reject_mode: str = "whole"
+    account_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    max_pushes_per_conn: int = 100_000
+
+    def __post_init__(self):
+        if self.rate < 0 or self.account_rate < 0:
+            raise ConfigError("rate and account_rate must be >= 0")
+        if self.reject_mode not in REJECT_MODES:
+            raise ConfigError(f"reject_mode must be one of {REJECT_MODES}, got {self.reject_mode!r}")
+        try:
+            Symbols(self.symbols)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name) or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{name}: must be >= 0, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+
+
+def options_from_env(settings: Settings, env: Mapping[str, str] | None = None) -> SimOptions:
+    """SIM_API_KEY, SIM_API_SECRET, SIM_SYMBOLS, SIM_ACCOUNT_RATE, SIM_SEED, SIM_REJECT_MODE."""
+    env = os.environ if env is None else env
+    account_symbols = tuple(s for s in (env.get("SIM_ACCOUNT_SYMBOLS") or "BTCUSDT,ETHUSDT").split(",") if s)
+    return SimOptions(
+        host=settings.sim_host,
+        port=settings.sim_port,
+        rate=settings.sim_rate,
+        api_key=env.get("SIM_API_KEY") or "sim-key",
+        api_secret=env.get("SIM_API_SECRET") or "sim-secret",
+        symbols=env.get("SIM_SYMBOLS") or "",
+        account_rate=_float(env, "SIM_ACCOUNT_RATE", 2.0),
+        seed=_int(env, "SIM_SEED", 0),
+        reject_mode=(env.get("SIM_REJECT_MODE") or "whole").lower(),
+        account_symbols=account_symbols,
+    )

@@ -1,0 +1,256 @@
+"""Transport: one websockets server on one port for the WebSocket endpoints, Bybit REST
+and the control API, plus the tasks that push data.
+
+- WS ``/v5/public/{spot,linear,inverse,option}`` and ``/v5/private[?max_active_time=]``.
+- Plain HTTP (``/v5/market/time``, ``/__sim/...``) is answered from ``process_request``.
+  websockets refuses request bodies, so ``SimConnection`` lifts the body off a request
+  before the handshake parser sees it and hands it to ``process_request``.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from common.logs import RateLimited, get_logger
+
+from . import httpapi
+from .options import SimOptions
+from .protocol import ENDPOINTS, PRIVATE, parse_max_active_time
+from .session import Conn, handle_text
+from .sim import Simulator, now_ms
+
+log = get_logger("bybitsim.server")
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
+MAX_HEAD = 64 * 1024
+MAX_BODY = 1024 * 1024
+MAX_BURST = 500          # frames per topic per publisher pass, so one topic cannot starve others
+PRIVATE_POLL_S = 0.1     # how often a private connection checks its close deadlines
+
+
+class SimConnection(ServerConnection):
+    """A ServerConnection that accepts HTTP requests with a body (for POST /__sim/...)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._head: bytearray | None = bytearray()
+        self.http_body = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            return super().data_received(data)
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD:
+                self._head = None
+                super().data_received(b"")
+                self.transport.abort()
+            return
+        head = bytes(self._head[:end + 4])
+        m = _CONTENT_LENGTH.search(head)
+        length = int(m.group(1)) if m else 0
+        if length > MAX_BODY:
+            self.transport.abort()
+            return
+        if len(self._head) < end + 4 + length:
+            return                      # wait for the rest of the body
+        self.http_body = bytes(self._head[end + 4:end + 4 + length])
+        rest = bytes(self._head[end + 4 + length:])
+        self._head = None
+        if m:
+            head = head[:m.start(1)] + b"0" + head[m.end(1):]
+        super().data_received(head + rest)
+
+
+class SimServer:
+    """The simulator's server; ``start()`` binds, ``stop()`` closes everything."""
+
+    def __init__(self, opts: SimOptions):
+        self.opts = opts
+        self.sim = Simulator(opts)
+        self.server = None
+        self.port: int | None = None
+        self._account_task: asyncio.Task | None = None
+        self._warn = RateLimited(log)
+
+    async def start(self) -> None:
+        self.server = await serve(
+            self._handler, self.opts.host, self.opts.port,
+            create_connection=SimConnection, process_request=self._process_request,
+            ping_interval=None,          # Bybit's heartbeat is the JSON ping; we only answer
+            compression=None, close_timeout=1, max_queue=64, server_header="bybitsim",
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self._account_task = asyncio.get_running_loop().create_task(self._account_loop())
+        log.info("listening", host=self.opts.host, port=self.port, rate=self.opts.rate,
+                 account_rate=self.opts.account_rate, symbols=self.opts.symbols or "*")
+
+    async def stop(self) -> None:
+        if self._account_task:
+            self._account_task.cancel()
+        if self.server is None:
+            return
+        for conn in list(self.sim.conns.values()):
+            self.sim.set_stall(conn, False)
+        self.server.close()
+        try:
+            await asyncio.wait_for(self.server.wait_closed(), 3)
+        except TimeoutError:
+            for conn in list(self.sim.conns.values()):
+                conn.ws.transport.abort()
+        log.info("stopped")
+
+    # -- HTTP and handshake -------------------------------------------------------------
+
+    def _process_request(self, connection: SimConnection, request):
+        url = urlsplit(request.path)
+        parts = url.path.rstrip("/").split("/")
+        endpoint = None
+        if url.path.startswith("/v5/public/") and len(parts) == 4 and parts[3] in ENDPOINTS[:4]:
+            endpoint = parts[3]
+        elif url.path.rstrip("/") == "/v5/private":
+            endpoint = PRIVATE
+        if endpoint is None or request.headers.get("Upgrade", "").lower() != "websocket":
+            method = getattr(request, "method", "GET")
+            status, body = httpapi.route(self.sim, method, url.path, connection.http_body)
+            return self._json(connection, status, body)
+        max_active = None
+        if endpoint == PRIVATE:
+            values = parse_qs(url.query).get("max_active_time")
+            try:
+                max_active = parse_max_active_time(values[-1] if values else None)
+            except ValueError as exc:
+                return self._json(connection, 400, {"retCode": 10001, "retMsg": str(exc)})
+        connection.sim_endpoint = endpoint
+        connection.sim_max_active = max_active
+        return None
+
+    @staticmethod
+    def _json(connection, status: int, body: dict):
+        response = connection.respond(status, "")
+        payload = httpapi.encode(body)
+        response.body = payload
+        del response.headers["Content-Type"], response.headers["Content-Length"]   # a multi-dict
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(payload))
+        return response
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _handler(self, ws: SimConnection) -> None:
+        sim = self.sim
+        conn = sim.open_conn(ws.sim_endpoint, ws, ws.sim_max_active or 0.0)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._publisher(conn))]
+        if conn.endpoint == PRIVATE:
+            tasks.append(loop.create_task(self._private_watchdog(conn)))
+        for task in tasks:
+            task.add_done_callback(lambda t, c=conn: self._task_done(t, c))
+        try:
+            async for text in ws:
+                conn.last_client_mono = time.monotonic()
+                for reply in handle_text(sim, conn, text, now_ms()):
+                    await ws.send(orjson.dumps(reply), text=True)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closing = True
+            for task in tasks:
+                task.cancel()
+            sim.close_conn(conn)
+
+    def _task_done(self, task: asyncio.Task, conn: Conn) -> None:
+        if task.cancelled() or isinstance(task.exception(), ConnectionClosed):
+            return
+        if task.exception() is not None:
+            log.error("connection_task_failed", conn_id=conn.id, exc_info=task.exception())
+            conn.ws.transport.abort()
+
+    async def _publisher(self, conn: Conn) -> None:
+        """Sends account pushes and public frames at ``rate`` per topic until cancelled."""
+        sim, ws = self.sim, conn.ws
+        while True:
+            conn.changed.clear()
+            timeout = None
+            if not conn.stalled:
+                while conn.pushes and not conn.stalled:
+                    topic, frame = conn.pushes.popleft()
+                    await ws.send(orjson.dumps(frame), text=True)
+                    sim.sent(conn, topic)
+                    sim.account.record_push(conn.id, frame)
+                if sim.rate > 0 and conn.due:
+                    await self._public_pass(conn, 1.0 / sim.rate)
+                    if conn.due:
+                        timeout = max(0.0, min(conn.due.values()) - time.monotonic())
+            if conn.changed.is_set():
+                continue
+            try:
+                await asyncio.wait_for(conn.changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _public_pass(self, conn: Conn, interval: float) -> None:
+        sim, ws = self.sim, conn.ws
+        now = time.monotonic()
+        for topic in list(conn.due):
+            stream = conn.topics.get(topic)
+            sent = 0
+            while stream is not None and sent < MAX_BURST and not conn.stalled:
+                due = conn.due.get(topic)
+                if due is None or due > now:
+                    break
+                sim.book_frame_faults(conn, topic, stream)
+                await ws.send(orjson.dumps(stream.next(now_ms())), text=True)
+                sim.sent(conn, topic)
+                if topic in conn.due:
+                    conn.due[topic] += interval
+                sent += 1
+            if topic in conn.due and conn.due[topic] < now - 1.0:
+                conn.due[topic] = now       # more than a second behind: skip, do not burst
+                sim.count("frames_skipped")
+
+    async def _private_watchdog(self, conn: Conn) -> None:
+        """max_active_time (no client traffic for that long) and the close_private hook."""
+        while True:
+            now = time.monotonic()
+            reason = None
+            if conn.max_active_s and now - conn.last_client_mono >= conn.max_active_s:
+                reason = "max_active_time"
+            after = self.sim.faults.close_private_after_s
+            if after is not None and now - conn.opened_mono >= after:
+                reason = "close_private"
+            if reason:
+                log.info("closing_private", conn_id=conn.id, reason=reason)
+                conn.closing = True
+                if conn.stalled:
+                    self.sim.set_stall(conn, False)
+                await conn.ws.close(1000, reason)
+                return
+            await asyncio.sleep(PRIVATE_POLL_S)
+
+    async def _account_loop(self) -> None:
+        """The account moves at ``account_rate`` events/s whether or not anyone listens."""
+        last = time.monotonic()
+        while True:
+            rate = self.sim.account_rate
+            now = time.monotonic()
+            if rate <= 0:
+                last = now
+                await asyncio.sleep(0.1)
+                continue
+            due = last + 1.0 / rate
+            if now < due:
+                await asyncio.sleep(min(due - now, 0.1))   # short naps: a rate change applies at once
+                continue
+            last = max(due, now - 1.0)
+            try:
+                self.sim.account_step()
+            except Exception:        # a bug in one event must not stop the account
+                self._warn("error", "account_step_failed", exc_info=True)
+                self.sim.count("account_errors")

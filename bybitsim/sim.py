@@ -1,0 +1,233 @@
+"""The simulator's shared state: connections, counters, faults, market and account,
+and the control hooks that change them.
+
+Every method runs on the server's event loop thread. ``control(op, payload)`` is the
+one entry point of the control API (HTTP ``/__sim/{op}``, ``SimControl`` and the
+``run_in_thread`` handle all go through it), so the three stay identical.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+from common.logs import get_logger
+
+from .account import Account
+from .faults import REJECT_MODES, Faults
+from .market import Market
+from .options import SimOptions
+from .protocol import ENDPOINTS, PRIVATE, Symbols
+from .session import Conn
+from .streams import BookStream
+
+log = get_logger("bybitsim")
+
+
+class ControlError(ValueError):
+    """A control request with a bad payload (HTTP 400)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Simulator:
+    def __init__(self, opts: SimOptions):
+        self.opts = opts
+        self.rate = opts.rate
+        self.account_rate = opts.account_rate
+        self.symbols = Symbols(opts.symbols)
+        self.market = Market(opts.seed)
+        self.faults = Faults(reject_mode=opts.reject_mode)
+        self.account = Account(self.market, opts.seed, opts.account_symbols, opts.max_pushes_per_conn)
+        self.conns: dict[str, Conn] = {}
+        self.connections_opened = Counter({e: 0 for e in ENDPOINTS})
+        self.pings = Counter({e: 0 for e in ENDPOINTS})
+        self.frames_sent: Counter = Counter()
+        self.counters: Counter = Counter()
+        self.auth_attempts = 0
+        self.auth_failures = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    # -- connections -------------------------------------------------------------------
+
+    def open_conn(self, endpoint: str, ws, max_active_s: float) -> Conn:
+        conn = Conn(uuid.uuid4().hex[:20] + "-" + uuid.uuid4().hex[:4], endpoint, ws, max_active_s, now_ms())
+        conn.stalled = self.faults.is_stalled(endpoint)
+        self.conns[conn.id] = conn
+        self.connections_opened[endpoint] += 1
+        log.info("connection_opened", conn_id=conn.id, endpoint=endpoint)
+        return conn
+
+    def close_conn(self, conn: Conn) -> None:
+        self.conns.pop(conn.id, None)
+        log.info("connection_closed", conn_id=conn.id, endpoint=conn.endpoint, topics=len(conn.topics))
+
+    def matching(self, endpoint: str | None):
+        return [c for c in list(self.conns.values()) if endpoint is None or c.endpoint == endpoint]
+
+    def sent(self, conn: Conn, topic: str) -> None:
+        self.frames_sent[f"{conn.endpoint}:{topic}"] += 1
+
+    def book_frame_faults(self, conn: Conn, topic: str, stream) -> None:
+        """Apply a pending gap/reset hook to this book stream before its next frame."""
+        if isinstance(stream, BookStream):
+            if self.faults.take(self.faults.book_reset, conn.endpoint, topic):
+                stream.reset_next = True
+            if self.faults.take(self.faults.book_gap, conn.endpoint, topic):
+                stream.gap_next = True
+
+    def set_stall(self, conn: Conn, stalled: bool) -> None:
+        if conn.stalled == stalled:
+            return
+        conn.stalled = stalled
+        transport = conn.ws.transport
+        # Not reading means not even protocol-level pongs go out: the link looks dead.
+        if stalled:
+            transport.pause_reading()
+        elif not transport.is_closing():
+            transport.resume_reading()
+        conn.wake()
+
+    # -- the account -------------------------------------------------------------------
+
+    def account_step(self) -> None:
+        """One account event, fanned out to authenticated private connections."""
+        pushes = self.account.step(now_ms())
+        for conn in self.matching(PRIVATE):
+            if conn.authenticated and not conn.closing:
+                frames = self.account.frames_for(conn.topics, pushes, now_ms())
+                if frames:
+                    conn.pushes.extend(frames)
+                    conn.wake()
+
+    # -- control API -------------------------------------------------------------------
+
+    def control(self, op: str, payload: dict | None) -> dict:
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise KeyError(op)
+        if payload is not None and not isinstance(payload, dict):
+            raise ControlError("the body must be a JSON object")
+        return handler(payload or {})
+
+    @staticmethod
+    def _endpoint(payload: dict, required: bool = False) -> str | None:
+        endpoint = payload.get("endpoint")
+        if endpoint is None and not required:
+            return None
+        if endpoint not in ENDPOINTS:
+            raise ControlError(f"endpoint must be one of {', '.join(ENDPOINTS)}"
+                               + ("" if required else " or null"))
+        return endpoint
+
+    @staticmethod
+    def _bool(payload: dict, key: str, default: bool) -> bool:
+        value = payload.get(key, default)
+        if not isinstance(value, bool):
+            raise ControlError(f"{key} must be true or false")
+        return value
+
+    def op_state(self, payload: dict) -> dict:
+        subscribed = {e: sorted({t for c in self.matching(e) for t in c.topics}) for e in ENDPOINTS}
+        return {"connections": [c.describe() for c in self.conns.values()],
+                "subscribed": subscribed,
+                "connections_opened": dict(self.connections_opened),
+                "auth_attempts": self.auth_attempts, "auth_failures": self.auth_failures,
+                "pings": dict(self.pings), "frames_sent": dict(self.frames_sent),
+                "faults": self.faults.to_dict(), "rate": self.rate, "account_rate": self.account_rate,
+                "counters": dict(self.counters)}
+
+    def op_drop(self, payload: dict) -> dict:
+        conns = self.matching(self._endpoint(payload))
+        for conn in conns:
+            conn.closing = True
+            conn.ws.transport.abort()      # TCP abort: no close frame
+        log.info("hook_drop", endpoint=payload.get("endpoint"), dropped=len(conns))
+        return {"ok": True, "dropped": [c.id for c in conns]}
+
+    def op_pong(self, payload: dict) -> dict:
+        endpoint = self._endpoint(payload)
+        self.faults.set_flag(self.faults.no_pong, endpoint, not self._bool(payload, "enabled", True))
+        return {"ok": True, "faults": self.faults.to_dict()}
+
+    def op_stall(self, payload: dict) -> dict:
+        """Stall matching connections; unless ``current_only``, new connections stall too."""
+        endpoint, on = self._endpoint(payload), self._bool(payload, "enabled", True)
+        if not self._bool(payload, "current_only", False):
+            self.faults.set_flag(self.faults.stalled, endpoint, on)
+        conns = self.matching(endpoint)
+        for conn in conns:
+            self.set_stall(conn, on)
+        return {"ok": True, "connections": [c.id for c in conns], "faults": self.faults.to_dict()}
+
+    def op_reject(self, payload: dict) -> dict:
+        topic = payload.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise ControlError("topic must be a non-empty string")
+        self.faults.rejected.add((self._endpoint(payload), topic))
+        return {"ok": True, "faults": self.faults.to_dict()}
+
+    def op_reject_mode(self, payload: dict) -> dict:
+        mode = payload.get("mode")
+        if mode not in REJECT_MODES:
+            raise ControlError(f"mode must be one of {', '.join(REJECT_MODES)}")
+        self.faults.reject_mode = mode
+        return {"ok": True, "reject_mode": mode}
+
+    def op_rate(self, payload: dict) -> dict:
+        for key in ("rate", "account_rate"):
+            if key in payload:
+                value = payload[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise ControlError(f"{key} must be a number >= 0")
+                setattr(self, key, float(value))
+        for conn in self.conns.values():
+            now = time.monotonic()
+            for topic in conn.due:
+                conn.due[topic] = min(conn.due[topic], now + (1 / self.rate if self.rate else 0))
+            conn.wake()
+        return {"ok": True, "rate": self.rate, "account_rate": self.account_rate}
+
+    def _book_hook(self, payload: dict, flags: set) -> dict:
+        topic = payload.get("topic")
+        if not isinstance(topic, str) or not topic.startswith("orderbook."):
+            raise ControlError("topic must be an orderbook topic")
+        flags.add((self._endpoint(payload, required=True), topic))
+        for conn in self.matching(payload["endpoint"]):
+            if topic in conn.due:
+                conn.due[topic] = time.monotonic()   # show the fault now, not a frame later
+                conn.wake()
+        return {"ok": True, "faults": self.faults.to_dict()}
+
+    def op_book_gap(self, payload: dict) -> dict:
+        return self._book_hook(payload, self.faults.book_gap)
+
+    def op_book_reset(self, payload: dict) -> dict:
+        return self._book_hook(payload, self.faults.book_reset)
+
+    def op_auth(self, payload: dict) -> dict:
+        self.faults.auth_fail = self._bool(payload, "fail", True)
+        return {"ok": True, "auth_fail": self.faults.auth_fail}
+
+    def op_close_private(self, payload: dict) -> dict:
+        after = payload.get("after_s")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, (int, float)) or after < 0):
+            raise ControlError("after_s must be a number >= 0 or null")
+        self.faults.close_private_after_s = None if after is None else float(after)
+        for conn in self.matching(PRIVATE):
+            conn.wake()
+        return {"ok": True, "close_private_after_s": self.faults.close_private_after_s}
+
+    def op_account(self, payload: dict) -> dict:
+        return self.account.ground_truth()
+
+    def op_reset(self, payload: dict) -> dict:
+        self.faults.reset()
+        self.faults.reject_mode = self.opts.reject_mode
+        for conn in self.conns.values():
+            self.set_stall(conn, False)
+        return {"ok": True, "faults": self.faults.to_dict()}

@@ -1,0 +1,307 @@
+"""Public data frames, one stream object per subscribed topic, pure given a seed.
+
+``stream.next(ts_ms)`` returns the next frame (a dict shaped like the recorded frames in
+tests/frames/) for a push at ``ts_ms``. Streams keep their own state (book, ticker,
+candle, sequence numbers) and read prices from the shared Market.
+"""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from .market import Instrument, Market, default_option_symbol, rng_uuid, stable_hash
+
+_TICK_DIR = {1: "PlusTick", 0: "ZeroPlusTick", -1: "MinusTick"}
+
+
+def _s(value: Decimal) -> str:
+    return str(value)
+
+
+class Stream:
+    def __init__(self, market: Market, category: str, topic: str, seed: int):
+        self.market, self.category, self.topic = market, category, topic
+        self.rng = random.Random(stable_hash(seed, category, topic))
+        self.symbol = topic.rsplit(".", 1)[-1]
+        self.inst: Instrument = market.instrument(category, self.symbol)
+        self.seq = 400_000_000_000 + self.rng.randrange(10**9)
+
+    def mid(self, ts_ms: int) -> Decimal:
+        return self.market.mid(self.inst, ts_ms)
+
+    def size(self, max_steps: int = 500) -> Decimal:
+        return self.inst.qty_step * self.rng.randint(1, max_steps)
+
+    def next(self, ts_ms: int) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TradeStream(Stream):
+    """``publicTrade.{symbol}``; on option ``publicTrade.{base}`` with option trades."""
+
+    def __init__(self, market, category, topic, seed):
+        if category == "option":
+            topic_symbol = topic.rsplit(".", 1)[-1]
+            super().__init__(market, category, f"publicTrade.{default_option_symbol(topic_symbol)}", seed)
+            self.topic, self.base = topic, topic_symbol
+        else:
+            super().__init__(market, category, topic, seed)
+        self.last: Decimal | None = None
+        self.last_dir = 0
+        self.n = 0
+
+    def next(self, ts_ms: int) -> dict:
+        self.seq += self.rng.randint(1, 50)
+        trades = [self._trade(ts_ms) for _ in range(self.rng.choice((1, 1, 1, 2, 3)))]
+        frame = {"topic": self.topic, "type": "snapshot", "ts": ts_ms, "data": trades}
+        if self.category == "option":
+            frame = {"id": f"{self.topic}-{ts_ms}-{self.rng.getrandbits(32):08x}", **frame}
+        return frame
+
+    def _trade(self, ts_ms: int) -> dict:
+        price = self.inst.q_price(self.mid(ts_ms) + self.inst.tick * self.rng.randint(-2, 2))
+        if self.last is not None and price != self.last:
+            self.last_dir = 1 if price > self.last else -1
+        direction = _TICK_DIR[self.last_dir] if self.last is None or price != self.last else (
+            "ZeroPlusTick" if self.last_dir >= 0 else "ZeroMinusTick")
+        self.last = price
+        self.n += 1
+        trade = {"T": ts_ms - self.rng.randint(0, 3), "s": self.inst.symbol,
+                 "S": self.rng.choice(("Buy", "Sell")), "v": _s(self.size(50)), "p": _s(price)}
+        if self.category == "option":
+            index = self.market.index_price(self.base, ts_ms)
+            iv = Decimal("0.45") + Decimal(self.rng.randint(-200, 200)) / 10000
+            trade.update({"i": rng_uuid(self.rng), "BT": False, "seq": self.seq,
+                          "mP": _s(price), "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
+            return trade
+        if self.category != "spot":
+            trade["L"] = direction
+        trade["i"] = str(2290000000000000000 + self.n) if self.category == "spot" else rng_uuid(self.rng)
+        trade.update({"BT": False, "RPI": False, "seq": self.seq})
+        return trade
+
+
+class BookStream(Stream):
+    """``orderbook.{depth}.{symbol}``: a snapshot, then deltas with ``u`` +1 (depth 1: snapshots)."""
+
+    def __init__(self, market, category, topic, seed):
+        super().__init__(market, category, topic, seed)
+        self.depth = int(topic.split(".")[1])
+        self.u = self.rng.randint(1_000_000, 90_000_000)
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.best_bid: Decimal | None = None
+        self.started = False
+        self.gap_next = False      # hooks: the next delta skips one u
+        self.reset_next = False    # hooks: the next frame is a snapshot with u == 1
+
+    def _target(self, ts_ms: int) -> tuple[dict, dict]:
+        """The book at ``ts_ms``: ``depth`` levels each side of the mid, a few re-quoted."""
+        tick = self.inst.tick
+        best_bid = max(self.inst.q_price(self.mid(ts_ms) - tick / 2), tick * (self.depth + 1))
+        if self.bids and best_bid == self.best_bid:
+            bids, asks = dict(self.bids), dict(self.asks)
+        else:
+            bids, asks = {}, {}
+            for i in range(self.depth):
+                bp, ap = best_bid - tick * i, best_bid + tick * (i + 1)
+                bids[bp] = self.bids.get(bp) or self.size()
+                asks[ap] = self.asks.get(ap) or self.size()
+        self.best_bid = best_bid
+        for book in (bids, asks):
+            for _ in range(self.rng.randint(1, 3)):
+                book[best_bid + tick * self.rng.randint(1 - self.depth, 0) if book is bids
+                     else best_bid + tick * self.rng.randint(1, self.depth)] = self.size()
+        return bids, asks
+
+    def next(self, ts_ms: int) -> dict:
+        if self.reset_next:
+            self.reset_next, self.started, self.u = False, False, 0
+            self.bids, self.asks = {}, {}
+        if self.depth == 1 and self.started and self.rng.random() < 0.25:
+            return self._frame("snapshot", ts_ms, self.bids, self.asks)   # unchanged: same u
+        bids, asks = self._target(ts_ms)
+        self.seq += self.rng.randint(1, 40)
+        if not self.started or self.depth == 1:
+            self.started = True
+            self.u += 1
+            self.bids, self.asks = bids, asks
+            return self._frame("snapshot", ts_ms, bids, asks)
+        self.u += 2 if self.gap_next else 1
+        self.gap_next = False
+        db, da = _diff(self.bids, bids), _diff(self.asks, asks)
+        self.bids, self.asks = bids, asks
+        return self._frame("delta", ts_ms, dict(db), dict(da), ordered=False)
+
+    def _frame(self, kind, ts_ms, bids, asks, ordered=True) -> dict:
+        b = sorted(bids.items(), reverse=True) if ordered else list(bids.items())
+        a = sorted(asks.items()) if ordered else list(asks.items())
+        data = {"s": self.inst.symbol, "b": [[_s(p), _s(q)] for p, q in b],
+                "a": [[_s(p), _s(q)] for p, q in a], "u": self.u, "seq": self.seq}
+        return {"topic": self.topic, "type": kind, "ts": ts_ms, "data": data, "cts": ts_ms - self.rng.randint(1, 3)}
+
+
+def _diff(old: dict, new: dict):
+    for price in sorted(set(old) | set(new)):
+        if price not in new:
+            yield price, Decimal("0")
+        elif old.get(price) != new[price]:
+            yield price, new[price]
+
+
+class TickerStream(Stream):
+    """``tickers.{symbol}``: linear/inverse snapshot then changed-field deltas; spot and
+    option full snapshots in their own field sets."""
+
+    def __init__(self, market, category, topic, seed):
+        super().__init__(market, category, topic, seed)
+        self.fields: dict[str, str] | None = None
+        self.n = 0
+        p = self.inst.ref_price
+        self.prev24 = self.inst.q_price(p * Decimal("0.988"))
+        self.high, self.low = self.inst.q_price(p * Decimal("1.006")), self.inst.q_price(p * Decimal("0.985"))
+        self.volume = self.size(10**6)
+        self.oi = self.size(10**7)
+
+    def next(self, ts_ms: int) -> dict:
+        self.n += 1
+        self.seq += self.rng.randint(1, 40)
+        last = self.mid(ts_ms)
+        self.high, self.low = max(self.high, last), min(self.low, last)
+        self.volume += self.size(20)
+        if self.category == "spot":
+            return {"topic": self.topic, "ts": ts_ms, "type": "snapshot", "cs": self.seq, "data": self._spot(last)}
+        if self.category == "option":
+            return {"id": f"{self.topic}-{self.seq}-{ts_ms}", "topic": self.topic, "ts": ts_ms,
+                    "data": self._option(last, ts_ms), "type": "snapshot"}
+        fields = self._linear(last, ts_ms)
+        if self.fields is None:
+            self.fields = fields
+            kind, data = "snapshot", fields
+        else:
+            kind = "delta"
+            data = {"symbol": self.inst.symbol}
+            data.update({k: v for k, v in fields.items() if self.fields.get(k) != v})
+            self.fields = fields
+        return {"topic": self.topic, "type": kind, "data": data, "cs": self.seq, "ts": ts_ms}
+
+    def _common(self, last: Decimal) -> dict:
+        pcnt = ((last - self.prev24) / self.prev24).quantize(Decimal("0.000001"))
+        turnover = (self.volume * last).quantize(Decimal("0.0001"))
+        return {"lastPrice": _s(last), "highPrice24h": _s(self.high), "lowPrice24h": _s(self.low),
+                "prevPrice24h": _s(self.prev24), "volume24h": _s(self.volume), "turnover24h": _s(turnover),
+                "price24hPcnt": _s(pcnt)}
+
+    def _spot(self, last: Decimal) -> dict:
+        c = self._common(last)
+        index = last + self.inst.tick * self.rng.randint(-20, 20)
+        return {"symbol": self.inst.symbol, "lastPrice": c["lastPrice"], "highPrice24h": c["highPrice24h"],
+                "lowPrice24h": c["lowPrice24h"], "prevPrice24h": c["prevPrice24h"], "volume24h": c["volume24h"],
+                "turnover24h": c["turnover24h"], "price24hPcnt": c["price24hPcnt"], "usdIndexPrice": _s(index)}
+
+    def _linear(self, last: Decimal, ts_ms: int) -> dict:
+        tick, c = self.inst.tick, self._common(last)
+        mark = self.inst.q_price(last + tick * self.rng.randint(-3, 3))
+        index = self.inst.q_price(last + tick * self.rng.randint(-10, 10))
+        self.oi += self.inst.qty_step * self.rng.randint(-20, 20)
+        oi_value = (self.oi * mark).quantize(Decimal("0.01"))
+        half, half_value = self.oi / 2, (self.oi * mark / 2).quantize(Decimal("0.01"))
+        prev_last = Decimal(self.fields["lastPrice"]) if self.fields else last
+        direction = "PlusTick" if last > prev_last else "MinusTick" if last < prev_last else (
+            self.fields["tickDirection"] if self.fields else "ZeroPlusTick")
+        funding_at = (ts_ms // 28_800_000 + 1) * 28_800_000
+        return {"symbol": self.inst.symbol, "tickDirection": direction, "price24hPcnt": c["price24hPcnt"],
+                "lastPrice": c["lastPrice"], "prevPrice24h": c["prevPrice24h"], "highPrice24h": c["highPrice24h"],
+                "lowPrice24h": c["lowPrice24h"], "prevPrice1h": _s(self.inst.q_price(self.prev24 * Decimal("1.01"))),
+                "markPrice": _s(mark), "indexPrice": _s(index), "openInterest": _s(self.oi),
+                "openInterestValue": _s(oi_value), "singleOpenInterest": _s(half),
+                "singleOpenInterestValue": _s(half_value), "turnover24h": c["turnover24h"],
+                "volume24h": c["volume24h"], "fundingIntervalHour": "8", "fundingCap": "0.005",
+                "nextFundingTime": str(funding_at), "fundingRate": "0.0001",
+                "bid1Price": _s(last), "bid1Size": _s(self.size()), "ask1Price": _s(last + tick),
+                "ask1Size": _s(self.size()), "preOpenPrice": "", "preQty": "", "curPreListingPhase": ""}
+
+    def _option(self, last: Decimal, ts_ms: int) -> dict:
+        tick, c = self.inst.tick, self._common(last)
+        index = self.market.index_price(self.inst.base, ts_ms)
+        iv = Decimal("0.45") + Decimal(self.rng.randint(-100, 100)) / 10000
+        return {"symbol": self.inst.symbol, "bidPrice": _s(last - tick), "bidSize": _s(self.size(400)),
+                "bidIv": _s(iv - Decimal("0.003")), "askPrice": _s(last + tick), "askSize": _s(self.size(400)),
+                "askIv": _s(iv + Decimal("0.003")), "lastPrice": c["lastPrice"], "highPrice24h": c["highPrice24h"],
+                "lowPrice24h": c["lowPrice24h"], "markPrice": _s(last), "indexPrice": _s(index),
+                "markPriceIv": _s(iv), "underlyingPrice": _s(index + tick), "openInterest": _s(self.oi),
+                "turnover24h": c["turnover24h"], "volume24h": c["volume24h"], "totalVolume": _s(self.volume * 3),
+                "totalTurnover": _s((self.volume * 3 * last).quantize(Decimal(1))), "delta": "0.412345",
+                "gamma": "0.00004512", "vega": "45.1234", "theta": "-310.5521", "predictedDeliveryPrice": "0",
+                "change24h": c["price24hPcnt"]}
+
+
+def candle_bounds(interval: str, ts_ms: int) -> tuple[int, int]:
+    """(start, end) of the candle holding ``ts_ms``; end = next start - 1."""
+    if interval.isdigit() or interval == "D":
+        length = 86_400_000 if interval == "D" else int(interval) * 60_000
+        start = ts_ms // length * length
+        return start, start + length - 1
+    if interval == "W":  # weeks start on Monday; 1970-01-05 was a Monday
+        week, monday = 7 * 86_400_000, 4 * 86_400_000
+        start = (ts_ms - monday) // week * week + monday
+        return start, start + week - 1
+    day = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    first = datetime(day.year, day.month, 1, tzinfo=timezone.utc)
+    following = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return int(first.timestamp() * 1000), int(following.timestamp() * 1000) - 1
+
+
+class KlineStream(Stream):
+    """``kline.{interval}.{symbol}``: the forming candle; a closed one is sent with confirm true."""
+
+    def __init__(self, market, category, topic, seed):
+        super().__init__(market, category, topic, seed)
+        self.interval = topic.split(".")[1]
+        self.candle: dict | None = None
+
+    def next(self, ts_ms: int) -> dict:
+        start, end = candle_bounds(self.interval, ts_ms)
+        c = self.candle
+        if c is not None and c["start"] != start:
+            self.candle = None
+            return self._frame({**c, "confirm": True}, ts_ms)
+        price = self.mid(ts_ms)
+        if c is None:
+            open_ = self.market.mid(self.inst, start)
+            c = self.candle = {"start": start, "end": end, "interval": self.interval, "open": _s(open_),
+                               "close": _s(price), "high": _s(max(open_, price)), "low": _s(min(open_, price)),
+                               "volume": "0", "turnover": "0", "confirm": False, "timestamp": ts_ms}
+        volume = Decimal(c["volume"]) + self.size(20)
+        c.update({"close": _s(price), "high": _s(max(Decimal(c["high"]), price)),
+                  "low": _s(min(Decimal(c["low"]), price)), "volume": _s(volume),
+                  "turnover": _s((Decimal(c["turnover"]) + (volume - Decimal(c["volume"])) * price)
+                                 .quantize(Decimal("0.0001"))),
+                  "timestamp": ts_ms})
+        return self._frame(dict(c), ts_ms)
+
+    def _frame(self, candle: dict, ts_ms: int) -> dict:
+        return {"topic": self.topic, "data": [candle], "ts": ts_ms, "type": "snapshot"}
+
+
+class LiquidationStream(Stream):
+    """``allLiquidation.{symbol}``: an array of liquidations (side of the liquidated position)."""
+
+    def next(self, ts_ms: int) -> dict:
+        items = []
+        for _ in range(self.rng.choice((1, 1, 2))):
+            side = self.rng.choice(("Buy", "Sell"))
+            off = self.mid(ts_ms) * Decimal("0.004") * (-1 if side == "Buy" else 1)
+            items.append({"T": ts_ms - self.rng.randint(0, 200), "s": self.inst.symbol, "S": side,
+                          "v": _s(self.size(300)), "p": _s(self.inst.q_price(self.mid(ts_ms) + off))})
+        return {"topic": self.topic, "type": "snapshot", "ts": ts_ms, "data": items}
+
+
+_KINDS = {"publicTrade": TradeStream, "orderbook": BookStream, "tickers": TickerStream,
+          "kline": KlineStream, "allLiquidation": LiquidationStream}
+
+
+def make_stream(market: Market, category: str, topic: str, seed: int) -> Stream:
+    """The stream for a (validated) public topic."""
+    return _KINDS[topic.split(".", 1)[0]](market, category, topic, seed)
