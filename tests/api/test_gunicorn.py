@@ -1,0 +1,69 @@
+"""The API as supervisord runs it: ``python -m api`` (gunicorn, 2 gthread workers)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served_api(pg_url, short_tmp, fake_ingest, clean_db):
+    port = free_port()
+    metrics_dir = short_tmp / "metrics"
+    metrics_dir.mkdir()
+    env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "DATABASE_URL": pg_url,
+           "GW_RUN_DIR": str(short_tmp), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "API_BIND": f"127.0.0.1:{port}", "GW_CONTROL_TIMEOUT_MS": "500", "GW_LOG_LEVEL": "info"}
+    log_path = short_tmp / "api.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{base}/health", timeout=1).status_code == 200, timeout=20,
+                 message="gunicorn to answer /health")
+        yield proc, base, log_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_python_m_api_serves_and_stops_on_sigterm(served_api, fake_ingest):
+    proc, base, log_path = served_api
+    with httpx.Client(base_url=base, timeout=5) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        created = http.post("/api/v1/subscriptions", json={"channel": "trades", "category": "linear",
+                                                           "symbol": "BTCUSDT", "requested_by": "svc-a"},
+                            headers={"X-Request-ID": "gun-1"})
+        assert created.status_code == 201 and created.json()["ingest"] == "accepted"
+        assert created.headers["X-Request-ID"] == "gun-1"
+        assert fake_ingest.requests[-1]["trace_id"] == "gun-1"
+        listed = http.get("/api/v1/subscriptions").json()
+        assert [i["topic"] for i in listed["items"]] == ["publicTrade.BTCUSDT"]
+        for _ in range(20):                  # spread over both workers
+            http.get("/health")
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        health_lines = [line for line in metrics.text.splitlines()
+                        if line.startswith('wsgw_api_requests_total{method="GET",route="/health",status="200"}')]
+        assert health_lines and float(health_lines[0].split()[-1]) >= 21   # summed over worker files
+        assert 'wsgw_api_control_requests_total{op="add",result="accepted"} 1.0' in metrics.text
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    lines = log_path.read_text().splitlines()
+    assert lines and all(line.startswith("{") for line in lines), lines[:5]
+    assert any('"trace_id":"gun-1"' in line for line in lines)
