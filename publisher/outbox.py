@@ -138,7 +138,9 @@ class Outbox:
                 self._account.append(event)
         else:
             self._market.appendleft(event) if front else self._market.append(event)
-        while self.in_memory > self.bound and self._market:
+        # A notice put in front may exceed the bound by one: dropping for it would
+        # make the notice's own drop counts stale.
+        while not front and self.in_memory > self.bound and self._market:
             self._drop(self._market.popleft())
 
     def _drop(self, ev: Event) -> None:

@@ -113,6 +113,9 @@ class Broker:
         return self.ch.queue_declare(queue, passive=True).method.message_count
 
     def purge_gateway_queues(self) -> None:
+        if not self.conn.is_open:
+            self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            self.ch = self.conn.channel()
         for cls in classify.EVENT_CLASSES:
             try:
                 self.ch.queue_purge(classify.queue_name(cls))

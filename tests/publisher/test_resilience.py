@@ -1,0 +1,156 @@
+"""Broker outage and kill -9 of the publisher under load, against the real broker.
+
+The outage test stops the shared RabbitMQ app for a few seconds (restored in
+``finally``); keep it short, other suites use the same broker.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import zmq
+
+from tests.conftest import rabbitmqctl
+from tests.helpers import wait_for
+from tests.publisher.conftest import Broker, account_env, market_env
+
+
+def _ids_by_seq(messages) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for _m, props, body in messages:
+        out.setdefault(body["stream_seq"], set()).add(props.message_id)
+    return out
+
+
+@pytest.mark.timeout(150)
+def test_broker_outage_keeps_account_events_and_counts_market_drops(publisher, broker, amqp_url):
+    pub = publisher(PUBLISHER_BUFFER=500)
+    m_seq, a_seq, again = 0, 0, 0
+
+    def push(markets: int, accounts: int, ratio: int = 10) -> None:
+        nonlocal m_seq, a_seq, again
+        for i in range(markets):
+            m_seq += 1
+            try:
+                pub.push(market_env(m_seq), block=False)
+            except zmq.Again:
+                again += 1
+            if i % ratio == 0 and accounts:
+                accounts -= 1
+                a_seq += 1
+                pub.push(account_env(a_seq), block=False)
+
+    push(200, 20)
+    wait_for(lambda: pub.total("confirmed") == 220, timeout=15, message="phase 1 confirmed")
+    received_m = broker.drain("ws-gateway.trades", 200)
+    received_a = broker.drain("ws-gateway.order_status", 20)
+    broker.close()
+
+    rabbitmqctl("stop_app")
+    try:
+        wait_for(lambda: pub.status()["broker"]["state"] != "ready", timeout=15, message="publisher sees outage")
+        push(1500, 100, ratio=15)
+        wait_for(lambda: pub.status()["events_in"]["frame"] == 1820, timeout=10, message="outage frames taken")
+        st = pub.status()
+        assert st["buffered"] <= 500 and st["dropped"].get("trades", 0) >= 1000
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    wait_for(lambda: pub.status()["broker"]["state"] == "ready", timeout=30, message="publisher reconnected")
+    push(200, 20)
+    wait_for(lambda: (s := pub.status())["buffered"] == 0 and s["unconfirmed"] == 0
+             and s["events_in"]["frame"] == m_seq + a_seq, timeout=30, message="all confirmed after outage")
+
+    after = Broker(amqp_url)
+    try:
+        received_m += after.drain("ws-gateway.trades", None, timeout=20)
+        received_a += after.drain("ws-gateway.order_status", None, timeout=20)
+        system = after.drain("ws-gateway.system", None, timeout=5)
+    finally:
+        after.purge_gateway_queues()
+        after.close()
+
+    assert again == 0, "ingest would have been blocked"
+    # Every account event arrived (duplicates allowed, always with the same message_id).
+    by_seq = _ids_by_seq(received_a)
+    assert sorted(by_seq) == list(range(1, a_seq + 1))
+    assert all(len(ids) == 1 for ids in by_seq.values())
+    # Every missing market event is counted as dropped.
+    got_m = _ids_by_seq(received_m)
+    assert all(len(ids) == 1 for ids in got_m.values())
+    dropped = pub.status()["dropped"].get("trades", 0)
+    assert len(got_m) + dropped == m_seq, (len(got_m), dropped, m_seq)
+    # Consumers are told: a broker_outage event with the drop counts and ranges.
+    outage = [b for m, _p, b in system if m.routing_key == "system.broker_outage"]
+    assert outage, [m.routing_key for m, _p, _b in system]
+    assert outage[0]["data"]["dropped"] == {"trades": dropped}
+    ranges = outage[0]["data"]["dropped_streams"]["linear:publicTrade.BTCUSDT"]
+    missing = set(range(1, m_seq + 1)) - set(got_m)
+    assert ranges["count"] == dropped and min(missing) >= ranges["from_seq"] and max(missing) <= ranges["to_seq"]
+    assert pub.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_kill9_under_load_never_changes_an_event_id(publisher, broker, short_tmp):
+    pub_a = publisher()
+    stop = threading.Event()
+    counts = {"market": 0, "account": 0}
+
+    def pusher() -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        from common import addresses
+        sock.connect(addresses.publisher_frames(short_tmp))
+        try:
+            while not stop.is_set():
+                for _ in range(20):   # ~2,000 frames/s in bursts of 20, 1 in 5 an account event
+                    counts["market"] += 1
+                    sock.send_multipart(market_env(counts["market"]).encode())
+                    if counts["market"] % 5 == 0:
+                        counts["account"] += 1
+                        sock.send_multipart(account_env(counts["account"]).encode())
+                stop.wait(0.01)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    t = threading.Thread(target=pusher, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: pub_a.total("confirmed") > 3000, timeout=30, message="publisher A under load")
+        os.kill(pub_a.proc.pid, signal.SIGKILL)
+        pub_a.proc.wait(10)
+        killed_at = dict(counts)
+        pub_b = publisher()
+        wait_for(lambda: pub_b.total("confirmed") > 2000, timeout=30, message="publisher B under load")
+    finally:
+        stop.set()
+        t.join(10)
+    wait_for(lambda: (s := pub_b.status())["buffered"] == 0 and s["unconfirmed"] == 0, timeout=20,
+             message="B drained")
+    wait_for(lambda: pub_b.status()["events_in"].get("frame", 0) >= 1, timeout=5)
+
+    trades = broker.drain("ws-gateway.trades", None, timeout=30)
+    orders = broker.drain("ws-gateway.order_status", None, timeout=30)
+    system = broker.drain("ws-gateway.system", None, timeout=5)
+
+    # No event is ever re-published under a different message_id.
+    for got in (_ids_by_seq(trades), _ids_by_seq(orders)):
+        assert all(len(ids) == 1 for ids in got.values())
+    # Whatever is missing lies inside a stream_gap range B published.
+    gaps: dict[str, list[tuple[int, int]]] = {}
+    for m, _p, b in system:
+        if m.routing_key == "system.stream_gap" and "missing_from" in b["data"]:
+            gaps.setdefault(b["data"]["stream"], []).append((b["data"]["missing_from"], b["data"]["missing_to"]))
+    for stream, got, total in (("linear:publicTrade.BTCUSDT", _ids_by_seq(trades), counts["market"]),
+                               ("private:order", _ids_by_seq(orders), counts["account"])):
+        missing = set(range(1, total + 1)) - set(got)
+        uncovered = {s for s in missing if not any(a <= s <= z for a, z in gaps.get(stream, []))}
+        assert not uncovered, (stream, sorted(uncovered)[:10])
+        print(f"{stream}: sent {total}, received {len(got)}, missing {len(missing)} "
+              f"(killed at {killed_at}), gaps {gaps.get(stream)}")
+    assert pub_b.stop() == 0
