@@ -47,9 +47,9 @@ def own_db(own_pg_url):
 
 def persister_env(run_dir: Path, database_url: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GW_", "PERSISTER_", "DATABASE_"))}
-    env.update(GW_ENV_FILE="", DATABASE_URL=database_url, GW_RUN_DIR=str(run_dir),
-               PROMETHEUS_MULTIPROC_DIR=str(run_dir / "metrics"), PERSISTER_BATCH_MS="50",
-               PYTHONPATH=str(ROOT), **extra)
+    env.update({"GW_ENV_FILE": "", "DATABASE_URL": database_url, "GW_RUN_DIR": str(run_dir),
+                "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "PERSISTER_BATCH_MS": "50",
+                "PYTHONPATH": str(ROOT), **extra})
     return env
 
 

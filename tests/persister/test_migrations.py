@@ -1,0 +1,54 @@
+"""Every migration applies, reverts and applies again on an empty database; migrate-down
+reverts only the last one."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+import pytest
+
+from tests.conftest import ROOT, create_database, drop_database
+
+APP_TABLES = {"subscriptions", "balances", "orders", "executions", "positions", "dead_letters"}
+
+
+@pytest.fixture
+def empty_db():
+    name = f"wsgw_tm_{uuid.uuid4().hex[:10]}"
+    url = create_database(name)
+    try:
+        yield url
+    finally:
+        drop_database(name)
+
+
+def migrate(url: str, direction: str) -> str:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "migrate.py"), direction, "--database", url],
+                         check=True, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def tables(url: str) -> set[str]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {r[0] for r in cur.fetchall()} & APP_TABLES
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_up_down_up(empty_db):
+    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state"
+    assert tables(empty_db) == APP_TABLES
+    assert migrate(empty_db, "down") == "reverted: 0002_account_state"      # only the last
+    assert tables(empty_db) == {"subscriptions"}
+    assert migrate(empty_db, "down") == "reverted: 0001_subscriptions"
+    assert tables(empty_db) == set()
+    assert migrate(empty_db, "down") == "reverted: nothing"
+    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state"
+    assert tables(empty_db) == APP_TABLES
+    assert migrate(empty_db, "up") == "applied: nothing"

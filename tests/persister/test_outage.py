@@ -1,0 +1,158 @@
+"""PostgreSQL goes away and comes back while events keep arriving.
+
+A throwaway PostgreSQL cluster on its own port (initdb + pg_ctl as the postgres
+user), stopped and started by the test, so the shared server is never touched.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import psycopg2
+import pytest
+import zmq
+
+from tests.conftest import apply_migrations
+from tests.helpers import free_port, wait_for
+from tests.persister.conftest import frame
+
+_INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                 key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+pytestmark = pytest.mark.skipif(not _INITDB or os.geteuid() != 0,
+                                reason="needs root and a PostgreSQL server installation for a private cluster")
+
+
+class Cluster:
+    def __init__(self):
+        self.bin = _INITDB[-1].parent
+        self.base = Path(tempfile.mkdtemp(prefix="wsgw-pg-", dir="/tmp"))
+        pw = pwd.getpwnam("postgres")
+        os.chown(self.base, pw.pw_uid, pw.pw_gid)
+        self.data = self.base / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / tool), *args], check=True,
+                       capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.base / "pg.log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass   # already stopped
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    try:
+        c.start()
+        apply_migrations(c.url)
+        yield c
+    finally:
+        c.destroy()
+
+
+class Sender(threading.Thread):
+    """A steady stream of account events (order versions, fills, balances), NOBLOCK like ingest."""
+
+    def __init__(self, pusher, per_second: int = 200):
+        super().__init__(daemon=True)
+        self.pusher, self.period = pusher, 1.0 / per_second
+        self.halt = threading.Event()
+        self.eagain = 0
+        self.ticks = 0
+        self.orders: dict[str, tuple[str, int]] = {}     # order id -> (status, updatedTime) last sent
+        self.balances: dict[str, str] = {}                # coin -> walletBalance last sent
+        self.executions: set[str] = set()
+
+    def run(self) -> None:
+        o, e, w = frame("order"), frame("execution"), frame("wallet")
+        while not self.halt.is_set():
+            i = self.ticks
+            oid = f"o-{i % 25}"
+            closed = self.orders.get(oid, ("",))[0] == "Filled"
+            # Once Filled, an open status with a newer clock must change nothing.
+            status = "New" if closed else "Filled" if i % 25 == 24 else "PartiallyFilled"
+            o["data"][0].update(orderId=oid, orderStatus=status, updatedTime=str(1_000_000 + i),
+                                cumExecQty=f"{i}.{i % 7}")
+            e["data"][0].update(execId=f"x-{i}", execQty=f"0.{i:05d}")
+            coin = f"C{i % 5}"
+            w["creationTime"] = 2_000_000 + i
+            w["data"][0]["coin"][0].update(coin=coin, walletBalance=f"{i}.000{i % 3}")
+            try:
+                for f in (o, e, w):
+                    self.pusher.frame(f)
+            except zmq.Again:
+                self.eagain += 1
+            else:
+                if not closed:
+                    self.orders[oid] = (status, 1_000_000 + i)
+                self.executions.add(f"x-{i}")
+                self.balances[coin] = f"{i}.000{i % 3}"
+            self.ticks += 1
+            self.halt.wait(self.period)   # pacing the producer, not waiting for a condition
+
+
+def q(url, sql):
+    conn = psycopg2.connect(url, connect_timeout=2)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_database_outage_loses_nothing(cluster, start_persister, pusher):
+    proc = start_persister(cluster.url)
+    sender = Sender(pusher)
+    sender.start()
+    try:
+        wait_for(lambda: q(cluster.url, "SELECT count(*) FROM executions")[0][0] >= 100, 20, message="writing")
+        cluster.stop()
+        wait_for(lambda: proc.status()["database"]["up"] is False, 15, message="outage noticed")
+        received_at_outage = proc.status()["received"]
+        # The persister keeps draining ZeroMQ while the database is away.
+        wait_for(lambda: proc.status()["received"] >= received_at_outage + 600, 20, message="draining")
+        assert sum(proc.status()["pending"].values()) > 0
+        cluster.start()
+        wait_for(lambda: proc.status()["database"]["up"] is True, 20, message="reconnected")
+        received_after = proc.status()["received"]
+        wait_for(lambda: proc.status()["received"] >= received_after + 300, 20, message="more after recovery")
+    finally:
+        sender.halt.set()
+        sender.join(5)
+    assert sender.eagain == 0
+    sent = sender.ticks * 3
+    wait_for(lambda: proc.status()["received"] == sent, 10, message="everything received")
+    wait_for(lambda: q(cluster.url, "SELECT count(*) FROM executions")[0][0] == len(sender.executions), 20,
+             message="every execution written")
+
+    assert {r[0] for r in q(cluster.url, "SELECT exec_id FROM executions")} == sender.executions
+    orders = {r[0]: (r[1], r[2]) for r in q(cluster.url, "SELECT order_id, order_status, updated_time FROM orders")}
+    assert orders == sender.orders
+    balances = dict(q(cluster.url, "SELECT coin, wallet_balance::text FROM balances"))
+    assert balances == sender.balances
+    status = proc.status()
+    assert status["dead_letters"] == 0 and status["database"]["outages"] == 1
+    assert len(proc.events("database_unavailable")) == 1
+    back = wait_for(lambda: proc.events("database_back"), 10, message="recovery logged")
+    assert len(back) == 1 and back[0]["wrote_rows"] > 0
+    assert proc.stop() == 0
