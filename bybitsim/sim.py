@@ -56,8 +56,8 @@ class Simulator:
 
     def open_conn(self, endpoint: str, ws, max_active_s: float) -> Conn:
         conn = Conn(uuid.uuid4().hex[:20] + "-" + uuid.uuid4().hex[:4], endpoint, ws, max_active_s, now_ms())
-        conn.stalled = self.faults.is_stalled(endpoint)
         self.conns[conn.id] = conn
+        self.set_stall(conn, self.faults.is_stalled(endpoint))
         self.connections_opened[endpoint] += 1
         log.info("connection_opened", conn_id=conn.id, endpoint=endpoint)
         return conn
