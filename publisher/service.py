@@ -51,10 +51,10 @@ class Service:
         self.tally = metrics.Tally()
         self.pipeline = Pipeline()
         self.spool_dir = settings.run_dir / "spool"
-        self.spool = Spool(self.spool_dir / "account.spool")
+        self.spool = Spool(self.spool_dir / "publisher.spool")
         self.outbox = Outbox(settings.publisher_buffer, self.spool)
         self.tally.dropped = self.outbox.dropped
-        self.state_file = self.spool_dir / "streams.json"
+        self.state_file = self.spool_dir / "publisher-streams.json"
         self.status_file = addresses.status_file(settings.run_dir, "publisher")
         self.rl = RateLimited(log)
         self.broker: Broker | None = None
