@@ -48,7 +48,8 @@ class Pending:
         self._activity: dict[tuple[str, str], int] = {}
         self._dead: list[BadRecord] = []
         self.dead_dropped = 0
-        self.oldest_at: float | None = None   # when the oldest unwritten item arrived (monotonic s)
+        # When the oldest unwritten item arrived (monotonic s); rows spooled by an earlier run are due now.
+        self.oldest_at: float | None = float("-inf") if len(spool) else None
 
     # --- adding ---------------------------------------------------------------
     def add(self, row: Row, now: float) -> None:

@@ -32,7 +32,8 @@ class SchemaNotReady(Exception):
     """A table or column the persister writes does not exist yet (migrations pending)."""
 
 
-_NEWER = ("EXCLUDED.{ts} > t.{ts} OR (EXCLUDED.{ts} = t.{ts} AND EXCLUDED.raw IS DISTINCT FROM t.raw)")
+# raw is json (no equality operator): compare its text, which is exactly what was received.
+_NEWER = ("EXCLUDED.{ts} > t.{ts} OR (EXCLUDED.{ts} = t.{ts} AND EXCLUDED.raw::text IS DISTINCT FROM t.raw::text)")
 GUARDS = {
     BALANCES: _NEWER.format(ts="exchange_ts"),
     POSITIONS: _NEWER.format(ts="updated_time"),
@@ -70,21 +71,19 @@ def upsert_sql(table: str, source: str) -> str:
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_value(v) -> str:
-    if v is None:
-        return "\\N"
-    if v is True:
-        return "t"
-    if v is False:
-        return "f"
-    if isinstance(v, str):
+def _escape(v: str) -> str:
+    if "\\" in v or "\t" in v or "\n" in v or "\r" in v:   # rare: only then pay for translate
         return v.translate(_COPY_ESCAPES)
-    return str(v)
+    return v
 
 
 def copy_text(rows: list[Row]) -> bytes:
     """Rows in COPY text format (tab separated, \\N for NULL, backslash escapes)."""
-    return "".join("\t".join(map(_copy_value, r.values)) + "\n" for r in rows).encode()
+    # One comprehension, no call per value: this loop is most of the Python time of a batch.
+    return "".join([
+        "\t".join(["\\N" if v is None else _escape(v) if v.__class__ is str
+                   else ("t" if v else "f") if v.__class__ is bool else str(v) for v in r.values]) + "\n"
+        for r in rows]).encode()
 
 
 def _strip_nul(obj):
