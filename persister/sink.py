@@ -116,7 +116,7 @@ class WriteResult:
 
 
 class Sink:
-    def __init__(self, dsn: str, statement_timeout_ms: int = 15_000, connect_timeout_s: int = 3):
+    def __init__(self, dsn: str, statement_timeout_ms: int = 5_000, connect_timeout_s: int = 3):
         self.dsn = dsn
         self.statement_timeout_ms = statement_timeout_ms
         self.connect_timeout_s = connect_timeout_s
