@@ -45,7 +45,8 @@ class Account:
         self.wallet_balance = Decimal("20000")
         self.cum_realised = ZERO
         self.wallet: dict | None = None
-        self.pushes: dict[str, deque] = {}
+        self.pushes: dict[str, deque] = {}        # connection id -> frames sent on it
+        self.all_pushes: deque = deque(maxlen=max_pushes_per_conn)   # every frame sent, in order
         self.max_pushes = max_pushes_per_conn
         self.seq = 412_345_680_000
         self.n_orders = 0
@@ -240,6 +241,7 @@ class Account:
 
     def record_push(self, conn_id: str, frame: dict) -> None:
         self.pushes.setdefault(conn_id, deque(maxlen=self.max_pushes)).append(frame)
+        self.all_pushes.append(frame)
 
     def ground_truth(self) -> dict:
         return {
@@ -248,7 +250,8 @@ class Account:
             "executions": list(self.executions),
             "positions": list(self.positions.values()),
             "balances": self.wallet or self._wallet(0),
-            "pushes": {cid: list(frames) for cid, frames in self.pushes.items()},
+            "pushes": list(self.all_pushes),
+            "pushes_by_conn": {cid: list(frames) for cid, frames in self.pushes.items()},
             "events": self.events,
         }
 

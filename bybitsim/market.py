@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 import zlib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -90,6 +89,7 @@ class Market:
     def __init__(self, seed: int = 0):
         self.seed = seed
         self._instruments: dict[tuple[str, str], Instrument] = {}
+        self._last: dict[Instrument, tuple[int, Decimal]] = {}   # many frames share one ms
 
     def instrument(self, category: str, symbol: str) -> Instrument:
         key = (category, symbol)
@@ -121,12 +121,19 @@ class Market:
 
     def mid(self, inst: Instrument, ts_ms: int) -> Decimal:
         """Mid price at ``ts_ms``: two slow waves plus a few ticks of per-250 ms noise."""
+        last = self._last.get(inst)
+        if last is not None and last[0] == ts_ms:
+            return last[1]
         t = ts_ms / 1000.0
         move = 0.001 * math.sin(math.tau * t / 300.0 + inst.phase1) + 0.0003 * math.sin(math.tau * t / 30.0 + inst.phase2)
         noise = stable_hash(self.seed, inst.symbol, ts_ms // 250) % 7 - 3
         price = inst.ref_price * Decimal(str(round(1 + move, 9))) + inst.tick * noise
-        return max(inst.q_price(price), inst.tick * 10)
+        mid = max(inst.q_price(price), inst.tick * 10)
+        self._last[inst] = (ts_ms, mid)
+        return mid
 
 
 def rng_uuid(rng) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A version-4 UUID string drawn from ``rng`` (reproducible, unlike uuid.uuid4)."""
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"

@@ -71,7 +71,8 @@ def test_account_pushes_match_the_ground_truth(client, sim):
     sim.rate(account_rate=0)
     conn_id = next(x["id"] for x in sim.state()["connections"] if x["endpoint"] == "private")
     truth = wait_for(lambda: _settled(sim, conn_id), 5, message="pushes settled")
-    expected = truth["pushes"][conn_id]
+    expected = truth["pushes_by_conn"][conn_id]
+    assert expected == truth["pushes"][-len(expected):]
     got = [c.recv(3) for _ in expected]
     assert got == expected
 
@@ -111,7 +112,8 @@ def test_account_pushes_match_the_ground_truth(client, sim):
 def _settled(sim, conn_id):
     a = sim.account()
     b = sim.account()
-    return a if a["pushes"].get(conn_id) and len(a["pushes"][conn_id]) == len(b["pushes"][conn_id]) else None
+    mine = a["pushes_by_conn"].get(conn_id)
+    return a if mine and len(mine) == len(b["pushes_by_conn"][conn_id]) else None
 
 
 @pytest.mark.timeout(20)
