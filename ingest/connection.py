@@ -315,6 +315,7 @@ class Connection:
 
     async def _subscribe(self, session: Session, names: list[str]) -> None:
         for batch in plan.batches(self.endpoint, names):
+            self.mgr.subscribing(self, batch)
             result = acks.interpret(batch, await self._request(session, "subscribe", batch))
             for name in result.retry:
                 single = acks.interpret([name], await self._request(session, "subscribe", [name]))

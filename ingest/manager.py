@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import time
+
+import orjson
 
 from common.classify import event_class
 from common.logs import RateLimited, get_logger
@@ -122,14 +125,8 @@ class Manager:
         if st is None:
             self._bad("info", "frame_for_unheld_topic", topic=key)
             return
-        if conn.endpoint == PRIVATE:
-            mid = obj.get("id")
-            if mid is not None:   # both sockets deliver while a private connection rotates
-                if mid in self._seen_private:
-                    return
-                self._seen_private[mid] = None
-                if len(self._seen_private) > 16384:
-                    self._seen_private.popitem(last=False)
+        if conn.endpoint == PRIVATE and self._duplicate_push(topic, obj):
+            return
         cls = st.cls
         if cls == "orderbook":
             try:
@@ -157,6 +154,17 @@ class Manager:
         self._activity[key] = st.last_event_ms
         st.metric.inc()
 
+    def _duplicate_push(self, topic: str, obj: dict) -> bool:
+        """While a private connection rotates both sockets deliver the same pushes (with the
+        same or different message ids): forward the state once. Keyed by the pushed data."""
+        key = hashlib.blake2b(topic.encode() + orjson.dumps(obj.get("data")), digest_size=16).digest()
+        if key in self._seen_private:
+            return True
+        self._seen_private[key] = None
+        if len(self._seen_private) > 16384:
+            self._seen_private.popitem(last=False)
+        return False
+
     def _resync(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
         if st.topic.name in conn.resync:
             return
@@ -171,15 +179,21 @@ class Manager:
         self.handoff.system(kind, {"endpoint": conn.endpoint, "topic": st.topic.name, "reason": reason,
                                    "at": time.time()}, endpoint=conn.endpoint)
 
+    def subscribing(self, conn: Connection, names: list[str]) -> None:
+        """A (re)subscribe brings a fresh snapshot first: until it comes, deltas are not trusted.
+        Reset before the request goes out, since the snapshot may be read before the ack is handled."""
+        for name in names:
+            st = self.topics.get(f"{conn.endpoint}:{name}")
+            if st is not None:
+                st.book.reset()
+                st.ticker_ok = False
+
     def subscription_result(self, conn: Connection, name: str, ok: bool, error: str | None) -> None:
         key = f"{conn.endpoint}:{name}"
         st = self.topics.get(key)
         if st is None:
             return
-        if ok:
-            st.book.reset()      # a (re)subscribe brings a fresh snapshot first
-            st.ticker_ok = False
-        else:
+        if not ok:
             conn.topics.discard(name)   # held as failed until asked again
         status = ACTIVE if ok else FAILED
         if (status, error) != (st.status, st.error):

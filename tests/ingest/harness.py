@@ -125,7 +125,8 @@ class IngestProcess:
         return wait_for(lambda: self.control("add", sub), 15, message="ingest control socket answering")
 
     def status(self) -> dict:
-        return orjson.loads((self.run_dir / "status" / "ingest.json").read_bytes())
+        path = self.run_dir / "status" / "ingest.json"
+        return orjson.loads(wait_for(lambda: path.exists() and path.read_bytes(), 5, message="ingest status file"))
 
     def statuses(self) -> dict[str, str]:
         """Latest status per topic as reported to the persister."""

@@ -150,13 +150,16 @@ def test_book_gap_and_restart_snapshot_resync(ingest, ingest_db, sim, hook):
     assert event["topic"] == topic.name
     n = len(ingest.publisher.frames(topic.name))
     wait_for(lambda: len(ingest.publisher.frames(topic.name)) > n + 5, 10, message="book flowing on")
-    # what was forwarded after the event starts with a snapshot
-    after = [e for e in ingest.publisher.frames(topic.name) if e.recv_ns > event_time_ns(ingest)]
-    assert after and after[0].json()["type"] == "snapshot"
-
-
-def event_time_ns(ingest):
-    return ingest.publisher.of_kind("system", "book_resync")[0].recv_ns
+    frames = [e.json() for e in ingest.publisher.frames(topic.name)]
+    if hook == "book_gap":
+        # the gapped delta is not forwarded; what follows the resubscribe starts with a snapshot
+        at = ingest.publisher.of_kind("system", "book_resync")[0].recv_ns
+        after = [e.json() for e in ingest.publisher.frames(topic.name) if e.recv_ns > at]
+        assert after[0]["type"] == "snapshot"
+        us = [f["data"]["u"] for f in frames]
+        assert all(b == a + 1 for a, b, f in zip(us, us[1:], frames[1:]) if f["type"] == "delta")
+    else:
+        assert any(f["type"] == "snapshot" and f["data"]["u"] == 1 for f in frames)
 
 
 @pytest.mark.parametrize("ingest", [{"BYBIT_API_SECRET": "wrong-" + API_SECRET}], indirect=True)
@@ -183,14 +186,26 @@ def test_private_rotation_loses_no_account_event(ingest, ingest_db, sim):
     topics = [build_topic(c) for c in ("order", "execution", "position", "wallet")]
     subscribe_all(ingest, ingest_db, topics)
     wait_active(ingest, [t.key for t in topics])
+    t0_ms = int(time.time() * 1000)
     sim.rate(account_rate=10)
     sim.close_private(after_s=30)
     wait_for(lambda: "rotated" in ingest.log(), 40, message="rotation before max_active_time")
     wait_for(lambda: len(ingest.publisher.frames(endpoint="private")) > 20, 10, message="pushes after rotation")
     sim.rate(account_rate=0)
-    sent = {p["id"] for p in sim.account()["pushes"] if p.get("id")}
-    wait_for(lambda: sent <= {e.json().get("id") for e in ingest.publisher.frames(endpoint="private")}, 10,
-             message="every account push the simulator sent")
+    truth = sim.account()
+    sent_execs = {e["execId"] for e in truth["executions"] if int(e["execTime"]) >= t0_ms}
+    sent_orders = {(o["orderId"], o["updatedTime"]) for p in truth["pushes"] if p["topic"] == "order"
+                   and p["creationTime"] >= t0_ms for o in p["data"]}
+
+    def seen(kind):
+        frames = [e.json() for e in ingest.publisher.frames(kind, "private")]
+        if kind == "execution":
+            return {x["execId"] for f in frames for x in f["data"]}
+        return {(x["orderId"], x["updatedTime"]) for f in frames for x in f["data"]}
+
+    assert sent_execs and sent_orders
+    wait_for(lambda: sent_execs <= seen("execution") and sent_orders <= seen("order"), 10,
+             message="every execution and order update the simulator pushed")
     assert not ingest.publisher.of_kind("system", "connection_lost")
 
 
