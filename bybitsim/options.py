@@ -17,7 +17,7 @@ class SimOptions:
     host: str = "127.0.0.1"
     port: int = 8765                  # 0 = any free port
     rate: float = 10.0                # public frames/s per subscribed topic (0 = silent)
-    api_key: str = "sim-key"
+    api_key: str = field(default="sim-key", repr=False)
     api_secret: str = field(default="sim-secret", repr=False)
     symbols: str = ""                 # SIM_SYMBOLS: "" = every well-formed symbol exists
     account_rate: float = 2.0         # account events/s (orders placed, filled, cancelled)

@@ -54,7 +54,7 @@ def handle_text(sim, conn: Conn, text, now_ms: int) -> list[dict]:
         if not isinstance(msg, dict):
             raise ValueError("expected a JSON object")
     except ValueError as exc:
-        sim.count("bad_requests")
+        sim.bad_request(conn, f"undecodable: {exc}")
         return [p.error_reply(conn.endpoint, conn.id, None, "",
                               f"Failed to decode incoming data: {exc}")]
     op, req_id = msg.get("op"), _req_id(msg)
@@ -69,7 +69,7 @@ def handle_text(sim, conn: Conn, text, now_ms: int) -> list[dict]:
         return [_subscribe(sim, conn, msg.get("args"), req_id)]
     if op == "unsubscribe":
         return [_unsubscribe(sim, conn, msg.get("args"), req_id)]
-    sim.count("bad_requests")
+    sim.bad_request(conn, f"unknown op {op!r}")
     return [p.error_reply(conn.endpoint, conn.id, req_id, op, "error:invalid op")]
 
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter
 
-from common.logs import get_logger
+from common.logs import RateLimited, get_logger
 
 from .account import Account
 from .faults import REJECT_MODES, Faults
@@ -48,9 +48,16 @@ class Simulator:
         self.counters: Counter = Counter()
         self.auth_attempts = 0
         self.auth_failures = 0
+        self._warn = RateLimited(log)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    def bad_request(self, conn: Conn, why: str) -> None:
+        """A client frame we could not act on: counted, and logged at most every few seconds."""
+        self.counters["bad_requests"] += 1
+        self._warn("warning", "bad_client_frame", conn_id=conn.id, endpoint=conn.endpoint, why=why[:200],
+                   total=self.counters["bad_requests"])
 
     # -- connections -------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def test_python_m_bybitsim_serves_and_stops_on_sigterm(short_tmp):
             c.recv_until(lambda m: False, 3)
         out = proc.stdout.read()
         assert '"process":"simulator"' in out and '"event":"listening"' in out
-        assert '"k"' not in out and "api_secret='s'" not in out     # no secret in the logs
+        assert "api_key='k'" not in out and "api_secret='s'" not in out     # no secret in the logs
     finally:
         if proc.poll() is None:
             proc.kill()
