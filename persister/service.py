@@ -165,12 +165,11 @@ class Persister:
         if not self.sink.connected or now - self.last_db_ok < PING_IDLE_S:
             return
         try:
-            with self.sink.conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            self.sink.conn.rollback()
-            self.last_db_ok = now
-        except Exception as exc:  # any failure of a bare SELECT 1 means the link is gone
-            self._down(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, now)
+            self.sink.ping()
+        except DatabaseDown as exc:
+            self._down(str(exc), now)
+            return
+        self.last_db_ok = now
 
     # --- writing ----------------------------------------------------------------
     def due(self, now: float) -> bool:
@@ -190,10 +189,11 @@ class Persister:
             result = self.sink.write(batch)
         except (DatabaseDown, SchemaNotReady) as exc:
             self.pending.restore(batch, self.clock())
-            if isinstance(exc, SchemaNotReady):
+            schema = isinstance(exc, SchemaNotReady)
+            if schema:
                 self.schema_ready = False
                 log.error("schema_not_ready", error=str(exc), hint="migrations pending or reverted: run `make migrate`")
-            self._down(str(exc), now)
+            self._down(str(exc), now, log_it=not schema)
             return False
         self._account(batch, result)
         return True
@@ -216,7 +216,8 @@ class Persister:
                            "at": time.time()}
         if self.recovering is not None:
             self.recovering += total
-            if not self.pending.count:
+            # The backlog is written once what waits fits in one batch (events keep coming).
+            if self.pending.count < self.settings.batch_rows and not len(self.pending.spool):
                 log.info("database_back", wrote_rows=self.recovering,
                          down_s=round(time.time() - self.db_since, 1))
                 self.recovering = None

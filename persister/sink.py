@@ -154,6 +154,18 @@ class Sink:
             raise DatabaseDown(_first_line(exc)) from None
         self.conn = conn
 
+    def ping(self) -> None:
+        """A round trip on the idle connection; raises DatabaseDown when it is gone."""
+        if not self.connected:
+            raise DatabaseDown("not connected")
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            self.conn.rollback()
+        except psycopg2.Error as exc:
+            self.close()
+            raise DatabaseDown(_first_line(exc)) from None
+
     def close(self) -> None:
         if self.conn is not None:
             try:
