@@ -24,7 +24,9 @@ Requester = Annotated[str, Field(pattern=REQUESTER_PATTERN, max_length=64,
                                  examples=["strategy-a"])]
 # Symbols are checked in full by common.topics.build_topic; this only bounds the input.
 Symbol = Annotated[str, Field(min_length=1, max_length=40, examples=["BTCUSDT"])]
-FilterText = Annotated[str, Field(min_length=1, max_length=64)]
+# Filters are compared as text; control characters (NUL above all, which PostgreSQL
+# cannot store) are refused as invalid input.
+FilterText = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 # Operations under /api/v1 take the X-API-Key header when a key is configured.

@@ -101,6 +101,12 @@ def test_unicode_symbols_are_422_and_lone_surrogates_400(client, clean_db):
     assert count(clean_db) == 0
 
 
+@pytest.mark.parametrize("path", ["/api/v1/subscriptions?symbol=%00", "/api/v1/balances?coin=a%00b",
+                                  "/api/v1/orders?status=%00", "/api/v1/orders?symbol=%0A"])
+def test_control_characters_in_filters_are_422(client, path):
+    assert error_of(client.get(path), 422)["code"] == "validation_error"
+
+
 def test_unknown_path_and_method(client):
     assert error_of(client.get("/api/v1/nothing"), 404)["code"] == "not_found"
     err = error_of(client.put("/api/v1/subscriptions", json=BOOK), 405)

@@ -3,6 +3,7 @@ no 5xx, responses conform to the document, and a refused request writes nothing.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import schemathesis
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from api.spec import COMMITTED
 
 KEY = "fuzz-key"
+# API_FUZZ_EXAMPLES=500 for a longer hunt; the default keeps the whole fuzz well under 60 s.
 
 
 # The committed document (test_ops keeps it equal to what the app serves).
@@ -29,7 +31,7 @@ def _row_count(db) -> int:
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck))
 @pytest.mark.timeout(60)
 def test_fuzz(case, fuzz_app, clean_db):
     case.operation.schema.app = fuzz_app      # calls go through the WSGI test client
