@@ -5,6 +5,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def gateway_stores():
 def gateway(xprocess, gateway_stores):
     """One gateway for a test module: every program RUNNING, the API answering."""
     pg_url, amqp_url = gateway_stores
-    gw, run_dir = start_gateway(xprocess, "gateway", pg_url, amqp_url)
+    # a unique name: concurrent pytest runs share .pytest_cache, and xprocess reuses a live process by name
+    gw, run_dir = start_gateway(xprocess, f"gateway-{uuid.uuid4().hex[:8]}", pg_url, amqp_url)
     try:
         gw.wait_running()
         from tests.helpers import wait_for
