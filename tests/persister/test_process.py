@@ -1,12 +1,13 @@
 """``python -m persister`` as supervisord runs it, fed over ZeroMQ like ingest feeds it."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import psycopg2
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import apply_migrations, create_database, drop_database
 from tests.helpers import free_port, wait_for
@@ -17,6 +18,13 @@ def q(db, sql, *args):
     with db.cursor() as cur:
         cur.execute(sql, args)
         return cur.fetchall()
+
+
+def metric_samples(directory) -> dict:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return {(sample.name, tuple(sorted((k, v) for k, v in sample.labels.items() if k != "pid"))): sample.value
+            for family in registry.collect() for sample in family.samples}
 
 
 def count(db, table):
@@ -50,7 +58,9 @@ def test_events_land_and_sigterm_exits_cleanly(own_pg_url, own_db, start_persist
     status = wait_for(lambda: (s := proc.status())["rows_written"].get("executions") == 2 and s, 5)
     assert status["database"]["up"] is True and status["database"]["schema_ready"] is True
     assert status["pending"]["orders"] == 0 and status["last_batch"]["rows"] >= 1
-    assert any(f.startswith("counter_") for f in os.listdir(proc.run_dir / "metrics"))
+    samples = metric_samples(proc.run_dir / "metrics")
+    assert samples[("wsgw_persister_rows_written_total", (("table", "executions"),))] == 2
+    assert samples[("wsgw_persister_db_up", ())] == 1
 
     started = time.monotonic()
     assert proc.stop() == 0
@@ -125,3 +135,18 @@ def test_sigterm_while_database_away_spools_and_next_start_writes(own_pg_url, ow
     rc = second.stop()
     print(second.log_path.read_text())
     assert rc == 0
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_commits_the_batch_in_hand(own_pg_url, own_db, start_persister, pusher):
+    proc = start_persister(own_pg_url, PERSISTER_BATCH_MS="60000", PERSISTER_BATCH_ROWS="100000")
+    wait_for(lambda: proc.status()["database"]["up"], 10, message="connected")
+    for i in range(300):
+        f = frame("execution")
+        f["data"][0]["execId"] = f"held-{i}"
+        pusher.frame(f)
+    wait_for(lambda: proc.status()["pending"]["executions"] == 300, 10, message="held in memory")
+    assert count(own_db, "executions") == 0
+    assert proc.stop() == 0
+    assert count(own_db, "executions") == 300
+    assert not (proc.run_dir / "spool" / "persister.jsonl").exists()
