@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -21,10 +20,6 @@ import orjson
 from common import classify
 from common.envelope import Envelope
 from common.topics import PUBLIC_CATEGORIES
-
-# Fixed namespace: event ids are uuid5(NAMESPACE, identifying content), so a
-# replay of the same Bybit frame gets the same id (consumers de-duplicate on it).
-NAMESPACE = uuid.UUID("6f1d2c0e-5b7a-4c1e-9d3f-2a8b4e6c0d11")
 
 SOURCE_BYBIT, SOURCE_GATEWAY, SOURCE_REST = "bybit", "gateway", "bybit-rest"
 
@@ -64,14 +59,31 @@ class Event:
                    headers=r["h"], persistent=r["p"], timestamp=r["t"], stream=r["s"], stream_seq=r["q"])
 
 
+_second = [-1, ""]   # the last whole second formatted (events arrive in bursts within one)
+
+
 def iso_utc(ns: int) -> str:
     """ns since the epoch -> ``2026-11-21T10:00:00.123456Z``."""
     sec, rem = divmod(int(ns), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{rem // 1000:06d}Z"
+    if sec != _second[0]:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second[1]}.{rem // 1000:06d}Z"
 
 
-def derive_id(*parts: object) -> str:
-    return str(uuid.uuid5(NAMESPACE, "|".join(str(p) for p in parts)))
+def derive_id(*parts: object, payload: bytes = b"") -> str:
+    """A deterministic UUID (RFC 9562 version 8, BLAKE2b-128) of identifying content.
+
+    Same role as uuid5 but one hash instead of two (uuid5 over a digest) on the hot path.
+    """
+    h = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=16)
+    if payload:
+        h.update(b"|")
+        h.update(payload)
+    d = bytearray(h.digest())
+    d[6] = (d[6] & 0x0F) | 0x80      # version 8
+    d[8] = (d[8] & 0x3F) | 0x80      # RFC 4122 variant
+    x = d.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def digest(payload: bytes) -> str:
@@ -118,7 +130,7 @@ def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = N
     if "data" not in frame:
         raise FrameError(f"{topic}: frame has no data")
     kind = type_ or frame.get("type") or "snapshot"
-    event_id = derive_id(env.endpoint, topic, digest(env.payload))
+    event_id = derive_id(env.endpoint, topic, payload=env.payload)
     return make_event(event_id=event_id, event_class=cls, source=SOURCE_BYBIT, category=category,
                       topic=topic, symbol=symbol, type_=kind, exchange_ts=_int(frame.get("ts"), "ts"),
                       recv_ns=env.recv_ns, stream_seq=env.stream_seq, trace_id=env.trace_id,

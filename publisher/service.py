@@ -124,12 +124,16 @@ class Service:
             return
         inflight, window, pop, publish, published = b.inflight, self.window, self.outbox.pop, b.publish, \
             self.tally.published
-        while len(inflight) < window:
-            ev = pop()
-            if ev is None:
-                break
-            publish(ev)
-            published[ev.event_class] += 1
+        b.cork()
+        try:
+            while len(inflight) < window:
+                ev = pop()
+                if ev is None:
+                    break
+                publish(ev)
+                published[ev.event_class] += 1
+        finally:
+            b.uncork()
 
     def _on_ready(self) -> None:
         if self.outage_since is not None:

@@ -77,7 +77,7 @@ def test_market_event_body_and_properties(name):
     assert ev.headers == {"event_class": cls, "category": endpoint, "symbol": symbol, "trace_id": "tr-1",
                           "stream_seq": 7}
     assert ev.persistent is False and ev.timestamp == RECV_NS // 10**9
-    assert str(uuid.UUID(body["event_id"])) == ev.event_id
+    assert str(uuid.UUID(body["event_id"])) == ev.event_id and uuid.UUID(ev.event_id).version == 8
 
 
 @pytest.mark.parametrize("name", sorted(ACCOUNT))
