@@ -58,6 +58,7 @@ class Manager:
         self._activity: dict[str, int] = {}
         self._bad = RateLimited(log, 5.0)
         self._closing: set[asyncio.Task] = set()
+        self.bad_frames = 0
 
     # -- desired state -------------------------------------------------------------
     def add(self, topic: Topic, trace_id: str = "") -> str | None:
@@ -224,6 +225,7 @@ class Manager:
 
     def bad_frame(self, conn: Connection, error: str, raw: bytes) -> None:
         metrics.BAD_FRAMES.labels(conn.endpoint).inc()
+        self.bad_frames += 1
         self._bad("warning", "bad_frame", conn=conn.id, error=error, frame=raw[:200].decode(errors="replace"))
 
     # -- reporting ------------------------------------------------------------------
@@ -239,6 +241,7 @@ class Manager:
                        for k, st in self.topics.items()},
             "private": self.auth,
             "new_connections_5min": len(self.budget.opened),
+            "bad_frames": self.bad_frames,
         }
 
     async def close(self) -> None:
