@@ -175,7 +175,8 @@ def execution_row(rec: dict, source: str, event_id: str, category: str | None = 
     if not isinstance(rec, dict):
         raise RowError(f"execution: expected an object, got {type(rec).__name__}")
     exec_id = _text(rec, "execId", required=True)
-    values = (exec_id, _text(rec, "orderId", required=True), _text(rec, "orderLinkId"),
+    # Funding, delivery and settlement executions may carry no order id.
+    values = (exec_id, _text(rec, "orderId") or "", _text(rec, "orderLinkId"),
               _category(rec, category), _text(rec, "symbol", True), _text(rec, "side"), _text(rec, "execType"),
               _dec(rec, "execPrice"), _dec(rec, "execQty"), _dec(rec, "execValue"), _dec(rec, "execFee"),
               _bool(rec, "isMaker"), _ms(rec, "execTime"), _int(rec, "seq"), source, event_id, _raw(rec))

@@ -119,3 +119,10 @@ def test_unusable_frames_raise():
         rows_from_frame({"topic": "wallet", "data": []}, "e")   # no creationTime
     with pytest.raises(RowError):
         rows_from_rest({"topic": "order", "list": [], "category": "linear"}, "e")   # no fetched_at_ms
+
+
+def test_funding_execution_without_order_id():
+    f = frame("execution")
+    f["data"][0].update(execType="Funding", orderId="", orderType="UNKNOWN")
+    rows, bad = rows_from_frame(f, "e")
+    assert bad == [] and values(rows[0])["order_id"] == "" and values(rows[0])["exec_type"] == "Funding"
