@@ -15,5 +15,6 @@ export PROMETHEUS_MULTIPROC_DIR=$GW_RUN_DIR/metrics
 mkdir -p "$GW_RUN_DIR" "$GW_LOG_DIR" "$GW_RUN_DIR/status"
 # Metrics files of a previous run describe dead processes: start clean.
 rm -rf "$PROMETHEUS_MULTIPROC_DIR"; mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+[ "$bybit_env" = sim ] && "$GW_PYTHON" scripts/demo_seed.py
 echo "ws-gateway: BYBIT_ENV=$bybit_env, logs in $GW_LOG_DIR, API on ${API_BIND:-127.0.0.1:4400}"
 exec "$GW_HOME/.venv/bin/supervisord" -n -c "$GW_HOME/supervisord.conf"
