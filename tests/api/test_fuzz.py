@@ -8,6 +8,8 @@ import os
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
 
 from api.spec import COMMITTED
 
@@ -38,7 +40,11 @@ def test_fuzz(case, fuzz_app, clean_db):
     before = _row_count(clean_db)
     # positive_data_acceptance is left out on purpose: the document cannot say that
     # orderbook needs a depth or that kline is not offered on option; build_topic does.
-    response = case.call_and_validate(app=fuzz_app, headers={"X-API-Key": KEY},
+    # The key goes on every case except those whose headers are the negative part
+    # (a missing or mangled X-API-Key must then be refused with 401).
+    header = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
+    negative_headers = header is not None and header.mode == GenerationMode.NEGATIVE
+    response = case.call_and_validate(app=fuzz_app, headers=None if negative_headers else {"X-API-Key": KEY},
                                       excluded_checks=[schemathesis.checks.positive_data_acceptance])
     assert response.status_code < 500
     if response.status_code >= 400:
