@@ -120,6 +120,11 @@ class Publisher:
     def status(self) -> dict:
         return orjson.loads(addresses.status_file(self.run_dir, "publisher").read_bytes())
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the publisher process has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def wait(self, pred, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,6 +155,7 @@ def run_rate(url: str, run_dir: Path, rate: float, duration: float, seq: list[in
     ctx = mp.get_context("spawn")
     ready, out, done = ctx.Event(), ctx.Queue(), ctx.Queue()
     dropped0 = sum(pub.status()["dropped"].values())
+    cpu0 = pub.cpu_s()
     c = ctx.Process(target=consumer, args=(url, "ws-gateway.trades", n, 3.0, ready, out))
     c.start()
     ready.wait(20)
@@ -164,11 +170,13 @@ def run_rate(url: str, run_dir: Path, rate: float, duration: float, seq: list[in
     lat = res["lat"]
     return {"rate": rate, "sent": n, "received": res["received"], "lost": n - res["received"],
             "dropped": dropped, "achieved": n / push_s, "p50": pct(lat, 50), "p99": pct(lat, 99),
-            "max": max(lat) if lat else float("nan")}
+            "max": max(lat) if lat else float("nan"), "cpu_us": (pub.cpu_s() - cpu0) / n * 1e6}
 
 
-def flood(url: str, run_dir: Path, n: int, seq: list[int]) -> float:
-    """PUSH n envelopes as fast as possible (no consumer); msg/s until all are in the queue."""
+def flood(url: str, run_dir: Path, n: int, seq: list[int], pub: Publisher) -> tuple[float, float]:
+    """PUSH n envelopes as fast as possible (no consumer); (msg/s until all are in the queue,
+    publisher CPU us per event)."""
+    cpu0 = pub.cpu_s()
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ch = conn.channel()
     ch.queue_purge("ws-gateway.trades")
@@ -189,7 +197,7 @@ def flood(url: str, run_dir: Path, n: int, seq: list[int]) -> float:
     seq[0] += n
     ch.queue_purge("ws-gateway.trades")
     conn.close()
-    return n / elapsed
+    return n / elapsed, (pub.cpu_s() - cpu0) / n * 1e6
 
 
 def main(argv=None) -> int:
@@ -218,23 +226,25 @@ def main(argv=None) -> int:
                 if r["lost"] or r["dropped"] or r["achieved"] < 0.95 * rate or r["max"] > 1000:
                     break
                 best = rate
-            tput = flood(url, run_dir, args.flood, seq) if args.flood else None
+            tput, flood_cpu = flood(url, run_dir, args.flood, seq, pub) if args.flood else (None, None)
         finally:
             pub.stop()
     ceiling = bare_pika.measure(args.flood or 60_000, 2000, persistent=False)
     zero_loss = [r["rate"] for r in rows if not r["lost"] and not r["dropped"] and r["max"] <= 1000
                  and r["achieved"] >= 0.95 * r["rate"]]
 
-    print(f"\npublisher-only pipeline (PUSH -> publisher -> RabbitMQ -> consumer), {os.cpu_count()} cores")
+    print(f"\npublisher-only pipeline (PUSH -> publisher -> RabbitMQ -> consumer), {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'rate/s':>8} {'achieved':>9} {'sent':>7} {'recv':>7} {'lost':>5} {'dropped':>7} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+          f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'cpu us/ev':>9}")
     for r in rows:
         print(f"{r['rate']:>8.0f} {r['achieved']:>9.0f} {r['sent']:>7} {r['received']:>7} {r['lost']:>5} "
-              f"{r['dropped']:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f}")
+              f"{r['dropped']:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} {r['cpu_us']:>9.1f}")
     print(f"highest rate with zero loss (no drops, max latency <= 1 s): "
           f"{max(zero_loss) if zero_loss else 0:,.0f} frames/s")
     if tput:
-        print(f"flood throughput ({args.flood} transient events, no consumer): {tput:,.0f} msg/s")
+        print(f"flood throughput ({args.flood} transient events, no consumer): {tput:,.0f} msg/s, "
+              f"publisher CPU {flood_cpu:.1f} us/event")
     print(f"bare pika ceiling (same run, window 2000, transient): {ceiling:,.0f} msg/s")
     if tput:
         print(f"ratio: {tput / ceiling:.2f} (target >= 0.7)")
