@@ -7,8 +7,10 @@ the same processors via ProcessorFormatter, so every line of a log file has one 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 import time
 
 import orjson
@@ -39,12 +41,38 @@ def _add_process(process: str):
     return processor
 
 
-def _serializer(obj, default=None):
-    return orjson.dumps(obj, default=str).decode()
+# Settings whose values are secrets: any line that would contain one has it masked,
+# whatever key or message carries it (a library logging a whole frame, say).
+SECRET_SETTINGS = ("BYBIT_API_KEY", "BYBIT_API_SECRET", "API_KEY", "SIM_API_KEY", "SIM_API_SECRET")
 
 
-def setup_logging(process: str, level: str = "INFO") -> None:
-    """Configure structlog and the stdlib root logger once, in main()."""
+def _secret_values(env=None) -> tuple[str, ...]:
+    env = os.environ if env is None else env
+    # Short values would mask ordinary words; real keys are far longer.
+    return tuple(sorted({v for k in SECRET_SETTINGS if len(v := env.get(k, "").strip()) >= 6},
+                        key=len, reverse=True))
+
+
+def _make_serializer(secrets: tuple[str, ...]):
+    def serialize(obj, default=None):
+        line = orjson.dumps(obj, default=str).decode()
+        for secret in secrets:
+            if secret in line:
+                line = line.replace(secret, "***")
+        return line
+
+    return serialize
+
+
+def setup_logging(process: str, level: str = "INFO", stream=None) -> None:
+    """Configure structlog and the stdlib root logger once, in main().
+
+    ``stream`` defaults to stdout; the supervisord eventlistener passes stderr
+    (its stdout is the protocol channel). An uncaught exception becomes one JSON
+    line too, so a log file never holds a bare traceback.
+    """
+    stream = stream or sys.stdout
+    _serializer = _make_serializer(_secret_values())
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -56,10 +84,10 @@ def setup_logging(process: str, level: str = "INFO") -> None:
         processors=[*shared, structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer(serializer=_serializer)],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -72,7 +100,18 @@ def setup_logging(process: str, level: str = "INFO") -> None:
     # Chatty libraries: their INFO is per-connection-step noise.
     for name in ("pika", "websockets"):
         logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level)))
-    sys.stdout.reconfigure(line_buffering=True)
+    # Python's own warnings (DeprecationWarning ...) as JSON lines too, not bare text.
+    logging.captureWarnings(True)
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(line_buffering=True)
+
+    def excepthook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            return sys.__excepthook__(exc_type, exc, tb)
+        logging.getLogger(process).critical("uncaught_exception", exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = excepthook
+    threading.excepthook = lambda args: excepthook(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def get_logger(name: str | None = None):

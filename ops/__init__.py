@@ -1,0 +1,1 @@
+"""The supervisord eventlistener: process state changes -> log line, metrics, system event."""

@@ -1,0 +1,65 @@
+"""What the listener does with an event: metrics, metrics-file cleanup, a system event.
+
+The system event goes to the publisher's ZeroMQ PULL socket as a ``system`` envelope
+(docs/internals.md), not over a pika connection of our own:
+- the send never blocks (NOBLOCK, bounded queue), so supervisord's listener never waits on
+  RabbitMQ — a short-lived pika connection costs a TCP+AMQP handshake per event and hangs
+  while the broker is away;
+- the event gets the publisher's guarantees (confirms, outage buffer, spool, the same body
+  as every other system event);
+- when the publisher itself is the one that died, ZeroMQ keeps the message in this
+  connecting socket's queue and delivers it as soon as the restarted publisher binds again.
+The cost: a listener restart while the publisher is down loses what is queued (bounded
+linger on close).
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import zmq
+
+from common.addresses import publisher_frames
+from common.envelope import SYSTEM, Envelope
+from ops import metrics
+
+QUEUE_LIMIT = 1000     # system events queued for an absent publisher
+LINGER_MS = 1000       # at exit, how long queued events may still take to leave
+
+
+class Sink:
+    def __init__(self, run_dir: Path, metrics_dir: str | None = None, ctx: zmq.Context | None = None):
+        self.metrics_dir = metrics_dir if metrics_dir is not None else os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, QUEUE_LIMIT)
+        self._sock.setsockopt(zmq.LINGER, LINGER_MS)
+        self.address = publisher_frames(run_dir)
+        self._sock.connect(self.address)
+
+    def system_event(self, kind: str, details: dict, trace_id: str | None = None) -> bool:
+        """Queue a ``system`` envelope for the publisher; False (and counted) when the queue is full."""
+        env = Envelope(kind=SYSTEM, topic=kind, payload=orjson.dumps(details), recv_ns=time.time_ns(),
+                       conn_id="ops", trace_id=trace_id or uuid.uuid4().hex)
+        try:
+            self._sock.send_multipart(env.encode(), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            metrics.SYSTEM_EVENTS.labels(kind, "dropped").inc()
+            return False
+        metrics.SYSTEM_EVENTS.labels(kind, "queued").inc()
+        return True
+
+    def process_gone(self, pid: int) -> bool:
+        """Drop a dead process's live gauges from /metrics (its counters stay and are summed)."""
+        if not self.metrics_dir or pid <= 0:
+            return False
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.metrics_dir)
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
