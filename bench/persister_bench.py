@@ -7,7 +7,9 @@ built by ``persister.rows`` from the recorded frames (not timed), then written
 with ``Sink.write`` (COPY into staging + guarded INSERT ... ON CONFLICT, one
 commit per batch). "insert" writes new keys; "update" writes every key again
 with a newer exchange timestamp (executions: the same ids again, a no-op by
-design). Target: >= 50,000 rows/s.
+design). Target: >= 50,000 rows/s. A last "reference" line runs research/ecosystem.md
+section 8's four-column table the same way: it measured 121-177k rows/s on an idle
+machine, so it tells how much of the machine this run had.
 """
 from __future__ import annotations
 
@@ -62,6 +64,32 @@ def run(sink: Sink, rows: list, batch: int) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
+def reference(sink: Sink, n: int, batch: int) -> tuple[float, float]:
+    """research/ecosystem.md section 8's table (4 small columns), same COPY + guarded upsert:
+    how busy the machine is right now, against the 121-177k rows/s measured there."""
+    import io
+    conn = sink.conn
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS ref_balances (account text, coin text, balance numeric(38,18), "
+                    "updated_at timestamptz, PRIMARY KEY (account, coin))")
+        cur.execute("TRUNCATE ref_balances")
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS ref_stage (LIKE ref_balances) ON COMMIT DELETE ROWS")
+    conn.commit()
+    out = []
+    for ts in ("2026-01-01", "2026-01-02"):
+        lines = [f"a{i // 10}\tc{i % 10}\t{i}.123456789\t{ts}\n" for i in range(n)]
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            with conn.cursor() as cur:
+                cur.copy_expert("COPY ref_stage FROM STDIN", io.BytesIO("".join(lines[i:i + batch]).encode()))
+                cur.execute("INSERT INTO ref_balances SELECT * FROM ref_stage ON CONFLICT (account, coin) DO UPDATE "
+                            "SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at "
+                            "WHERE ref_balances.updated_at <= EXCLUDED.updated_at")
+            conn.commit()
+        out.append(n / (time.perf_counter() - started))
+    return out[0], out[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -92,6 +120,9 @@ def main() -> int:
                 ins = run(sink, fresh, batch)
                 upd = run(sink, newer, batch)
                 print(f"{table:<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}", flush=True)
+        for batch in (100, 1000):
+            ins, upd = reference(sink, args.rows, batch)
+            print(f"{'reference':<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}   (research section 8 table)", flush=True)
         sink.close()
     finally:
         backend = None
