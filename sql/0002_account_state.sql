@@ -57,7 +57,6 @@ CREATE TABLE orders (
 CREATE INDEX orders_status ON orders (order_status, updated_time DESC);
 CREATE INDEX orders_symbol ON orders (symbol, order_status);
 CREATE INDEX orders_updated ON orders (updated_time DESC);
-CREATE INDEX orders_link ON orders (order_link_id) WHERE order_link_id <> '';
 
 CREATE TABLE executions (
     exec_id         text PRIMARY KEY,
