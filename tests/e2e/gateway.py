@@ -15,6 +15,7 @@ from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("simulator", "publisher", "persister", "ingest", "api")
+E2E_KEY, E2E_SECRET = "e2e-key-7f3a", "e2e-secret-9c1d5b"
 
 
 def gateway_env(run_dir: Path, pg_url: str, amqp_url: str, **overrides) -> dict[str, str]:
@@ -29,6 +30,9 @@ def gateway_env(run_dir: Path, pg_url: str, amqp_url: str, **overrides) -> dict[
         "API_BIND": f"127.0.0.1:{free_port()}",
         "GW_PING_INTERVAL_S": "1", "GW_DEAD_AFTER_S": "3", "GW_BACKOFF_MAX_S": "2",
         "GW_LOG_LEVEL": "info",
+        # the simulator's account and the gateway's private stream share a test key
+        "SIM_API_KEY": E2E_KEY, "SIM_API_SECRET": E2E_SECRET,
+        "BYBIT_API_KEY": E2E_KEY, "BYBIT_API_SECRET": E2E_SECRET,
     })
     env.update({k: str(v) for k, v in overrides.items()})
     for d in ("logs", "metrics", "status"):
