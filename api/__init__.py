@@ -44,7 +44,10 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
         validation_error_status=422,
         validation_error_model=ErrorBody,
         validation_error_callback=errors.validation_error_callback,
-        doc_ui=False,
+        # Swagger UI at /docs/swagger, served from the flask-openapi3-swagger wheel (no CDN).
+        doc_ui=True,
+        doc_prefix="/docs",
+        doc_url="/openapi.json",
     )
     app.config.from_mapping(
         SETTINGS=settings,

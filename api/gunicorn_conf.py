@@ -20,7 +20,7 @@ setup_logging("api", _settings.log_level)
 chdir = str(Path(__file__).resolve().parent.parent)
 bind = [_settings.api_bind]
 worker_class = "gthread"
-workers = int(os.environ.get("API_WORKERS", "2"))
+workers = 2
 threads = 4
 timeout = 30
 graceful_timeout = 30

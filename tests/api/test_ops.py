@@ -40,6 +40,15 @@ def test_openapi_document_matches_committed_copy(client):
     assert json.loads(COMMITTED.read_text()) == served.get_json()
 
 
+def test_docs_page_works_offline(client):
+    page = client.get("/docs/swagger")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "http://" not in html.replace("http://localhost", "") and "https://" not in html
+    assert client.get("/docs/swagger/js/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs/openapi.json").get_json() == client.get("/openapi.json").get_json()
+
+
 def _write_status(run_dir, name, data, age_s=0.0):
     path = run_dir / "status" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
