@@ -62,6 +62,18 @@ class ControlMethods:
     def reset(self) -> dict:
         return self._call("reset", {})
 
+    def account_step(self, n: int = 1) -> dict:
+        """Advance the account by ``n`` events at once (also while nothing is connected)."""
+        return self._call("account_step", {"n": n})
+
+    def rest_fault(self, kind: str, count: int = 1, path: str | None = None, **extra) -> dict:
+        """Script REST errors for the next ``count`` calls (of ``path``): kind rate_limit
+        (``reset_ms``: None = no reset header), timestamp, retcode (``ret_code``), http (``status``)."""
+        return self._call("rest_fault", {"kind": kind, "count": count, "path": path, **extra})
+
+    def rest_log(self) -> list[dict]:
+        return self._call("rest_log", None)["calls"]
+
 
 class SimControlError(RuntimeError):
     def __init__(self, status: int, body):

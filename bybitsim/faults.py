@@ -20,6 +20,7 @@ class Faults:
     book_reset: set = field(default_factory=set)       # (endpoint, topic): next frame is a u == 1 snapshot
     auth_fail: bool = False
     close_private_after_s: float | None = None
+    rest: list = field(default_factory=list)           # RestFault: scripted REST errors, consumed per call
 
     @staticmethod
     def _hit(flags: set, endpoint: str) -> bool:
@@ -51,6 +52,16 @@ class Faults:
             return True
         return False
 
+    def take_rest(self, path: str):
+        """The first scripted REST fault matching ``path`` (one use consumed), or None."""
+        for fault in self.rest:
+            if fault.matches(path):
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.rest.remove(fault)
+                return fault
+        return None
+
     def reset(self) -> None:
         fresh = Faults()
         for name in self.__dataclass_fields__:
@@ -70,4 +81,5 @@ class Faults:
             "book_reset": [{"endpoint": e, "topic": t} for e, t in sorted(self.book_reset)],
             "auth_fail": self.auth_fail,
             "close_private_after_s": self.close_private_after_s,
+            "rest": [dict(vars(f)) for f in self.rest],
         }

@@ -1,8 +1,9 @@
-"""Plain HTTP on the simulator's port: Bybit REST (``/v5/market/time``) and the control
-API for tests (``/__sim/{op}``, JSON in and out).
+"""Plain HTTP on the simulator's port: Bybit REST (``/v5/market/time`` here, the signed
+account endpoints in ``rest.py``) and the control API for tests (``/__sim/{op}``, JSON in
+and out).
 
-``route(sim, method, path, body)`` returns (status, JSON-able body); the server turns it
-into an HTTP response. Control ops are the Simulator's ``op_*`` methods.
+``route(sim, method, path, body, query, headers)`` returns (status, body, extra headers);
+the server turns it into an HTTP response. Control ops are the Simulator's ``op_*`` methods.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import time
 
 import orjson
 
+from . import rest
 from .sim import ControlError, Simulator
 
-READ_OPS = frozenset({"state", "account"})
+READ_OPS = frozenset({"state", "account", "rest_log"})
 CONTROL_PREFIX = "/__sim/"
 
 
@@ -23,13 +25,35 @@ def server_time(now_ns: int) -> dict:
             "retExtInfo": {}, "time": now_ns // 1_000_000}
 
 
-def route(sim: Simulator, method: str, path: str, body: bytes) -> tuple[int, dict]:
-    if path == "/v5/market/time":
-        if method != "GET":
-            return 405, {"error": "use GET"}
-        return 200, server_time(time.time_ns())
+def route(sim: Simulator, method: str, path: str, body: bytes, query: str = "",
+          headers=None) -> tuple[int, dict | bytes, dict]:
+    if path == "/v5/market/time" or path in rest.PATHS:
+        return _rest(sim, method, path, query, headers or {})
     if not path.startswith(CONTROL_PREFIX):
-        return 404, {"retCode": 10404, "retMsg": f"no route for {path}"}
+        return 404, {"retCode": 10404, "retMsg": f"no route for {path}"}, {}
+    status, out = _control(sim, method, path, body)
+    return status, out, {}
+
+
+def _rest(sim: Simulator, method: str, path: str, query: str, headers) -> tuple[int, dict | bytes, dict]:
+    if method != "GET":
+        return 405, {"error": "use GET"}, {}
+    now_ns = time.time_ns()
+    sim.count("rest_calls")
+    fault = sim.faults.take_rest(path)
+    if fault is not None:
+        status, body, extra = rest.fault_response(fault, now_ns // 1_000_000)
+    elif path == "/v5/market/time":
+        status, body, extra = 200, server_time(now_ns), {}
+    else:
+        status, body, extra = rest.handle(sim, path, query, headers, now_ns // 1_000_000)
+    code = body.get("retCode") if isinstance(body, dict) else None
+    sim.rest_log.append({"at_ms": now_ns // 1_000_000, "path": path, "query": query, "status": status,
+                         "retCode": code, "fault": fault.kind if fault else None})
+    return status, body, extra
+
+
+def _control(sim: Simulator, method: str, path: str, body: bytes) -> tuple[int, dict]:
     op = path[len(CONTROL_PREFIX):]
     if method not in ("GET", "POST") or (method == "GET" and op not in READ_OPS):
         return 405, {"error": f"use POST for /__sim/{op}"}

@@ -118,8 +118,9 @@ class SimServer:
             endpoint = PRIVATE
         if endpoint is None or request.headers.get("Upgrade", "").lower() != "websocket":
             method = getattr(request, "method", "GET")
-            status, body = httpapi.route(self.sim, method, url.path, connection.http_body)
-            return self._json(connection, status, body)
+            status, body, headers = httpapi.route(self.sim, method, url.path, connection.http_body,
+                                                  url.query, request.headers)
+            return self._json(connection, status, body, headers)
         max_active = None
         if endpoint == PRIVATE:
             values = parse_qs(url.query).get("max_active_time")
@@ -132,13 +133,16 @@ class SimServer:
         return None
 
     @staticmethod
-    def _json(connection, status: int, body: dict):
+    def _json(connection, status: int, body: dict | bytes, headers: dict | None = None):
+        """A JSON response (``body`` bytes: an HTML error page, as a proxy in front of Bybit sends)."""
         response = connection.respond(status, "")
-        payload = httpapi.encode(body)
+        payload = body if isinstance(body, bytes) else httpapi.encode(body)
         response.body = payload
         del response.headers["Content-Type"], response.headers["Content-Length"]   # a multi-dict
-        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Type"] = "text/html" if isinstance(body, bytes) else "application/json"
         response.headers["Content-Length"] = str(len(payload))
+        for name, value in (headers or {}).items():
+            response.headers[name] = value
         return response
 
     # -- connections ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 
 from common.logs import RateLimited, get_logger
 
@@ -18,6 +18,7 @@ from .faults import REJECT_MODES, Faults
 from .market import Market
 from .options import SimOptions
 from .protocol import ENDPOINTS, PRIVATE, Symbols
+from .rest import FAULT_KINDS, PATHS, RestFault
 from .session import Conn
 from .streams import BookStream
 
@@ -48,6 +49,7 @@ class Simulator:
         self.counters: Counter = Counter()
         self.auth_attempts = 0
         self.auth_failures = 0
+        self.rest_log: deque = deque(maxlen=1000)    # REST calls answered: at_ms, path, query, status, retCode, fault
         self._warn = RateLimited(log)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -231,6 +233,41 @@ class Simulator:
 
     def op_account(self, payload: dict) -> dict:
         return self.account.ground_truth()
+
+    def op_account_step(self, payload: dict) -> dict:
+        """Advance the account by ``n`` events now (pushed to whoever is connected, if anyone)."""
+        n = payload.get("n", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 100_000:
+            raise ControlError("n must be an integer 0..100000")
+        for _ in range(n):
+            self.account_step()
+        return {"ok": True, "events": self.account.events}
+
+    def op_rest_fault(self, payload: dict) -> dict:
+        """Script REST errors: ``{"kind", "count"?, "path"?, "ret_code"?, "status"?, "reset_ms"?}``."""
+        kind = payload.get("kind")
+        if kind not in FAULT_KINDS:
+            raise ControlError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        count, path = payload.get("count", 1), payload.get("path")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ControlError("count must be an integer >= 1")
+        if path is not None and path not in PATHS and path != "/v5/market/time":
+            raise ControlError(f"path must be a REST path the simulator serves, got {path!r}")
+        fault = RestFault(kind, count, path)
+        for key, lo, hi in (("ret_code", 1, 10**9), ("status", 500, 599), ("reset_ms", 0, 600_000)):
+            if key in payload:
+                value = payload[key]
+                if value is None and key == "reset_ms":
+                    fault.reset_ms = None
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                    raise ControlError(f"{key} must be an integer {lo}..{hi}")
+                setattr(fault, key, value)
+        self.faults.rest.append(fault)
+        return {"ok": True, "faults": self.faults.to_dict()}
+
+    def op_rest_log(self, payload: dict) -> dict:
+        return {"calls": list(self.rest_log)}
 
     def op_reset(self, payload: dict) -> dict:
         self.faults.reset()

@@ -17,6 +17,7 @@ from ingest import store
 from ingest.control import ControlServer
 from ingest.handoff import Handoff
 from ingest.manager import Manager
+from ingest.reconcile import Reconciler
 
 log = get_logger("ingest")
 SYNC_EVERY_S = 30.0
@@ -52,6 +53,10 @@ class Ingest:
         settings.status_dir.mkdir(parents=True, exist_ok=True)
         self.handoff = Handoff(settings.run_dir, settings.handoff_buffer)
         self.mgr = Manager(settings, self.handoff)
+        self.reconciler = None
+        if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
+            self.reconciler = self.mgr.reconciler = Reconciler(settings, self.handoff)
+            self.reconciler.request("ingest_started")
         self.control = ControlServer(settings.run_dir, self.mgr, self.request_sync)
         self._sync_now = asyncio.Event()
         self._sync_trace = ""
@@ -114,6 +119,8 @@ class Ingest:
 
     async def close(self) -> None:
         await self.mgr.close()
+        if self.reconciler is not None:
+            await self.reconciler.close()
         self.handoff.flush()
         self.control.close()
         self.handoff.close()
@@ -133,8 +140,10 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     app = Ingest(settings)
-    tasks = [asyncio.create_task(coro, name=name) for name, coro in
-             (("sync", app.sync_loop()), ("report", app.report_loop()), ("control", app.control.serve()))]
+    jobs = [("sync", app.sync_loop()), ("report", app.report_loop()), ("control", app.control.serve())]
+    if app.reconciler is not None:
+        jobs += [("reconcile", app.reconciler.run()), ("downstreams", app.reconciler.watch_downstreams())]
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in jobs]
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -48,6 +48,7 @@ class Session:
         self.reason = ""
         self.tasks: list[asyncio.Task] = []
         self.bybit_conn_id: str | None = None
+        self.announced = False          # private: the manager was told its topics are subscribed
 
     def lost(self, reason: str) -> None:
         if not self.done.is_set():
@@ -237,6 +238,10 @@ class Connection:
                     await self._sync(session)
                 except SessionLost:
                     pass
+                if self.endpoint == PRIVATE and session.subscribed and not session.announced \
+                        and not session.done.is_set():
+                    session.announced = True
+                    self.mgr.private_subscribed(self)
                 if session.done.is_set():
                     await session.close()
                     return session.reason
@@ -271,6 +276,7 @@ class Connection:
             log.warning("rotation_failed", conn=self.id, error=_describe(exc))
             old.opened += 5.0   # try again in 5 s; if Bybit cuts the old one first, we reconnect
             return old
+        new.announced = True            # the old socket was still delivering: nothing was missed
         self.session = new
         log.info("rotated", conn=self.id, old_age_s=round(time.monotonic() - old.opened, 1))
         old.reason = "rotated"

@@ -59,6 +59,7 @@ class Manager:
         self._bad = RateLimited(log, 5.0)
         self._closing: set[asyncio.Task] = set()
         self.bad_frames = 0
+        self.reconciler = None     # ingest.reconcile.Reconciler when keys are configured (set by the app)
 
     # -- desired state -------------------------------------------------------------
     def add(self, topic: Topic, trace_id: str = "") -> str | None:
@@ -149,7 +150,9 @@ class Manager:
             elif not st.ticker_ok:
                 self._resync(conn, st, "ticker_resync", "ticker delta before any snapshot")
                 return
-        self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id)
+        rec = self.reconciler
+        if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
+            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id)
         st.frames += 1
         st.last_event_ms = recv_ns // 1_000_000
         self._activity[key] = st.last_event_ms
@@ -210,6 +213,11 @@ class Manager:
                                                  "error": error, "at_ms": int(time.time() * 1000),
                                                  "trace_id": trace_id}, trace_id=trace_id)
 
+    def private_subscribed(self, conn: Connection) -> None:
+        """A private session's topics are subscribed: what happened while it was down comes over REST."""
+        if self.reconciler is not None:
+            self.reconciler.request("private_connected")
+
     def connection_event(self, kind: str, conn: Connection, details: dict) -> None:
         self.handoff.system(kind, {"endpoint": conn.endpoint, "connection": conn.id, **details}, endpoint=conn.endpoint)
 
@@ -242,6 +250,7 @@ class Manager:
             "private": self.auth,
             "new_connections_5min": len(self.budget.opened),
             "bad_frames": self.bad_frames,
+            "reconciliation": self.reconciler.status() if self.reconciler else {"configured": False},
         }
 
     async def close(self) -> None:

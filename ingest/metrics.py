@@ -14,3 +14,5 @@ CONNECTED = Gauge("wsgw_ingest_connections_up", "Open and ready Bybit connection
                   multiprocess_mode="livesum")
 BUFFERED = Gauge("wsgw_ingest_handoff_buffered", "Frames waiting in ingest for a downstream", ["downstream"],
                  multiprocess_mode="livesum")
+RECONCILIATIONS = Counter("wsgw_ingest_reconciliations_total", "REST reconciliations of the account, by result",
+                          ["result"])

@@ -199,9 +199,14 @@ def test_private_rotation_loses_no_account_event(ingest, ingest_db, sim):
 
     def seen(kind):
         frames = [e.json() for e in ingest.publisher.frames(kind, "private")]
+        # pushes held during a REST reconciliation that REST already covered (same or newer state)
+        # are dropped: their state arrives as a `rest` envelope instead (issue 7)
+        rest = [x for e in ingest.publisher.of_kind("rest", kind) for x in e.json()["list"]]
         if kind == "execution":
-            return {x["execId"] for f in frames for x in f["data"]}
-        return {(x["orderId"], x["updatedTime"]) for f in frames for x in f["data"]}
+            return {x["execId"] for f in frames for x in f["data"]} | {x["execId"] for x in rest}
+        latest = {x["orderId"]: int(x["updatedTime"]) for x in rest}
+        return {(x["orderId"], x["updatedTime"]) for f in frames for x in f["data"]} | \
+            {(oid, u) for oid, u in sent_orders if int(u) <= latest.get(oid, -1)}
 
     assert sent_execs and sent_orders
     wait_for(lambda: sent_execs <= seen("execution") and sent_orders <= seen("order"), 10,

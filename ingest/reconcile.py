@@ -1,0 +1,297 @@
+"""REST reconciliation of the account (PROTOCOL.md 9.10; issue 7), in its own asyncio tasks.
+
+When: at ingest start, after every private (re)connect once its topics are subscribed,
+when a publisher or persister restarted (its status file shows a new pid or start time),
+every ``reconcile_interval_s``, and again with backoff after a failure.
+
+How: while live private pushes are HELD in memory (bounded), fetch server time, the
+wallet, open orders, order history since the newest fill known, any order known open or
+recently changed that neither list returned (by ``orderId``), positions (by settle coin,
+plus by symbol for any we knew non-flat), and fills since the newest one known minus a
+margin. Then send the state downstream as ``rest`` envelopes (publisher and persister),
+and release the held pushes, dropping those REST already covers. A reconciliation is
+reported ``reconciliation_done`` only when every call succeeded; otherwise
+``reconciliation_failed``, nothing is sent, the held pushes go out unchanged and it is
+retried with backoff.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import psycopg2
+
+from common import addresses
+from common.envelope import REST, json_envelope
+from common.logs import get_logger
+from ingest import metrics
+from ingest.account_state import Known, Seen, Snapshot, exec_start_ms, loss_start_ms
+from ingest.rest import RestClient, RestError
+
+log = get_logger(__name__)
+# PROTOCOL.md 9.6/9.7: linear needs a settle coin (or symbol); options are settled in USDC or USDT.
+ORDER_QUERIES = (("linear", {"settleCoin": "USDT"}), ("linear", {"settleCoin": "USDC"}), ("inverse", {}),
+                 ("spot", {}), ("option", {"settleCoin": "USDC"}), ("option", {"settleCoin": "USDT"}))
+POSITION_QUERIES = (("linear", {"settleCoin": "USDT"}), ("linear", {"settleCoin": "USDC"}), ("inverse", {}),
+                    ("option", {"settleCoin": "USDC"}), ("option", {"settleCoin": "USDT"}))
+EXEC_CATEGORIES = ("linear", "inverse", "spot", "option")
+HOLD_MAX = 50_000              # held pushes; past this they go out unfiltered (never dropped)
+MAX_LOOKUPS = 200              # single-order and single-position look-ups per reconciliation
+CONCURRENCY = 4                # REST calls in flight (Bybit allows 50/s per endpoint)
+RETRY_BASE_S, RETRY_CAP_S = 1.0, 60.0
+DOWNSTREAMS = ("publisher", "persister")
+
+
+def read_known(database_url: str, changed_since_ms: int | None) -> Known:
+    """From PostgreSQL: the newest fill, open orders (and orders changed since), open positions."""
+    conn = psycopg2.connect(database_url, connect_timeout=3, application_name="ws-gateway-reconcile")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 5000")
+            cur.execute("SELECT max(exec_time) FROM executions")
+            exec_ms = cur.fetchone()[0]
+            cur.execute("SELECT order_id, category FROM orders WHERE is_open OR updated_time >= %s "
+                        "ORDER BY is_open DESC, updated_time DESC LIMIT %s",
+                        (changed_since_ms if changed_since_ms is not None else 2 ** 62, MAX_LOOKUPS * 5))
+            orders = dict(cur.fetchall())
+            cur.execute("SELECT category, symbol FROM positions WHERE size <> 0")
+            positions = set(cur.fetchall())
+    finally:
+        conn.close()
+    return Known(int(exec_ms) if exec_ms is not None else None, orders, positions)
+
+
+class Reconciler:
+    def __init__(self, settings, handoff, client: RestClient | None = None, known_reader=read_known):
+        self.settings, self.handoff = settings, handoff
+        self.client = client or RestClient(settings.rest_url, settings.bybit_api_key, settings.bybit_api_secret,
+                                           settings.recv_window_ms)
+        self._read_known = known_reader
+        self.seen = Seen()
+        self.holding = False
+        self._held: list[tuple] = []
+        self._wake = asyncio.Event()
+        self._reasons: list[str] = []
+        self._lost_since: int | None = None     # a downstream may have lost events from this time (ms)
+        self._downstreams: dict[str, tuple] = {}
+        self._sem = asyncio.Semaphore(CONCURRENCY)
+        self.state = {"configured": True, "state": "idle", "done": 0, "failed": 0, "last_done_at": None,
+                      "last_duration_ms": None, "last_counts": None, "last_reasons": None, "last_error": None,
+                      "last_error_at": None, "released": 0, "dropped_covered": 0, "hold_overflows": 0,
+                      "database_known": None}
+
+    # -- called by the manager and the app --------------------------------------------------
+    def request(self, reason: str, lost_since_ms: int | None = None) -> None:
+        self._reasons.append(reason)
+        if lost_since_ms is not None:
+            self._lost_since = min(lost_since_ms, self._lost_since or lost_since_ms)
+        self._wake.set()
+
+    def take(self, topic: str, cls: str, obj: dict, raw: bytes, recv_ns: int, conn_id: str) -> bool:
+        """Every private push passes here: noted, and held (True) while a reconciliation runs."""
+        self.seen.observe(topic, obj)
+        if not self.holding:
+            return False
+        if len(self._held) >= HOLD_MAX:
+            self.state["hold_overflows"] += 1
+            log.warning("reconcile_hold_full", held=len(self._held), action="releasing unfiltered")
+            self._release(None)
+            self.holding = False
+            return False
+        self._held.append((topic, cls, obj, raw, recv_ns, conn_id))
+        return True
+
+    def status(self) -> dict:
+        return {**self.state, "held": len(self._held), "rest": dict(self.client.counts),
+                "clock_offset_ms": self.client.offset_ms}
+
+    async def close(self) -> None:
+        self._release(None)
+        await self.client.close()
+
+    # -- the loops ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """One loop: wait for a reason (or the interval, or the retry delay), reconcile, report."""
+        failures = 0
+        while True:
+            wait = self.settings.reconcile_interval_s if not failures else \
+                min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (failures - 1))
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                self._reasons.append("retry" if failures else "periodic")
+            self._wake.clear()
+            reasons, self._reasons = sorted(set(self._reasons)), []
+            lost_since, self._lost_since = self._lost_since, None
+            started = time.monotonic()
+            self.state["state"] = "running"
+            try:
+                snap = await self.reconcile(lost_since)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # RestError, bad records, database: reported, retried
+                failures += 1
+                self._reasons = [*reasons, *self._reasons]
+                if lost_since is not None:
+                    self._lost_since = min(lost_since, self._lost_since or lost_since)
+                self._failed(exc, reasons, failures, started)
+            else:
+                failures = 0
+                self._done(snap, reasons, started)
+            self.state["state"] = "backoff" if failures else "idle"
+
+    async def watch_downstreams(self, every_s: float = 1.0) -> None:
+        """A publisher or persister with a new pid (or start time) may have lost events: reconcile."""
+        while True:
+            for name in DOWNSTREAMS:
+                path = addresses.status_file(self.settings.run_dir, name)
+                try:
+                    status = orjson.loads(path.read_bytes())
+                except (OSError, orjson.JSONDecodeError):
+                    continue
+                ident = (status.get("pid"), status.get("started_at"))
+                prev = self._downstreams.get(name)
+                if prev is not None and prev[0] != ident:
+                    since = loss_start_ms(name, prev[1])
+                    log.info("downstream_restarted", process=name, old_pid=prev[0][0], new_pid=ident[0],
+                             lost_since_ms=since)
+                    self.request(f"{name}_restarted", since)
+                self._downstreams[name] = (ident, status)
+            await asyncio.sleep(every_s)
+
+    # -- one reconciliation -------------------------------------------------------------------
+    async def reconcile(self, lost_since: int | None = None) -> Snapshot:
+        self.holding = True
+        try:
+            await self.client.sync_clock()
+            now = self.client.now_ms()
+            known = await self._known(lost_since)
+            start = exec_start_ms(known.exec_ms, lost_since, now)
+            snap = Snapshot()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._wallet(snap))
+                for cat, params in ORDER_QUERIES:
+                    tg.create_task(self._list(snap.add_orders, "/v5/order/realtime", cat, params, 50))
+                    tg.create_task(self._list(snap.add_orders, "/v5/order/history", cat,
+                                              {**params, "startTime": start}, 50))
+                for cat, params in POSITION_QUERIES:
+                    tg.create_task(self._list(snap.add_positions, "/v5/position/list", cat, params, 200))
+                for cat in EXEC_CATEGORIES:
+                    tg.create_task(self._list(snap.add_executions, "/v5/execution/list", cat,
+                                              {"startTime": start}, 100))
+            await self._lookups(snap, known)
+        except BaseException:
+            self._release(None)
+            raise
+        finally:
+            self.holding = False
+        self._publish(snap)
+        self.seen.apply(snap)
+        self._release(snap)
+        return snap
+
+    async def _known(self, lost_since: int | None) -> Known:
+        """PostgreSQL's view when reachable (merged with what ingest saw), else ingest's alone.
+
+        After a downstream lost events, orders that changed since are looked up too: the
+        persister may hold their final state while the publisher's consumers never got it.
+        """
+        mem = self.seen.known()
+        try:
+            db = await asyncio.to_thread(self._read_known, self.settings.database_url, lost_since)
+        except Exception as exc:   # the database is optional here: memory is the fallback
+            self.state["database_known"] = f"unavailable: {str(exc).strip()[:200]}"
+            return mem
+        self.state["database_known"] = "ok"
+        return Known(db.exec_ms if db.exec_ms is not None else mem.exec_ms,
+                     {**db.orders, **mem.orders}, db.positions | mem.positions)
+
+    async def _call(self, path: str, params: dict):
+        async with self._sem:
+            return await self.client.get(path, params)
+
+    async def _wallet(self, snap: Snapshot) -> None:
+        async with self._sem:
+            reply = await self.client.get("/v5/account/wallet-balance", {"accountType": "UNIFIED"})
+        items = reply.result.get("list")
+        if not isinstance(items, list):
+            raise RestError("/v5/account/wallet-balance", "result.list is not a list")
+        snap.wallet, snap.wallet_ms = items, reply.time_ms
+
+    async def _list(self, add, path: str, category: str, params: dict, limit: int) -> None:
+        async with self._sem:
+            records, at = await self.client.pages(path, {**params, "category": category}, limit)
+        add(category, records, at)
+
+    async def _lookups(self, snap: Snapshot, known: Known) -> None:
+        """Orders we knew open (or saw change) that no list returned; positions we knew open."""
+        orders = [(oid, cat) for oid, cat in known.orders.items() if oid not in snap.orders]
+        fetched = {(c, s) for c, s, _ in snap.positions}
+        positions = sorted(p for p in known.positions if p not in fetched)
+        if len(orders) + len(positions) > MAX_LOOKUPS:
+            log.warning("reconcile_lookups_capped", orders=len(orders), positions=len(positions), cap=MAX_LOOKUPS)
+        orders = orders[:MAX_LOOKUPS]
+        positions = positions[:max(0, MAX_LOOKUPS - len(orders))]
+
+        async def order(oid: str, cat: str) -> None:
+            for path in ("/v5/order/realtime", "/v5/order/history"):
+                reply = await self._call(path, {"category": cat, "orderId": oid})
+                found = reply.result.get("list")
+                if isinstance(found, list) and found:
+                    snap.add_orders(cat, found, reply.time_ms)
+                    return
+            snap.unresolved += 1        # Bybit no longer knows it (closed > 7 days ago): nothing to say
+
+        async def position(cat: str, symbol: str) -> None:
+            reply = await self._call("/v5/position/list", {"category": cat, "symbol": symbol})
+            found = reply.result.get("list")
+            if not isinstance(found, list):
+                raise RestError("/v5/position/list", "result.list is not a list")
+            snap.add_positions(cat, found, reply.time_ms)
+
+        async with asyncio.TaskGroup() as tg:
+            for oid, cat in orders:
+                tg.create_task(order(oid, cat))
+            for cat, symbol in positions:
+                tg.create_task(position(cat, symbol))
+
+    # -- downstream ---------------------------------------------------------------------------
+    def _publish(self, snap: Snapshot) -> None:
+        for body in snap.bodies():
+            parts = json_envelope(REST, body, endpoint="private", topic=body["topic"], recv_ns=time.time_ns(),
+                                  epoch=self.handoff.epoch).encode()
+            self.handoff.publisher.send(parts, "")
+            self.handoff.persister.send(parts, "")
+
+    def _release(self, snap: Snapshot | None) -> None:
+        held, self._held = self._held, []
+        for topic, cls, obj, raw, recv_ns, conn_id in held:
+            if snap is not None and snap.covers(topic, obj):
+                self.state["dropped_covered"] += 1
+                continue
+            self.handoff.frame("private", topic, cls, raw, recv_ns, conn_id)
+            self.state["released"] += 1
+
+    def _done(self, snap: Snapshot, reasons: list[str], started: float) -> None:
+        ms = round((time.monotonic() - started) * 1000, 1)
+        counts = snap.counts()
+        self.state.update(done=self.state["done"] + 1, last_done_at=time.time(), last_duration_ms=ms,
+                          last_counts=counts, last_reasons=reasons)
+        metrics.RECONCILIATIONS.labels("done").inc()
+        log.info("reconciliation_done", reasons=reasons, duration_ms=ms, **counts)
+        self.handoff.system("reconciliation_done", {"reasons": reasons, "duration_ms": ms, "counts": counts,
+                                                    "at": time.time()}, endpoint="private")
+
+    def _failed(self, exc: BaseException, reasons: list[str], failures: int, started: float) -> None:
+        if isinstance(exc, BaseExceptionGroup):       # from a TaskGroup: report the first cause
+            exc = exc.exceptions[0]
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        retry_in = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (failures - 1))
+        self.state.update(failed=self.state["failed"] + 1, last_error=error, last_error_at=time.time())
+        metrics.RECONCILIATIONS.labels("failed").inc()
+        log.warning("reconciliation_failed", reasons=reasons, error=error, attempt=failures, retry_in_s=retry_in)
+        self.handoff.system("reconciliation_failed", {"reasons": reasons, "error": error, "attempt": failures,
+                                                      "retry_in_s": retry_in, "at": time.time(),
+                                                      "duration_ms": round((time.monotonic() - started) * 1000, 1)},
+                            endpoint="private")
