@@ -269,6 +269,14 @@ class Broker:
         if settled:
             self._on_confirm(settled, ok, time.perf_counter())
 
+    def check_depths(self, queues, on_depth: Callable[[str, int], None]) -> None:
+        """Ask the broker how many messages wait in each queue (passive declare)."""
+        ch = self._ch
+        if not self.ready:
+            return
+        for q in queues:
+            ch.queue_declare(q, passive=True, callback=lambda f, q=q: on_depth(q, f.method.message_count))
+
     def _on_returned(self, _ch, method, props, _body) -> None:
         cls = (props.headers or {}).get("event_class", "unknown")
         self._on_return(str(cls), method.routing_key, method.reply_text)
@@ -281,7 +289,7 @@ class Broker:
             self._retry.cancel()
             self._retry = None
         conn = self._conn
-        if conn is not None and (conn.is_open or conn.is_opening) and prev != DOWN:
+        if conn is not None and not (conn.is_closed or conn.is_closing) and prev != DOWN:
             try:
                 conn.close()
             except Exception as exc:  # already closing: nothing more to do

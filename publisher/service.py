@@ -10,6 +10,7 @@ outstanding confirms and spools unpublished account events; a second exits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from common import addresses
+from common import addresses, classify
 from common.classify import UnknownTopic
 from common.config import ConfigError, Settings, load_settings
 from common.envelope import Envelope, EnvelopeError
@@ -36,6 +37,7 @@ log = get_logger("publisher")
 DRAIN_BATCH = 1000
 STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
 DROP_NOTICE_EVERY_S = 5.0
+DEPTH_CHECK_S = 10.0
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -63,6 +65,8 @@ class Service:
         self.outage_since: float | None = None
         self._outage_dropped = self.outbox.dropped.copy()
         self._last_drop_notice = time.monotonic()
+        self.queue_depths: dict[str, int] = {}
+        self._last_depth_check = 0.0
         self._stop = asyncio.Event()
         self._force = False
         self._intake_open = True
@@ -200,10 +204,22 @@ class Service:
             "bad_input": dict(t.bad_input), "stream_gaps": self.pipeline.counts["stream_gap"],
             "ticker_delta_without_snapshot": self.pipeline.counts["ticker_delta_no_snapshot"],
             "republished": t.republished, "retention": self.retention, "intake_open": self._intake_open,
+            "account_queue_depths": self.queue_depths,
         }
+
+    def _on_depth(self, queue: str, depth: int) -> None:
+        self.queue_depths[queue] = depth
+        bound = self.s.retention_max_length * retention.ACCOUNT_LENGTH_FACTOR
+        if depth >= 0.8 * bound:
+            self.rl("warning", "account queue filling: oldest events will be dropped at the bound",
+                    queue=queue, depth=depth, bound=bound)
 
     def housekeeping(self) -> None:
         t = self.tally
+        b = self.broker
+        if b is not None and b.ready and time.monotonic() - self._last_depth_check >= DEPTH_CHECK_S:
+            self._last_depth_check = time.monotonic()
+            b.check_depths([classify.queue_name(c) for c in sorted(classify.ACCOUNT_CLASSES)], self._on_depth)
         t.gaps = self.pipeline.counts["stream_gap"]
         t.ticker_no_snapshot = self.pipeline.counts["ticker_delta_no_snapshot"]
         t.flush()
@@ -342,6 +358,9 @@ def main() -> int:
         log.error("bad configuration", error=str(exc))
         return 2
     setup_logging("publisher", settings.log_level)
+    # pika logs each failed connect three times at ERROR; our own "broker connect failed" line suffices.
+    for name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return asyncio.run(Service(settings).run())
     except KeyboardInterrupt:

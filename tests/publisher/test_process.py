@@ -82,6 +82,7 @@ def test_topology_retention_and_one_message_per_class(publisher, broker, amqp_vh
     assert pub.stop(signal.SIGTERM, timeout=10) == 0
     st = pub.status()
     assert st["confirmed"] == st["published"] and st["unconfirmed"] == 0 and st["buffered"] == 0
+    assert st["account_queue_depths"]["ws-gateway.order_status"] == 0   # checked every 10 s, at start too
 
     # Changing retention later never makes a deployment fail to start: the policy follows.
     pub2 = publisher(RETENTION_MAX_LENGTH=5000, RETENTION_TTL_MS=3_600_000)

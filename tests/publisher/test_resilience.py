@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from tests.conftest import rabbitmqctl
-from tests.helpers import wait_for
-from tests.publisher.conftest import Broker, account_env, market_env
+from tests.helpers import free_port, wait_for
+from tests.publisher.conftest import Broker, PublisherProc, account_env, market_env
 
 
 def _ids_by_seq(messages) -> dict[int, set[str]]:
@@ -154,3 +154,34 @@ def test_kill9_under_load_never_changes_an_event_id(publisher, broker, short_tmp
         print(f"{stream}: sent {total}, received {len(got)}, missing {len(missing)} "
               f"(killed at {killed_at}), gaps {gaps.get(stream)}")
     assert pub_b.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_account_events_spooled_without_broker_survive_a_restart(publisher, broker, short_tmp, amqp_url):
+    """A publisher that cannot reach RabbitMQ keeps taking frames: market beyond the buffer
+    is dropped, account events go to the spool file; SIGTERM keeps them there; the next
+    publisher replays them in order."""
+    down = PublisherProc(short_tmp, f"amqp://guest:guest@127.0.0.1:{free_port()}/x", {"PUBLISHER_BUFFER": "100"})
+    try:
+        down.start(ready=False)
+        for i in range(1, 301):
+            down.push(account_env(i))
+            down.push(market_env(i))
+        wait_for(lambda: down.status()["events_in"].get("frame") == 600, timeout=20, message="all taken")
+        st = down.status()
+        assert st["spool_depth"] > 0 and st["in_memory"] <= 101
+        assert st["dropped"]["trades"] >= 200
+        assert down.stop() == 0
+    finally:
+        down.close()
+    assert (short_tmp / "spool" / "publisher.spool").stat().st_size > 0
+
+    pub = publisher()   # same run dir, a reachable broker
+    wait_for(lambda: pub.status()["spool_depth"] == 0 and pub.status()["unconfirmed"] == 0
+             and pub.total("confirmed") >= 300, timeout=30, message="spool replayed")
+    got = broker.drain("ws-gateway.order_status", None, timeout=20)
+    seqs = [body["stream_seq"] for _m, _p, body in got]
+    assert sorted(set(seqs)) == list(range(1, 301))
+    assert seqs == sorted(seqs)          # in order
+    assert (short_tmp / "spool" / "publisher.spool").stat().st_size == 0
+    assert pub.stop() == 0
