@@ -70,12 +70,8 @@ def iso_utc(ns: int) -> str:
     return f"{_second[1]}.{rem // 1000:06d}Z"
 
 
-def derive_id(*parts: object, payload: bytes = b"") -> str:
-    """A deterministic UUID (RFC 9562 version 8, BLAKE2b-128) of identifying content.
-
-    Same role as uuid5 but one hash instead of two (uuid5 over a digest) on the hot path.
-    """
-    h = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=16)
+def _uuid8(prefix: bytes, payload: bytes = b"") -> str:
+    h = hashlib.blake2b(prefix, digest_size=16)
     if payload:
         h.update(b"|")
         h.update(payload)
@@ -84,6 +80,14 @@ def derive_id(*parts: object, payload: bytes = b"") -> str:
     d[8] = (d[8] & 0x3F) | 0x80      # RFC 4122 variant
     x = d.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def derive_id(*parts: object, payload: bytes = b"") -> str:
+    """A deterministic UUID (RFC 9562 version 8, BLAKE2b-128) of identifying content.
+
+    Same role as uuid5 but one hash instead of two (uuid5 over a digest) on the hot path.
+    """
+    return _uuid8("|".join(str(p) for p in parts).encode(), payload)
 
 
 def digest(payload: bytes) -> str:
@@ -114,29 +118,43 @@ def _int(value, name: str) -> int:
     return value
 
 
+_ROUTES: dict[tuple[str, str], tuple[str, str | None, str, str, bytes]] = {}
+_MAX_ROUTES = 100_000
+
+
+def _route(endpoint: str, topic: str) -> tuple[str, str | None, str, str, bytes]:
+    """(class, symbol, routing key, stream, id prefix) of a public topic, cached (pure, bounded)."""
+    r = _ROUTES.get((endpoint, topic))
+    if r is None:
+        cls = classify.event_class(topic)
+        if cls in classify.ACCOUNT_CLASSES:
+            raise FrameError(f"account topic {topic!r} on public endpoint {endpoint!r}")
+        symbol = classify.topic_symbol(topic)
+        r = (cls, symbol, classify.routing_key(cls, endpoint, symbol), f"{endpoint}:{topic}",
+             f"{endpoint}|{topic}".encode())
+        if len(_ROUTES) >= _MAX_ROUTES:
+            _ROUTES.clear()
+        _ROUTES[(endpoint, topic)] = r
+    return r
+
+
 def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = None,
                  changed_keys: list[str] | None = None) -> Event:
     """A public push -> one event. ``data``/``type_`` override the frame's (merged tickers)."""
     topic = frame.get("topic")
     if not isinstance(topic, str):
         raise FrameError("frame has no topic")
-    cls = classify.event_class(topic)
-    if cls in classify.ACCOUNT_CLASSES:
-        raise FrameError(f"account topic {topic!r} on public endpoint {env.endpoint!r}")
     category = env.endpoint
     if not category:
         raise FrameError("envelope has no endpoint")
-    symbol = classify.topic_symbol(topic)
+    cls, symbol, routing_key, stream, prefix = _route(category, topic)
     if "data" not in frame:
         raise FrameError(f"{topic}: frame has no data")
-    kind = type_ or frame.get("type") or "snapshot"
-    event_id = derive_id(env.endpoint, topic, payload=env.payload)
-    return make_event(event_id=event_id, event_class=cls, source=SOURCE_BYBIT, category=category,
-                      topic=topic, symbol=symbol, type_=kind, exchange_ts=_int(frame.get("ts"), "ts"),
-                      recv_ns=env.recv_ns, stream_seq=env.stream_seq, trace_id=env.trace_id,
-                      data=frame["data"] if data is None else data,
-                      routing_key=classify.routing_key(cls, category, symbol),
-                      stream=f"{env.endpoint}:{topic}", changed_keys=changed_keys)
+    return make_event(event_id=_uuid8(prefix, env.payload), event_class=cls, source=SOURCE_BYBIT,
+                      category=category, topic=topic, symbol=symbol, type_=type_ or frame.get("type") or "snapshot",
+                      exchange_ts=_int(frame.get("ts"), "ts"), recv_ns=env.recv_ns, stream_seq=env.stream_seq,
+                      trace_id=env.trace_id, data=frame["data"] if data is None else data,
+                      routing_key=routing_key, stream=stream, changed_keys=changed_keys)
 
 
 def _account_groups(cls: str, topic: str, items) -> list[tuple[str, list]]:
