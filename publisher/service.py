@@ -110,6 +110,9 @@ class Service:
             self.pump()
             if self.max_envelopes is not None and self._handled >= self.max_envelopes:
                 self.request_stop()
+            # An await on a socket that already holds messages completes without yielding:
+            # give pika (acks, writes, heartbeats) and housekeeping their turn every batch.
+            await asyncio.sleep(0)
 
     def _drain_socket(self, sock: zmq.asyncio.Socket) -> int:
         """Take what already sits in our receive queue before closing (it would be lost)."""
