@@ -266,12 +266,11 @@ class Persister:
                     last_message = self.clock()
                     self.drain()
                 now = self.clock()
-                if self.flush(now):
-                    pass
-                elif not self.sink.connected:
-                    self.ensure_connected(now)   # probe even with nothing to write, for the status
-                else:
-                    self.ping(now)
+                if not self.flush(now):
+                    if self.sink.connected:
+                        self.ping(now)
+                    else:
+                        self.ensure_connected(now)   # probe with nothing to write too: status tells the truth
                 if now >= next_status:
                     self.write_status()
                     next_status = now + STATUS_EVERY_S
