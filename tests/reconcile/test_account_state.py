@@ -1,0 +1,129 @@
+"""ingest/account_state.py on the recorded frames: what held pushes REST covers, the rest
+payloads (docs/internals.md) and their rows in the persister, watermarks."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from ingest.account_state import (EXEC_MARGIN_MS, LOSS_MARGIN_MS, SEVEN_DAYS_MS, Seen, Snapshot, exec_start_ms,
+                                  loss_start_ms)
+from persister.rows import rows_from_rest
+
+FRAMES = Path(__file__).resolve().parent.parent / "frames"
+
+
+def frame(name: str) -> dict:
+    return json.loads((FRAMES / f"{name}.json").read_text())
+
+
+def snapshot() -> Snapshot:
+    snap = Snapshot()
+    orders = frame("rest_order_realtime")
+    snap.add_orders("linear", orders["result"]["list"], orders["time"])
+    pos = frame("rest_position_list")
+    snap.add_positions("linear", pos["result"]["list"], pos["time"])
+    ex = frame("rest_execution_list")
+    snap.add_executions("linear", ex["result"]["list"], ex["time"])
+    wallet = frame("rest_wallet_balance")
+    snap.wallet, snap.wallet_ms = wallet["result"]["list"], wallet["time"]
+    return snap
+
+
+def test_pushes_with_the_same_state_as_rest_are_covered():
+    snap = snapshot()
+    for name in ("order", "execution", "execution_fast", "position"):
+        assert snap.covers(frame(name)["topic"], frame(name)), name
+    wallet = frame("wallet")
+    assert wallet["creationTime"] <= snap.wallet_ms and snap.covers("wallet", wallet)
+
+
+def test_newer_or_unknown_pushes_are_not_covered():
+    snap = snapshot()
+    order = frame("order")
+    order["data"][0]["updatedTime"] = str(int(order["data"][0]["updatedTime"]) + 1)
+    assert not snap.covers("order", order)
+    other = copy.deepcopy(frame("execution"))
+    other["data"][0]["execId"] = "never-seen"
+    assert not snap.covers("execution", other)
+    both = frame("execution")
+    both["data"].append(other["data"][0])         # one new record in the frame: forward the frame
+    assert not snap.covers("execution", both)
+    pos = frame("position")
+    pos["data"][0]["updatedTime"] = "9999999999999"
+    assert not snap.covers("position", pos)
+    wallet = frame("wallet")
+    wallet["creationTime"] = snap.wallet_ms + 1
+    assert not snap.covers("wallet", wallet)
+    assert not Snapshot().covers("wallet", frame("wallet"))
+    assert not snap.covers("greeks", frame("greeks"))
+
+
+def test_bodies_become_rows_in_the_persister():
+    snap = snapshot()
+    bodies = snap.bodies()
+    assert [(b["topic"], b["category"]) for b in bodies] == \
+        [("execution", "linear"), ("order", "linear"), ("position", "linear"), ("wallet", None)]
+    tables = {}
+    for b in bodies:
+        rows, bad = rows_from_rest(b, f"rest:{b['topic']}")
+        assert not bad
+        tables[b["topic"]] = rows
+    assert tables["position"][0].values[5] is not None          # entry price from avgPrice
+    assert tables["wallet"][0].values[-4] == snap.wallet_ms       # the balance version is Bybit's time
+    assert tables["order"][0].key == ("1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b",)
+
+
+def test_bodies_are_chunked_and_oldest_first():
+    snap = Snapshot()
+    recs = [{"execId": f"e{i}", "execTime": str(1000 + (i * 7) % 450)} for i in range(450)]
+    snap.add_executions("linear", recs, 5)
+    bodies = snap.bodies()
+    assert [len(b["list"]) for b in bodies] == [200, 200, 50]
+    times = [int(r["execTime"]) for b in bodies for r in b["list"]]
+    assert times == sorted(times)
+
+
+def test_an_order_seen_by_two_queries_keeps_its_newest_state():
+    snap = Snapshot()
+    rec = frame("rest_order_realtime")["result"]["list"][0]
+    newer = {**rec, "orderStatus": "Filled", "updatedTime": str(int(rec["updatedTime"]) + 5)}
+    snap.add_orders("linear", [newer], 2)
+    snap.add_orders("linear", [rec], 1)
+    assert snap.orders[rec["orderId"]][1]["orderStatus"] == "Filled"
+    assert snap.counts()["open_orders"] == 0 and snap.fetched_ms["order"] == 2
+
+
+def test_seen_tracks_open_orders_newest_fill_and_open_positions():
+    seen = Seen()
+    seen.observe("order", frame("order"))
+    seen.observe("execution", frame("execution"))
+    seen.observe("position", frame("position"))
+    known = seen.known()
+    assert known.orders == {"1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b": "linear"}
+    assert known.exec_ms == 1785000008009 and known.positions == {("linear", "BTCUSDT")}
+    filled = frame("order")
+    filled["data"][0]["orderStatus"] = "Filled"
+    seen.observe("order.linear", filled)
+    flat = frame("position")
+    flat["data"][0].update(size="0", side="")
+    seen.observe("position", flat)
+    assert seen.known().orders == {} and seen.known().positions == set()
+
+
+def test_exec_start_is_the_newest_known_fill_or_loss_start_minus_a_margin():
+    now = 1785000100000
+    assert exec_start_ms(None, None, now) is None
+    assert exec_start_ms(now - 5000, None, now) == now - 5000 - EXEC_MARGIN_MS
+    assert exec_start_ms(now - 5000, now - 90000, now) == now - 90000 - EXEC_MARGIN_MS
+    assert exec_start_ms(1, None, now) == now - SEVEN_DAYS_MS + 60_000     # Bybit's range is 7 days at most
+
+
+def test_loss_start_from_a_dead_downstreams_last_status():
+    assert loss_start_ms("persister", {"updated_at": 1000.0, "database": {"up": True, "since": 10.0}}) == \
+        1_000_000 - LOSS_MARGIN_MS
+    assert loss_start_ms("persister", {"updated_at": 1000.0, "database": {"up": False, "since": 400.0}}) == \
+        400_000 - LOSS_MARGIN_MS
+    assert loss_start_ms("publisher", {"updated_at": 1000.0, "broker": {"state": "down", "since": 700.0}}) == \
+        700_000 - LOSS_MARGIN_MS
+    assert loss_start_ms("publisher", {"pid": 3}) is None

@@ -1,0 +1,193 @@
+"""ingest/rest.py without a network: signing vectors (PROTOCOL.md 9.1), paging, and every error
+class backing off (delays injected, never slept) and raising instead of reading as empty."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+
+from ingest.rest import RestClient, RestError, backoff_s, query_string, signature
+
+FRAMES = Path(__file__).resolve().parent.parent / "frames"
+KEY, SECRET = "EXAMPLEkey012345", "EXAMPLEsecretDoNotUse0123456789abcdef"
+
+
+def frame(name: str) -> dict:
+    return json.loads((FRAMES / f"{name}.json").read_text())
+
+
+def test_signature_matches_protocol_test_vectors():
+    qs = query_string({"coin": "USDT", "accountType": "UNIFIED"})
+    assert qs == "accountType=UNIFIED&coin=USDT"
+    assert signature(SECRET, 1785000000000, KEY, 5000, qs) == \
+        "719b4f396129eee0fda21cf9b3cbebd065361c8cc0f3ec298fa5f0b1ccb88e5f"
+    body = '{"category":"linear","symbol":"BTCUSDT","side":"Buy","orderType":"Limit","qty":"0.001","price":"30000"}'
+    assert signature(SECRET, 1785000000000, KEY, 5000, body) == \
+        "8d56dda1d96ec09dea7e4d5c325a016fe8d52f948d874852c85e1e3213447372"
+
+
+def test_query_string_skips_none_and_refuses_values_needing_escapes():
+    assert query_string({"b": "2", "a": None, "cursor": "4123%3A0%2C4123%3A0"}) == "b=2&cursor=4123%3A0%2C4123%3A0"
+    with pytest.raises(ValueError):
+        query_string({"symbol": "BTC USDT"})
+    with pytest.raises(ValueError):
+        query_string({"x": "a&b=c"})
+
+
+def test_backoff_doubles_to_a_cap():
+    assert [backoff_s(n, 0.25, 1.0) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+class Fake:
+    """A scripted Bybit: each call pops the next answer (status, body, headers) for its path."""
+
+    def __init__(self, script: dict[str, list]):
+        self.script = {k: list(v) for k, v in script.items()}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/v5/market/time" and not self.script.get(path):
+            return httpx.Response(200, json=frame("rest_server_time"))
+        status, body, headers = self.script[path].pop(0)
+        if isinstance(body, (dict, list)):
+            return httpx.Response(status, json=body, headers=headers)
+        return httpx.Response(status, content=body, headers=headers)
+
+    def calls(self, path: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.path == path]
+
+
+def ok(result: dict, time_ms: int = 1785000010000):
+    return 200, {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": time_ms}, {}
+
+
+def err(code: int, msg: str = "x", headers=None):
+    return 200, {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": 1785000010000}, headers or {}
+
+
+def run_client(fake: Fake, coro_fn, **kw):
+    delays: list[float] = []
+
+    async def sleep(s):
+        delays.append(s)
+
+    async def main():
+        client = RestClient("https://bybit.invalid", KEY, SECRET, transport=httpx.MockTransport(fake), sleep=sleep,
+                            **kw)
+        try:
+            return await coro_fn(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main()), delays
+
+
+WALLET = ("/v5/account/wallet-balance", {"accountType": "UNIFIED"})
+
+
+def test_signed_request_sends_exactly_the_signed_query():
+    fake = Fake({WALLET[0]: [ok(frame("rest_wallet_balance")["result"])]})
+    reply, _ = run_client(fake, lambda c: c.get(*WALLET))
+    req = fake.calls(WALLET[0])[0]
+    qs = urlsplit(str(req.url)).query
+    assert qs == "accountType=UNIFIED"
+    h = req.headers
+    assert h["X-BAPI-API-KEY"] == KEY and h["X-BAPI-RECV-WINDOW"] == "5000"
+    assert h["X-BAPI-SIGN"] == signature(SECRET, int(h["X-BAPI-TIMESTAMP"]), KEY, 5000, qs)
+    assert reply.result["list"][0]["accountType"] == "UNIFIED" and reply.time_ms == 1785000010000
+
+
+def test_pages_follow_the_cursor_until_empty():
+    page1 = {"category": "linear", "list": [{"execId": "a"}, {"execId": "b"}], "nextPageCursor": "b%3A2"}
+    page2 = {"category": "linear", "list": [{"execId": "c"}], "nextPageCursor": ""}
+    fake = Fake({"/v5/execution/list": [ok(page1, 1), ok(page2, 2)]})
+    (records, at), delays = run_client(fake, lambda c: c.pages("/v5/execution/list", {"category": "linear"}, 2))
+    assert [r["execId"] for r in records] == ["a", "b", "c"] and at == 1 and delays == []
+    queries = [dict(parse_qsl(urlsplit(str(r.url)).query)) for r in fake.calls("/v5/execution/list")]
+    assert "cursor" not in queries[0] and queries[1]["cursor"] == "b:2" and queries[1]["limit"] == "2"
+    assert urlsplit(str(fake.calls("/v5/execution/list")[1].url)).query.endswith("cursor=b%3A2&limit=2")
+
+
+def test_a_failing_later_page_raises_instead_of_returning_part():
+    page1 = {"list": [{"execId": "a"}], "nextPageCursor": "next"}
+    fake = Fake({"/v5/execution/list": [ok(page1), err(10005, "permission denied")]})
+    with pytest.raises(RestError) as info:
+        run_client(fake, lambda c: c.pages("/v5/execution/list", {"category": "linear"}, 1))
+    assert info.value.ret_code == 10005
+
+
+def test_endless_paging_raises():
+    fake = Fake({"/v5/order/realtime": [ok({"list": [{"orderId": str(i)}], "nextPageCursor": f"c{i}"})
+                                        for i in range(3)]})
+    with pytest.raises(RestError, match="more than 3 pages"):
+        run_client(fake, lambda c: c.pages("/v5/order/realtime", {"category": "linear"}, 1), max_pages=3)
+
+
+def test_rate_limit_with_reset_header_waits_until_the_reset():
+    async def go(c):
+        c.offset_ms = 0
+        reset = c.now_ms() + 800
+        fake.script[WALLET[0]] = [err(10006, "Too many visits!", {"X-Bapi-Limit-Reset-Timestamp": str(reset)}),
+                                  ok({"list": []})]
+        return await c.get(*WALLET)
+
+    fake = Fake({})
+    reply, delays = run_client(fake, go)
+    assert reply.result == {"list": []}
+    assert len(delays) == 1 and 0.6 < delays[0] <= 0.8
+
+
+def test_rate_limit_without_header_backs_off_exponentially():
+    fake = Fake({WALLET[0]: [err(10006, "Too many visits!")] * 3 + [ok({"list": []})]})
+    _, delays = run_client(fake, lambda c: c.get(*WALLET), backoff_base_s=0.1)
+    assert delays == [0.1, 0.2, 0.4]
+
+
+def test_timestamp_error_remeasures_the_clock_and_retries():
+    fake = Fake({WALLET[0]: [err(10002, frame("rest_error_timestamp")["retMsg"]), ok({"list": []})]})
+    reply, delays = run_client(fake, lambda c: c.get(*WALLET))
+    assert reply.result == {"list": []} and len(delays) == 1
+    assert len(fake.calls("/v5/market/time")) == 1
+
+
+@pytest.mark.parametrize("answer", [(502, b"<html>bad gateway</html>", {}), (503, b"", {}), (429, b"", {}),
+                                    err(10016, "server error"), (200, b"<html>not json</html>", {})])
+def test_server_errors_back_off_then_succeed(answer):
+    fake = Fake({WALLET[0]: [answer, answer, ok({"list": [{"accountType": "UNIFIED", "coin": []}]})]})
+    reply, delays = run_client(fake, lambda c: c.get(*WALLET), backoff_base_s=0.5)
+    assert reply.result["list"] and delays == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("answer", [(502, b"", {}), err(10006, "Too many visits!"), err(10002, "ts")])
+def test_retries_are_bounded_and_end_in_an_error_never_an_empty_answer(answer):
+    fake = Fake({WALLET[0]: [answer] * 4})
+    with pytest.raises(RestError):
+        run_client(fake, lambda c: c.get(*WALLET), max_attempts=4)
+    assert len(fake.calls(WALLET[0])) == 4
+
+
+@pytest.mark.parametrize("answer", [err(10003, "API key is invalid."), (200, frame("rest_error_sign"), {}),
+                                    err(10005, "permission denied"), err(10001, "params error"),
+                                    (401, b"unauthorized", {}), (200, {"list": []}, {}),
+                                    (200, {"retCode": 0, "retMsg": "OK", "result": None, "time": 1}, {})])
+def test_other_errors_raise_at_once(answer):
+    fake = Fake({WALLET[0]: [answer]})
+    with pytest.raises(RestError):
+        run_client(fake, lambda c: c.get(*WALLET))
+    assert len(fake.calls(WALLET[0])) == 1
+
+
+def test_nothing_secret_in_repr_or_errors():
+    fake = Fake({WALLET[0]: [err(10004, "error sign! origin_string[...]")]})
+    with pytest.raises(RestError) as info:
+        run_client(fake, lambda c: c.get(*WALLET))
+    assert SECRET not in str(info.value)
+    client = RestClient("https://bybit.invalid", KEY, SECRET)
+    assert SECRET not in repr(client) and KEY not in repr(client)
+    asyncio.run(client.close())
