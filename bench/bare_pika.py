@@ -39,8 +39,9 @@ def throwaway_vhost(prefix: str = "wsgw-bench"):
         rabbitmqctl("delete_vhost", vhost)
 
 
-async def publish(url: str, n: int, window: int, persistent: bool) -> float:
-    """Publish n messages with async confirms; returns msg/s (first publish -> last confirm)."""
+async def publish(url: str, n: int, window: int, persistent: bool) -> tuple[float, float]:
+    """Publish n messages with async confirms; returns (msg/s first publish -> last confirm,
+    CPU us per message in this process)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     state = {"tag": 0, "sent": 0, "confirmed": 0, "t0": 0.0, "ch": None}
@@ -67,12 +68,13 @@ async def publish(url: str, n: int, window: int, persistent: bool) -> float:
         elif inflight.pop(m.delivery_tag, 0) is None:
             state["confirmed"] += 1
         if state["confirmed"] >= n and not done.done():
-            done.set_result(time.perf_counter() - state["t0"])
+            done.set_result((time.perf_counter() - state["t0"], time.process_time() - state["cpu0"]))
         else:
             pump()
 
     def on_declared(_frame):
         state["t0"] = time.perf_counter()
+        state["cpu0"] = time.process_time()
         pump()
 
     def on_channel(ch):
@@ -89,12 +91,12 @@ async def publish(url: str, n: int, window: int, persistent: bool) -> float:
 
     conn = AsyncioConnection(pika.URLParameters(url), on_open_callback=on_open, on_open_error_callback=on_error,
                              on_close_callback=on_error, custom_ioloop=loop)
-    elapsed = await done
+    elapsed, cpu = await done
     conn.close()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
-def measure(n: int = 100_000, window: int = 2000, persistent: bool = False) -> float:
+def measure(n: int = 100_000, window: int = 2000, persistent: bool = False) -> tuple[float, float]:
     with throwaway_vhost() as (_vhost, url):
         return asyncio.run(publish(url, n, window, persistent))
 
@@ -105,9 +107,10 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--persistent", action="store_true")
     args = ap.parse_args(argv)
-    rate = measure(args.messages, args.window, args.persistent)
+    rate, cpu_us = measure(args.messages, args.window, args.persistent)
     mode = "persistent" if args.persistent else "transient"
-    print(f"bare pika, async confirms, window {args.window}, {args.messages} {mode} messages: {rate:,.0f} msg/s")
+    print(f"bare pika, async confirms, window {args.window}, {args.messages} {mode} messages: {rate:,.0f} msg/s, "
+          f"{cpu_us:.1f} us CPU per message")
     return 0
 
 

@@ -229,7 +229,7 @@ def main(argv=None) -> int:
             tput, flood_cpu = flood(url, run_dir, args.flood, seq, pub) if args.flood else (None, None)
         finally:
             pub.stop()
-    ceiling = bare_pika.measure(args.flood or 60_000, 2000, persistent=False)
+    ceiling, ceiling_cpu = bare_pika.measure(args.flood or 60_000, 2000, persistent=False)
     zero_loss = [r["rate"] for r in rows if not r["lost"] and not r["dropped"] and r["max"] <= 1000
                  and r["achieved"] >= 0.95 * r["rate"]]
 
@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     if tput:
         print(f"flood throughput ({args.flood} transient events, no consumer): {tput:,.0f} msg/s, "
               f"publisher CPU {flood_cpu:.1f} us/event")
-    print(f"bare pika ceiling (same run, window 2000, transient): {ceiling:,.0f} msg/s")
+    print(f"bare pika ceiling (same run, window 2000, transient): {ceiling:,.0f} msg/s, "
+          f"{ceiling_cpu:.1f} us CPU per message")
     if tput:
         print(f"ratio: {tput / ceiling:.2f} (target >= 0.7)")
     return 0

@@ -61,6 +61,7 @@ _I32 = struct.Struct(">i").pack
 # content_type | headers | delivery_mode | message_id | timestamp (AMQP 0-9-1 basic property flags)
 _FLAGS = struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0040)
 _CONTENT_TYPE = b"\x10application/json"
+_MODES = {1: b"\x01", 2: b"\x02"}
 
 
 def _short(s: str) -> bytes:
@@ -80,25 +81,37 @@ class EventProperties(pika.BasicProperties):
     (tests/publisher/test_amqp_encoding.py compares them).
     """
 
+    # The properties this class never sets (pika's __init__ would set all 14 to None).
+    content_encoding = priority = correlation_id = reply_to = expiration = None
+    type = user_id = app_id = cluster_id = None
+    content_type = "application/json"
+    _keys: dict[str, bytes] = {}
+
     def __init__(self, message_id: str, timestamp: int, headers: dict, delivery_mode: int):
-        super().__init__(content_type="application/json", message_id=message_id, timestamp=timestamp,
-                         headers=headers, delivery_mode=delivery_mode)
+        # Not calling pika's __init__: it only assigns the 14 attributes, the class has the rest.
+        self.message_id, self.timestamp, self.headers, self.delivery_mode = \
+            message_id, timestamp, headers, delivery_mode
 
     def encode(self) -> list[bytes]:
         table = []
+        keys = self._keys
         for key, value in self.headers.items():
-            table.append(_short(key))
-            if isinstance(value, str):
+            k = keys.get(key)
+            if k is None:
+                k = keys[key] = _short(key)
+            table.append(k)
+            if value.__class__ is str:
                 b = value.encode()
                 table.append(b"S" + _U32(len(b)) + b)
-            elif isinstance(value, int) and not isinstance(value, bool):
+            elif value.__class__ is int:
                 # pika: 32-bit signed 'I' when it fits, else 64-bit 'l'
                 table.append(b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value))
             else:
                 raise TypeError(f"header {key!r}: unsupported value {value!r}")
         body = b"".join(table)
-        return [_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, bytes((self.delivery_mode,)),
-                _short(self.message_id), _U64(self.timestamp)]
+        mid = self.message_id.encode()
+        return [_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, _MODES[self.delivery_mode],
+                bytes((len(mid),)) + mid, _U64(self.timestamp)]
 
 
 def backoff_delay(attempt: int, cap: float, rng=random.random) -> float:

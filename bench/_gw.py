@@ -1,0 +1,172 @@
+"""The whole gateway under supervisord for the bench, fault and soak runs.
+
+Reuses the e2e harness (``tests/e2e/gateway.py``: environment, supervisorctl, REST and
+simulator clients) but runs supervisord with ``subprocess`` instead of pytest-xprocess, so a
+plain script can start and stop it. Stores are throwaway: a database with every migration
+(or a private PostgreSQL cluster that can be stopped) and a RabbitMQ vhost.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import AMQP_BASE, apply_migrations, throwaway_database, throwaway_vhost  # noqa: E402
+from tests.e2e.gateway import Gateway, gateway_env  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
+
+PROGRAMS = ("simulator", "publisher", "persister", "ingest", "api")
+WATCHED = ("ingest", "publisher", "persister", "api", "simulator")
+PRIVATE = ("order", "execution", "position", "wallet")
+
+
+@contextlib.contextmanager
+def stores(own_cluster: bool = False):
+    """(pg_url, amqp_url): a throwaway database (or a private cluster, ``.cluster`` on the
+    yielded tuple's owner) and a throwaway vhost, removed on exit."""
+    with throwaway_vhost() as vhost:
+        amqp_url = f"{AMQP_BASE}/{vhost}"
+        if not own_cluster:
+            with throwaway_database() as pg_url:
+                yield pg_url, amqp_url, None
+            return
+        from tests.persister.test_outage import Cluster   # initdb + pg_ctl as postgres, own port
+        cluster = Cluster()
+        try:
+            cluster.start()
+            apply_migrations(cluster.url)
+            yield cluster.url, amqp_url, cluster
+        finally:
+            cluster.destroy()
+
+
+class BenchGateway(Gateway):
+    """supervisord with the four programs and the simulator; ``stop()`` always cleans up."""
+
+    def __init__(self, pg_url: str, amqp_url: str, **overrides):
+        run_dir = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))
+        env = gateway_env(run_dir, pg_url, amqp_url, **overrides)
+        super().__init__(env, pg_url, amqp_url)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "BenchGateway":
+        out = open(self.run_dir / "supervisord.out", "wb")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "supervisord"), "-n", "-c", str(ROOT / "supervisord.conf")],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        wait_for(lambda: (self.run_dir / "supervisor.sock").exists() or self.proc.poll() is not None, 30,
+                 interval=0.1, message="supervisord socket")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"supervisord exited: {(self.run_dir / 'supervisord.out').read_text()}")
+        self.wait_running(PROGRAMS, timeout)
+        wait_for(lambda: self.api("GET", "/health").status_code == 200, timeout, message="API /health")
+        return self
+
+    def stop(self, keep_dir: Path | None = None) -> None:
+        """Stop every program and supervisord; copy the logs to ``keep_dir`` first if given."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                try:
+                    self.ctl("stop", "all")
+                except subprocess.TimeoutExpired:
+                    pass
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+        finally:
+            if keep_dir is not None:
+                shutil.copytree(self.log_dir, keep_dir, dirs_exist_ok=True)
+            self.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- what the bench drives -----------------------------------------------------------
+    def subscribe(self, requests: list[dict], timeout: float = 60) -> list[str]:
+        ids = []
+        for req in requests:
+            resp = self.api("POST", "/api/v1/subscriptions", json={**req, "requested_by": "bench"})
+            if resp.status_code not in (200, 201):
+                raise RuntimeError(f"subscribe {req}: {resp.status_code} {resp.text}")
+            ids.append(resp.json()["id"])
+        wait_for(lambda: self.query("SELECT count(*) AS n FROM subscriptions WHERE status = 'active' "
+                                    "AND id = ANY(%s::uuid[])", ids)[0]["n"] == len(ids), timeout, interval=0.25,
+                 message=f"{len(ids)} subscriptions active")
+        return ids
+
+    def pids(self) -> dict[str, int]:
+        out = {}
+        for line in self.ctl("status").splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "RUNNING" and parts[2] == "pid":
+                out[parts[0]] = int(parts[3].rstrip(","))
+        return out
+
+    def status_file(self, process: str) -> dict:
+        import orjson
+        return orjson.loads((self.run_dir / "status" / f"{process}.json").read_bytes())
+
+
+def market_requests(n_trades: int, books: int = 0, spot: int = 0) -> list[dict]:
+    """``n_trades`` linear trade streams (symbols T0USDT...), ``books`` linear orderbook.50 streams,
+    ``spot`` spot trade streams."""
+    reqs = [{"channel": "trades", "category": "linear", "symbol": f"T{i}USDT"} for i in range(n_trades)]
+    reqs += [{"channel": "orderbook", "category": "linear", "symbol": f"B{i}USDT", "depth": 50} for i in range(books)]
+    reqs += [{"channel": "trades", "category": "spot", "symbol": f"S{i}USDT"} for i in range(spot)]
+    return reqs
+
+
+def private_requests() -> list[dict]:
+    return [{"channel": c} for c in PRIVATE]
+
+
+# -- resident memory -------------------------------------------------------------------------
+def rss_mb(pid: int) -> float:
+    """VmRSS of one process, MB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out += [int(c) for c in text]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def rss_by_program(gw: BenchGateway, pids: dict[str, int] | None = None) -> dict[str, float]:
+    """RSS per program in MB; for the API the largest of gunicorn's master and workers
+    (each is a process that must stay under the bound)."""
+    pids = pids or gw.pids()
+    out = {}
+    for program in WATCHED:
+        pid = pids.get(program)
+        if not pid:
+            continue
+        procs = [pid] + (children(pid) if program == "api" else [])
+        out[program] = round(max(rss_mb(p) for p in procs), 1)
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
