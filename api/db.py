@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 
 import psycopg2
-import psycopg2.extras
+import psycopg2.extensions
 import psycopg2.pool
 from flask import current_app, g
 
 _lock = threading.Lock()
 _pools: dict[tuple[int, str], psycopg2.pool.ThreadedConnectionPool] = {}
-# gthread: 4 threads per worker; one spare for /status checks.
+# gthread: 4 threads per worker; one spare for /status checks. psycopg2's pool closes a
+# returned connection once it holds ``minconn`` idle ones, so minconn is the number kept
+# open (opened when the pool is first used, i.e. on a worker's first request).
+MIN_CONNECTIONS = 4
 MAX_CONNECTIONS = 5
 CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_MS = 5000
@@ -27,7 +31,7 @@ def _pool(url: str) -> psycopg2.pool.ThreadedConnectionPool:
             pool = _pools.get(key)
             if pool is None:
                 pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, MAX_CONNECTIONS, url, connect_timeout=CONNECT_TIMEOUT_S,
+                    MIN_CONNECTIONS, MAX_CONNECTIONS, url, connect_timeout=CONNECT_TIMEOUT_S,
                     application_name="ws-gateway-api",
                     options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
                 _pools[key] = pool
@@ -35,20 +39,37 @@ def _pool(url: str) -> psycopg2.pool.ThreadedConnectionPool:
 
 
 def get_db():
-    """The request's connection (not autocommit: each view commits what it writes)."""
+    """The request's connection, in autocommit: a read is one round trip (no BEGIN, no
+    ROLLBACK). Writes that need several statements use ``transaction()``."""
     if "db" not in g:
         pool = _pool(current_app.config["DATABASE_URL"])
         conn = pool.getconn()
         if conn.closed:
             pool.putconn(conn, close=True)
             conn = pool.getconn()
+        if not conn.autocommit:
+            conn.autocommit = True
         g.db = conn
         g.db_pool = pool
     return g.db
 
 
-def cursor():
-    return get_db().cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+@contextmanager
+def transaction():
+    """One transaction on the request's connection: committed on success, rolled back
+    when the block raises (an ApiError included)."""
+    conn = get_db()
+    conn.autocommit = False
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        if not conn.closed:
+            conn.autocommit = True
 
 
 def close_db(_exc=None) -> None:
@@ -57,9 +78,10 @@ def close_db(_exc=None) -> None:
     if conn is None:
         return
     broken = bool(conn.closed)
-    if not broken:
+    if not broken and conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         try:
             conn.rollback()   # nothing left open between requests
+            conn.autocommit = True
         except psycopg2.Error:
             broken = True
     pool.putconn(conn, close=broken)

@@ -33,8 +33,21 @@ FilterText = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00
 API_KEY_SECURITY = [{"ApiKey": []}]
 
 
+_SCHEMA_CACHE: dict[type, dict] = {}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def model_json_schema(cls, *args, **kwargs):
+        # flask-openapi3 asks for the query model's schema on every request (to find list
+        # fields); building it costs ~3 ms, so the argument-less form is cached per class.
+        if args or kwargs:
+            return super().model_json_schema(*args, **kwargs)
+        if cls not in _SCHEMA_CACHE:
+            _SCHEMA_CACHE[cls] = super().model_json_schema()
+        return _SCHEMA_CACHE[cls]
 
 
 # ----- errors -------------------------------------------------------------------------

@@ -39,9 +39,7 @@ def metrics():
 
 def _database() -> tuple[dict, list[dict]]:
     try:
-        conn = get_db()
-        rows = store.live_rows(conn)
-        conn.rollback()
+        rows = store.live_rows(get_db())
     except Exception as exc:   # any driver or pool failure means "not reachable" here
         return {"reachable": False, "error": type(exc).__name__}, []
     return {"reachable": True, "error": None}, rows

@@ -14,7 +14,7 @@ from common.topics import TopicError, build_topic
 
 from . import store
 from .control import ControlUnavailable
-from .db import get_db
+from .db import get_db, transaction
 from .errors import ApiError, topic_error
 from .metrics import CONTROL_REQUESTS
 from .models import (API_KEY_SECURITY, V1_ERRORS, ErrorBody, DeleteQuery, Subscription, SubscriptionChange, SubscriptionCreate,
@@ -60,17 +60,14 @@ def create(body: SubscriptionCreate):
         topic = build_topic(body.channel, body.category, body.symbol, body.depth, body.interval)
     except TopicError as exc:
         raise topic_error(exc) from None
-    conn = get_db()
-    result = store.request_topic(conn, topic, body.requested_by, g.request_id)
-    conn.commit()
+    with transaction() as conn:
+        result = store.request_topic(conn, topic, body.requested_by, g.request_id)
     row = result.row
     log.info("subscription_requested", id=str(row["id"]), topic=topic.name, endpoint=topic.endpoint,
              requester=body.requested_by, created=result.created)
     ingest, reason = _tell_ingest("add", row)
     if ingest == "refused":
-        failed = store.mark_failed(conn, row["id"], reason)
-        conn.commit()
-        row = failed or row
+        row = store.mark_failed(get_db(), row["id"], reason) or row   # one statement: autocommit
     return _out(row) | {"ingest": ingest}, 201 if result.created else 200
 
 
@@ -99,30 +96,33 @@ def delete(path: SubscriptionPath, query: DeleteQuery):
     """Releases ``requested_by`` (default: the anonymous hold, or the only holder; with
     several named holders and none given: 409 naming them). When no holder is left the
     row becomes removed and ingest unsubscribes. A removed or unknown id is 404."""
-    conn = get_db()
-    row = store.get(conn, path.id, for_update=True)
-    if row is None or row["status"] == "removed":
-        raise ApiError(404, "not_found", f"no live subscription {path.id}")
-    holders = list(row["requesters"])
-    who = query.requested_by
-    if who is None:
-        if "anonymous" in holders:
-            who = "anonymous"
-        elif len(holders) == 1:
-            who = holders[0]
-        elif holders:
-            raise ApiError(409, "holder_required", "several services hold this subscription; "
-                           "say which one lets go with ?requested_by=", {"requesters": holders})
-    elif who not in holders:
-        raise ApiError(409, "not_a_holder", f"{who!r} does not hold this subscription", {"requesters": holders})
-    remaining = [h for h in holders if h != who]
+    with transaction() as conn:
+        row = store.get(conn, path.id, for_update=True)
+        if row is None or row["status"] == "removed":
+            raise ApiError(404, "not_found", f"no live subscription {path.id}")
+        holders = list(row["requesters"])
+        who = _holder_to_release(holders, query.requested_by)
+        remaining = [h for h in holders if h != who]
+        if remaining:
+            row = store.set_requesters(conn, path.id, remaining)
+        else:
+            row = store.mark_removed(conn, path.id, g.request_id)
     if remaining:
-        row = store.set_requesters(conn, path.id, remaining)
-        conn.commit()
         log.info("subscription_released", id=str(path.id), requester=who, remaining=len(remaining))
         return _out(row) | {"ingest": "not_needed"}
-    row = store.mark_removed(conn, path.id, g.request_id)
-    conn.commit()
     log.info("subscription_removed", id=str(path.id), topic=row["topic"], endpoint=row["endpoint"], requester=who)
     ingest, _reason = _tell_ingest("remove", row)
     return _out(row) | {"ingest": ingest}
+
+
+def _holder_to_release(holders: list[str], named: str | None) -> str | None:
+    if named is not None:
+        if named not in holders:
+            raise ApiError(409, "not_a_holder", f"{named!r} does not hold this subscription", {"requesters": holders})
+        return named
+    if "anonymous" in holders:
+        return "anonymous"
+    if len(holders) <= 1:
+        return holders[0] if holders else None
+    raise ApiError(409, "holder_required", "several services hold this subscription; "
+                   "say which one lets go with ?requested_by=", {"requesters": holders})
