@@ -1,14 +1,13 @@
 """Subscription rows in PostgreSQL (the source of truth ingest converges to).
 
-Each function runs in the caller's transaction; the caller commits. Rows for one
-(endpoint, topic) are serialised with SELECT ... FOR UPDATE, and the partial unique
-index ``subscriptions_live_topic`` settles two first requests racing each other.
+Single statements run in autocommit; the delete path runs in the caller's transaction
+(SELECT ... FOR UPDATE, then one UPDATE). The partial unique index
+``subscriptions_live_topic`` keeps one live row per (endpoint, topic).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg2.errors
 import psycopg2.extras
 
 from common.topics import Topic
@@ -29,41 +28,31 @@ def _cur(conn):
 
 
 def request_topic(conn, topic: Topic, requester: str, trace_id: str) -> Upsert:
-    """Create the live row for ``topic`` or add ``requester`` to the existing one.
+    """Create the live row for ``topic`` or add ``requester`` to the existing one, in one
+    statement (the partial unique index arbitrates concurrent first requests).
 
     A failed row requested again goes back to pending so ingest retries it.
     """
     with _cur(conn) as cur:
-        for _attempt in range(3):
-            cur.execute(f"SELECT {COLUMNS} FROM subscriptions WHERE endpoint = %s AND topic = %s "
-                        "AND status <> 'removed' FOR UPDATE", (topic.endpoint, topic.name))
-            row = cur.fetchone()
-            if row is not None:
-                cur.execute(
-                    f"""UPDATE subscriptions SET
-                          requesters = ARRAY(SELECT DISTINCT r FROM unnest(requesters || %(who)s::text) AS r ORDER BY r),
-                          status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
-                          last_error = CASE WHEN status = 'failed' THEN NULL ELSE last_error END,
-                          trace_id = CASE WHEN status = 'failed' THEN %(trace)s ELSE trace_id END,
-                          updated_at = CASE WHEN status = 'failed' OR NOT (%(who)s = ANY(requesters))
-                                            THEN now() ELSE updated_at END
-                        WHERE id = %(id)s RETURNING {COLUMNS}""",
-                    {"who": requester, "trace": trace_id, "id": row["id"]})
-                return Upsert(cur.fetchone(), created=False, needs_add=True)
-            cur.execute("SAVEPOINT sub_insert")
-            try:
-                cur.execute(
-                    f"""INSERT INTO subscriptions (channel, endpoint, category, symbol, depth, interval,
-                                                   topic, status, requesters, trace_id)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', ARRAY[%s]::text[], %s)
-                        RETURNING {COLUMNS}""",
-                    (topic.channel, topic.endpoint, topic.category, topic.symbol, topic.depth,
-                     topic.interval, topic.name, requester, trace_id))
-            except psycopg2.errors.UniqueViolation:
-                cur.execute("ROLLBACK TO SAVEPOINT sub_insert")   # a concurrent first request won
-                continue
-            return Upsert(cur.fetchone(), created=True, needs_add=True)
-    raise RuntimeError("subscription row kept changing under us")
+        cur.execute(
+            f"""INSERT INTO subscriptions AS s (channel, endpoint, category, symbol, depth, interval, topic,
+                                                status, requesters, trace_id)
+                VALUES (%(channel)s, %(endpoint)s, %(category)s, %(symbol)s, %(depth)s, %(interval)s, %(topic)s,
+                        'pending', ARRAY[%(who)s]::text[], %(trace)s)
+                ON CONFLICT (endpoint, topic) WHERE status <> 'removed' DO UPDATE SET
+                  requesters = ARRAY(SELECT DISTINCT r FROM unnest(s.requesters || %(who)s::text) AS r ORDER BY r),
+                  status = CASE WHEN s.status = 'failed' THEN 'pending' ELSE s.status END,
+                  last_error = CASE WHEN s.status = 'failed' THEN NULL ELSE s.last_error END,
+                  trace_id = CASE WHEN s.status = 'failed' THEN %(trace)s ELSE s.trace_id END,
+                  updated_at = CASE WHEN s.status = 'failed' OR NOT (%(who)s = ANY(s.requesters))
+                                    THEN now() ELSE s.updated_at END
+                RETURNING {COLUMNS}, (xmax = 0) AS created""",
+            {"channel": topic.channel, "endpoint": topic.endpoint, "category": topic.category,
+             "symbol": topic.symbol, "depth": topic.depth, "interval": topic.interval, "topic": topic.name,
+             "who": requester, "trace": trace_id})
+        row = cur.fetchone()
+    created = bool(row.pop("created"))
+    return Upsert(row, created=created, needs_add=True)
 
 
 def get(conn, sub_id, for_update: bool = False) -> dict | None:

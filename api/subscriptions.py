@@ -60,8 +60,7 @@ def create(body: SubscriptionCreate):
         topic = build_topic(body.channel, body.category, body.symbol, body.depth, body.interval)
     except TopicError as exc:
         raise topic_error(exc) from None
-    with transaction() as conn:
-        result = store.request_topic(conn, topic, body.requested_by, g.request_id)
+    result = store.request_topic(get_db(), topic, body.requested_by, g.request_id)   # one upsert
     row = result.row
     log.info("subscription_requested", id=str(row["id"]), topic=topic.name, endpoint=topic.endpoint,
              requester=body.requested_by, created=result.created)

@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
+import multiprocessing
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +50,7 @@ def _admin(sql: str) -> None:
         conn.close()
 
 
-def _fake_ingest(address: str, stop: threading.Event) -> None:
+def _fake_ingest(address: str, stop) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -171,15 +171,17 @@ def main() -> int:
     _admin(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     run_dir = Path(tempfile.mkdtemp(prefix="wsgwb-", dir="/tmp"))
-    stop = threading.Event()
-    proc = None
+    stop = multiprocessing.Event()
+    proc = ingest = None
     try:
         from yoyo import get_backend, read_migrations
 
         backend = get_backend(url)
         with backend.lock():
             backend.apply_migrations(backend.to_apply(read_migrations(str(ROOT / "sql"))))
-        threading.Thread(target=_fake_ingest, args=(ingest_control(run_dir), stop), daemon=True).start()
+        # Its own process, so its replies do not wait on the load generator's GIL.
+        ingest = multiprocessing.Process(target=_fake_ingest, args=(ingest_control(run_dir), stop), daemon=True)
+        ingest.start()
         port = _free_port()
         (run_dir / "metrics").mkdir()
         env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "DATABASE_URL": url, "GW_RUN_DIR": str(run_dir),
@@ -238,6 +240,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         stop.set()
+        if ingest is not None:
+            ingest.join(timeout=5)
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -202,3 +202,17 @@ def test_list_rejects_bad_query(client, qs):
     assert resp.status_code == 422
     assert resp.get_json()["error"]["code"] == "validation_error"
     assert resp.get_json()["error"]["details"][0]["field"]
+
+
+def test_concurrent_first_requests_make_one_row(app, clean_db, fake_ingest):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def hold(worker: int) -> list[int]:
+        client = app.test_client()
+        return [post(client, BTC_BOOK | {"requested_by": f"svc-{worker}-{i}"}).status_code for i in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = [c for result in pool.map(hold, range(4)) for c in result]
+    assert sorted(codes) == [200] * 19 + [201]
+    [(topic, status, requesters, _)] = rows(clean_db)
+    assert len(requesters) == 20 and requesters == sorted(requesters)
