@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
-from pathlib import Path
 
 import orjson
 import zmq
@@ -30,6 +28,7 @@ from publisher.amqp import READY, Broker
 from publisher.events import Event, FrameError
 from publisher.outbox import Outbox, Spool
 from publisher.pipeline import Pipeline
+from publisher.status import status_doc, write_json
 from publisher import retention
 
 log = get_logger("publisher")
@@ -39,12 +38,6 @@ STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
 DROP_NOTICE_EVERY_S = 5.0
 DEPTH_CHECK_S = 10.0
 LATENCY_SAMPLE = 8
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
 
 
 class Service:
@@ -71,7 +64,7 @@ class Service:
         self._last_depth_check = 0.0
         self._stop = asyncio.Event()
         self._force = False
-        self._intake_open = True
+        self.intake_open = True
         self._handled = 0
 
     # -- intake -----------------------------------------------------------------
@@ -202,21 +195,7 @@ class Service:
 
     # -- housekeeping -------------------------------------------------------------
     def status(self) -> dict:
-        b = self.broker
-        t = self.tally
-        return {
-            "process": "publisher", "pid": os.getpid(), "updated_at": time.time(),
-            "broker": {"state": b.state if b else "down", "since": b.since if b else None,
-                       "connects": b.connects if b else 0, "last_error": b.last_error if b else ""},
-            "buffered": len(self.outbox), "in_memory": self.outbox.in_memory,
-            "spool_depth": self.outbox.spool_depth, "unconfirmed": len(b.inflight) if b else 0,
-            "dropped": dict(self.outbox.dropped), "returned": dict(t.returned), "published": dict(t.published),
-            "confirmed": dict(t.confirmed), "nacked": dict(t.nacked), "events_in": dict(t.events_in),
-            "bad_input": dict(t.bad_input), "stream_gaps": self.pipeline.counts["stream_gap"],
-            "ticker_delta_without_snapshot": self.pipeline.counts["ticker_delta_no_snapshot"],
-            "republished": t.republished, "retention": self.retention, "intake_open": self._intake_open,
-            "account_queue_depths": self.queue_depths,
-        }
+        return status_doc(self)
 
     def _on_depth(self, queue: str, depth: int) -> None:
         self.queue_depths[queue] = depth
@@ -249,8 +228,8 @@ class Service:
             }, recv_ns=time.time_ns()), front=True)
             self.pump()
         try:
-            _write_json(self.status_file, self.status())
-            _write_json(self.state_file, self.pipeline.gaps.snapshot())
+            write_json(self.status_file, self.status())
+            write_json(self.state_file, self.pipeline.gaps.snapshot())
         except OSError as exc:
             self.rl("warning", "status file not written", error=str(exc))
 
@@ -309,7 +288,7 @@ class Service:
         finally:
             recv_task.cancel()
             await asyncio.gather(recv_task, return_exceptions=True)
-            self._intake_open = False
+            self.intake_open = False
             drained = self._drain_socket(sock)
             sock.close(0)
             ctx.term()

@@ -1,0 +1,35 @@
+"""The publisher's status file (docs/internals.md: replaced about once a second)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Replace ``path`` atomically (write a temp file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def status_doc(svc) -> dict:
+    """Live state of a ``publisher.service.Service``; field list in publisher/README.md."""
+    b = svc.broker
+    t = svc.tally
+    return {
+        "process": "publisher", "pid": os.getpid(), "updated_at": time.time(),
+        "broker": {"state": b.state if b else "down", "since": b.since if b else None,
+                   "connects": b.connects if b else 0, "last_error": b.last_error if b else ""},
+        "buffered": len(svc.outbox), "in_memory": svc.outbox.in_memory,
+        "spool_depth": svc.outbox.spool_depth, "unconfirmed": len(b.inflight) if b else 0,
+        "dropped": dict(svc.outbox.dropped), "returned": dict(t.returned), "published": dict(t.published),
+        "confirmed": dict(t.confirmed), "nacked": dict(t.nacked), "events_in": dict(t.events_in),
+        "bad_input": dict(t.bad_input), "stream_gaps": svc.pipeline.counts["stream_gap"],
+        "ticker_delta_without_snapshot": svc.pipeline.counts["ticker_delta_no_snapshot"],
+        "republished": t.republished, "retention": svc.retention, "intake_open": svc.intake_open,
+        "account_queue_depths": svc.queue_depths,
+    }
+
