@@ -60,6 +60,13 @@ def test_python_m_api_serves_and_stops_on_sigterm(served_api, fake_ingest):
                         if line.startswith('wsgw_api_requests_total{method="GET",route="/health",status="200"}')]
         assert health_lines and float(health_lines[0].split()[-1]) >= 21   # summed over worker files
         assert 'wsgw_api_control_requests_total{op="add",result="accepted"} 1.0' in metrics.text
+    # HUP (supervisorctl signal HUP api): new workers, still serving, same master.
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "Hang up" in log_path.read_text() or "Handling signal: hup" in log_path.read_text(), 10,
+             message="gunicorn to handle HUP")
+    wait_for(lambda: httpx.get(f"{base}/api/v1/subscriptions", timeout=2).status_code == 200, 15,
+             message="served after HUP")
+    assert proc.poll() is None
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
