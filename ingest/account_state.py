@@ -29,8 +29,10 @@ def _records(obj: dict) -> list[dict]:
 
 @dataclass
 class Known:
-    """What PostgreSQL (or ingest's memory) says: the newest fill, orders to check, open positions."""
+    """What PostgreSQL (or ingest's memory) says: the newest fill and order update, orders to
+    check, open positions."""
     exec_ms: int | None = None
+    order_ms: int | None = None
     orders: dict[str, str] = field(default_factory=dict)           # orderId -> category
     positions: set[tuple[str, str]] = field(default_factory=set)   # (category, symbol) not flat
 
@@ -40,6 +42,7 @@ class Seen:
 
     def __init__(self) -> None:
         self.exec_ms: int | None = None
+        self.order_ms: int | None = None
         self.open_orders: dict[str, str] = {}
         self.positions: set[tuple[str, str]] = set()
 
@@ -61,6 +64,9 @@ class Seen:
         oid = rec.get("orderId")
         if not isinstance(oid, str) or not isinstance(category, str):
             return
+        t = _ms(rec.get("updatedTime"))
+        if t is not None and (self.order_ms is None or t > self.order_ms):
+            self.order_ms = t
         if rec.get("orderStatus") in OPEN_STATUSES:
             self.open_orders[oid] = category
         else:
@@ -85,13 +91,13 @@ class Seen:
             self.exec_ms = newest
 
     def known(self) -> Known:
-        return Known(self.exec_ms, dict(self.open_orders), set(self.positions))
+        return Known(self.exec_ms, self.order_ms, dict(self.open_orders), set(self.positions))
 
 
 def exec_start_ms(newest_ms: int | None, lost_since_ms: int | None, now_ms: int) -> int | None:
-    """``startTime`` for /v5/execution/list and /v5/order/history: the newest fill known (or
-    the start of a downstream's loss window, if earlier) minus a margin; None = Bybit's
-    default (the last 7 days), used when nothing is known."""
+    """``startTime`` for /v5/execution/list (newest fill known) and /v5/order/history (newest
+    order update known): that, or the start of a downstream's loss window if earlier, minus a
+    margin; None = Bybit's default (the last 7 days), used when nothing is known."""
     marks = [m for m in (newest_ms, lost_since_ms) if m is not None]
     if not marks:
         return None

@@ -49,8 +49,8 @@ def read_known(database_url: str, changed_since_ms: int | None) -> Known:
     try:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = 5000")
-            cur.execute("SELECT max(exec_time) FROM executions")
-            exec_ms = cur.fetchone()[0]
+            cur.execute("SELECT (SELECT max(exec_time) FROM executions), (SELECT max(updated_time) FROM orders)")
+            exec_ms, order_ms = cur.fetchone()
             cur.execute("SELECT order_id, category FROM orders WHERE is_open OR updated_time >= %s "
                         "ORDER BY is_open DESC, updated_time DESC LIMIT %s",
                         (changed_since_ms if changed_since_ms is not None else 2 ** 62, MAX_LOOKUPS * 5))
@@ -59,7 +59,8 @@ def read_known(database_url: str, changed_since_ms: int | None) -> Known:
             positions = set(cur.fetchall())
     finally:
         conn.close()
-    return Known(int(exec_ms) if exec_ms is not None else None, orders, positions)
+    return Known(None if exec_ms is None else int(exec_ms), None if order_ms is None else int(order_ms),
+                 orders, positions)
 
 
 class Reconciler:
@@ -168,13 +169,14 @@ class Reconciler:
             now = self.client.now_ms()
             known = await self._known(lost_since)
             start = exec_start_ms(known.exec_ms, lost_since, now)
+            orders_from = exec_start_ms(known.order_ms, lost_since, now)
             snap = Snapshot()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._wallet(snap))
                 for cat, params in ORDER_QUERIES:
                     tg.create_task(self._list(snap.add_orders, "/v5/order/realtime", cat, params, 50))
                     tg.create_task(self._list(snap.add_orders, "/v5/order/history", cat,
-                                              {**params, "startTime": start}, 50))
+                                              {**params, "startTime": orders_from}, 50))
                 for cat, params in POSITION_QUERIES:
                     tg.create_task(self._list(snap.add_positions, "/v5/position/list", cat, params, 200))
                 for cat in EXEC_CATEGORIES:
@@ -205,7 +207,7 @@ class Reconciler:
             return mem
         self.state["database_known"] = "ok"
         return Known(db.exec_ms if db.exec_ms is not None else mem.exec_ms,
-                     {**db.orders, **mem.orders}, db.positions | mem.positions)
+                     db.order_ms if db.order_ms is not None else mem.order_ms, {**db.orders, **mem.orders}, db.positions | mem.positions)
 
     async def _call(self, path: str, params: dict):
         async with self._sem:

@@ -101,7 +101,8 @@ def test_seen_tracks_open_orders_newest_fill_and_open_positions():
     seen.observe("position", frame("position"))
     known = seen.known()
     assert known.orders == {"1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b": "linear"}
-    assert known.exec_ms == 1785000008009 and known.positions == {("linear", "BTCUSDT")}
+    assert known.exec_ms == 1785000008009 and known.order_ms == 1785000008009
+    assert known.positions == {("linear", "BTCUSDT")}
     filled = frame("order")
     filled["data"][0]["orderStatus"] = "Filled"
     seen.observe("order.linear", filled)
