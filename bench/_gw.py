@@ -92,30 +92,37 @@ class BenchGateway(Gateway):
             self.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    # -- what the bench drives -----------------------------------------------------------
-    def subscribe(self, requests: list[dict], timeout: float = 60) -> list[str]:
-        ids = []
-        for req in requests:
-            resp = self.api("POST", "/api/v1/subscriptions", json={**req, "requested_by": "bench"})
-            if resp.status_code not in (200, 201):
-                raise RuntimeError(f"subscribe {req}: {resp.status_code} {resp.text}")
-            ids.append(resp.json()["id"])
-        wait_for(lambda: self.query("SELECT count(*) AS n FROM subscriptions WHERE status = 'active' "
-                                    "AND id = ANY(%s::uuid[])", ids)[0]["n"] == len(ids), timeout, interval=0.25,
-                 message=f"{len(ids)} subscriptions active")
-        return ids
 
-    def pids(self) -> dict[str, int]:
-        out = {}
-        for line in self.ctl("status").splitlines():
-            parts = line.split()
-            if len(parts) >= 4 and parts[1] == "RUNNING" and parts[2] == "pid":
-                out[parts[0]] = int(parts[3].rstrip(","))
-        return out
 
-    def status_file(self, process: str) -> dict:
-        import orjson
-        return orjson.loads((self.run_dir / "status" / f"{process}.json").read_bytes())
+# -- what the runs drive (any e2e Gateway: this one or the pytest fixture's) ----------------
+def subscribe(gw: Gateway, requests: list[dict], timeout: float = 60) -> list[str]:
+    """POST each request; wait until every one is active. Returns the subscription ids."""
+    ids = []
+    for req in requests:
+        resp = gw.api("POST", "/api/v1/subscriptions", json={**req, "requested_by": "bench"})
+        if resp.status_code not in (200, 201):
+            raise RuntimeError(f"subscribe {req}: {resp.status_code} {resp.text}")
+        ids.append(resp.json()["id"])
+    wait_for(lambda: gw.query("SELECT count(*) AS n FROM subscriptions WHERE status = 'active' "
+                              "AND id = ANY(%s::uuid[])", ids)[0]["n"] == len(ids), timeout, interval=0.25,
+             message=f"{len(ids)} subscriptions active")
+    return ids
+
+
+def pids(gw: Gateway) -> dict[str, int]:
+    """{program: pid} of the programs supervisord reports RUNNING."""
+    out = {}
+    for line in gw.ctl("status").splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "RUNNING" and parts[2] == "pid":
+            out[parts[0]] = int(parts[3].rstrip(","))
+    return out
+
+
+def status_file(gw: Gateway, process: str) -> dict:
+    import orjson
+
+    return orjson.loads((gw.run_dir / "status" / f"{process}.json").read_bytes())
 
 
 def market_requests(n_trades: int, books: int = 0, spot: int = 0) -> list[dict]:
@@ -154,13 +161,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def rss_by_program(gw: BenchGateway, pids: dict[str, int] | None = None) -> dict[str, float]:
+def rss_by_program(gw: Gateway, pid_map: dict[str, int] | None = None) -> dict[str, float]:
     """RSS per program in MB; for the API the largest of gunicorn's master and workers
     (each is a process that must stay under the bound)."""
-    pids = pids or gw.pids()
+    pid_map = pid_map or pids(gw)
     out = {}
     for program in WATCHED:
-        pid = pids.get(program)
+        pid = pid_map.get(program)
         if not pid:
             continue
         procs = [pid] + (children(pid) if program == "api" else [])

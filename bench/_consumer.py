@@ -1,0 +1,248 @@
+"""A consumer process for the bench, fault and soak runs: reads every ``ws-gateway.*`` queue.
+
+Writes three JSON-lines files in ``out_dir``:
+- ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
+  -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts;
+- ``account.jsonl``: every account event (class, source, data) as received;
+- ``system.jsonl``: every system event with its consume time.
+Latency is measured at consume time, an upper bound of "frame received -> confirmed by RabbitMQ".
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+MARKET = ("trades", "tickers", "orderbook", "klines", "liquidations")
+ACCOUNT = ("order_status", "executions", "positions", "balances")
+QUEUES = tuple(f"ws-gateway.{c}" for c in MARKET + ACCOUNT + ("system",))
+
+
+def iso_to_ns(s: str) -> int:
+    dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def bucket(ms: float) -> float:
+    """Histogram key: 0.1 ms steps below 100 ms, 1 ms steps below 10 s, then 100 ms steps."""
+    if ms < 100:
+        return round(ms, 1)
+    if ms < 10_000:
+        return float(round(ms))
+    return float(round(ms, -2))
+
+
+def percentile(hist: dict, p: float) -> float | None:
+    """The ``p``-th percentile of a {value: count} histogram."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank, seen = p / 100 * total, 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= rank:
+            return value
+    return max(hist)
+
+
+def merge(windows: list[dict]) -> Counter:
+    out: Counter = Counter()
+    for w in windows:
+        out.update({float(k): v for k, v in w["hist"].items()})
+    return out
+
+
+class Streams:
+    """``stream_seq`` bookkeeping per topic: a jump is a gap, a fall to 1 (or far back) a new
+    ingest epoch, anything else at or below the last number a duplicate (a republish)."""
+
+    def __init__(self):
+        self.last: dict[str, int] = {}
+        self.gaps = self.dups = self.restarts = 0
+
+    def see(self, stream: str, seq: int) -> None:
+        last = self.last.get(stream)
+        if last is None:
+            self.last[stream] = seq
+            return
+        if seq == last + 1:
+            self.last[stream] = seq
+        elif seq > last + 1:
+            self.gaps += seq - last - 1
+            self.last[stream] = seq
+        elif seq == 1 or seq < last // 2:
+            self.restarts += 1
+            self.last[stream] = seq
+        else:
+            self.dups += 1
+
+
+def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None:
+    """Consume until ``stop`` (an Event) is set; ``ready.set()`` once the first connection consumes."""
+    import orjson
+    import pika
+    import pika.exceptions
+
+    out = Path(out_dir)
+    files = {name: open(out / f"{name}.jsonl", "ab", buffering=0) for name in ("windows", "account", "system")}
+    streams = Streams()
+    state = {"hist": Counter(), "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
+
+    def on_message(channel, method, _props, body):
+        now = time.time_ns()
+        doc = orjson.loads(body)
+        cls = doc.get("event_class")
+        state["counts"][cls] += 1
+        if cls in MARKET:
+            state["hist"][bucket((now - iso_to_ns(doc["received_at"])) / 1e6)] += 1
+            streams.see(f"{doc.get('category')}:{doc.get('topic')}", doc["stream_seq"])
+        elif cls in ACCOUNT:
+            files["account"].write(orjson.dumps({"cls": cls, "source": doc.get("source"), "data": doc.get("data"),
+                                                 "at": now / 1e9}) + b"\n")
+        elif cls == "system":
+            files["system"].write(orjson.dumps({"kind": doc.get("topic"), "data": doc.get("data"),
+                                                "at": now / 1e9, "received_at": doc.get("received_at")}) + b"\n")
+        state["n"] += 1
+        state["tag"] = method.delivery_tag
+        if state["n"] % 200 == 0:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+            state["tag"] = 0
+
+    def window() -> None:
+        files["windows"].write(orjson.dumps({
+            "t": time.time(), "hist": {str(k): v for k, v in state["hist"].items()},
+            "counts": dict(state["counts"]), "gaps": streams.gaps, "dups": streams.dups,
+            "restarts": streams.restarts, "reconnects": state["reconnects"]}) + b"\n")
+        state["hist"], state["counts"] = Counter(), Counter()
+
+    next_window = time.monotonic() + window_s
+    first = True
+    try:
+        while not stop.is_set():       # one pass per broker connection (a fault may stop the broker)
+            conn = None
+            try:
+                conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+                ch = conn.channel()
+                ch.basic_qos(prefetch_count=2000)
+                for queue in QUEUES:
+                    ch.basic_consume(queue, on_message)
+                state["tag"] = 0
+                if first:
+                    ready.set()
+                    first = False
+                while not stop.is_set():
+                    conn.process_data_events(time_limit=0.05)
+                    if state["tag"]:
+                        ch.basic_ack(state["tag"], multiple=True)
+                        state["tag"] = 0
+                    if time.monotonic() >= next_window:
+                        next_window += window_s
+                        window()
+            except pika.exceptions.AMQPError:
+                state["reconnects"] += 1
+                stop.wait(0.5)         # broker away: retry at a steady pace until it is back
+                while time.monotonic() >= next_window:
+                    next_window += window_s
+                    window()
+            finally:
+                if conn is not None and conn.is_open:
+                    try:
+                        conn.close()
+                    except pika.exceptions.AMQPError:
+                        pass
+    finally:
+        for f in files.values():
+            f.close()
+
+
+class _Ready:
+    """``ready.set()`` in the consumer process: a file the parent waits for."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def set(self) -> None:
+        self.path.write_text("ready")
+
+
+class ConsumerProcess:
+    """The consumer as a child process (``python bench/_consumer.py``): SIGTERM stops it."""
+
+    def __init__(self, amqp_url: str, out_dir: Path, window_s: float = 1.0):
+        import subprocess
+        import sys
+
+        from tests.helpers import wait_for
+
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, __file__, amqp_url, str(self.out_dir), str(window_s)],
+                                     stdout=open(self.out_dir / "consumer.log", "wb"), stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: (self.out_dir / "ready").exists() or self.proc.poll() is not None, 30,
+                     message="consumer connected")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"consumer exited: {(self.out_dir / 'consumer.log').read_text()[-2000:]}")
+        except BaseException:
+            self.close()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _lines(self, name: str) -> list[dict]:
+        import orjson
+
+        path = self.out_dir / f"{name}.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass   # a line being written
+        return out
+
+    def windows(self, since: float = 0.0, until: float = float("inf")) -> list[dict]:
+        return [w for w in self._lines("windows") if since <= w["t"] < until]
+
+    def account(self) -> list[dict]:
+        return self._lines("account")
+
+    def system(self, kind: str | None = None, since: float = 0.0) -> list[dict]:
+        return [e for e in self._lines("system") if (kind is None or e["kind"] == kind) and e["at"] >= since]
+
+    def last_window(self) -> dict:
+        w = self._lines("windows")
+        return w[-1] if w else {"gaps": 0, "dups": 0, "restarts": 0}
+
+    def close(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def main(argv: list[str]) -> int:
+    import signal
+    import threading
+
+    url, out_dir, window_s = argv[0], Path(argv[1]), float(argv[2])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(url, str(out_dir), stop, _Ready(out_dir / "ready"), window_s)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

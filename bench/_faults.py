@@ -1,0 +1,380 @@
+"""Fault injections against a running gateway, each measured the same way.
+
+A fault returns how it was detected (the system event, log line or status key that shows
+it), how long detection and recovery took, and the market data it cost; ``Run.settle``
+then pauses the simulator's account and checks that nothing of it is missing from
+PostgreSQL or the account queues. Used by ``bench/faults.py``, ``bench/soak.py`` and
+``tests/faults/``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from _account import db_missing, queue_missing
+from _consumer import iso_to_ns
+from _gw import pids, status_file
+from tests.helpers import wait_for
+
+KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) within 5-10 s
+RECONNECT_TARGET_S = 30.0   # DESIGN: reconnection attempted at least every 30 s
+RESUBSCRIBE_TARGET_S = 2.0  # brief: every subscription back within 2 s of a drop
+RESYNC_TARGET_S = 5.0       # no DESIGN figure: a book resynced within 5 s
+OUTAGE_TARGET_S = 30.0      # no DESIGN figure: publishing/persisting again within 30 s of the store's return
+SETTLE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Result:
+    fault: str
+    detected_by: str = ""
+    detect_s: float | None = None
+    recovered_s: float | None = None
+    target_s: float | None = None
+    recovery_what: str = ""
+    market_gaps: int = 0
+    market_dropped: int = 0
+    account_missing: dict = field(default_factory=dict)
+    settle_s: float | None = None
+    error: str = ""
+
+    @property
+    def account_ok(self) -> bool:
+        return not self.error and not any(self.account_missing.values())
+
+    @property
+    def recovery_ok(self) -> bool:
+        if self.error:
+            return False
+        return self.target_s is None or (self.recovered_s is not None and self.recovered_s <= self.target_s)
+
+    @property
+    def ok(self) -> bool:
+        return self.account_ok and self.recovery_ok
+
+
+class Run:
+    """A gateway (``tests.e2e.gateway.Gateway``), a ``ConsumerProcess`` on its vhost, and the
+    account rate to restore after each settle."""
+
+    def __init__(self, gw, consumer, account_rate: float = 5.0, cluster=None, outage_s: float = 10.0):
+        self.gw, self.consumer, self.account_rate = gw, consumer, account_rate
+        self.cluster, self.outage_s = cluster, outage_s
+
+    # -- observations ----------------------------------------------------------------------
+    def sim_rate(self, **kw) -> None:
+        self.gw.sim("POST", "/__sim/rate", json=kw)
+
+    def drops(self) -> int:
+        """Market events dropped so far: publisher (per class) + ingest hand-off."""
+        total = 0
+        for proc, path in (("publisher", ("dropped",)), ("ingest", ("handoff",))):
+            try:
+                st = status_file(self.gw, proc)
+            except (OSError, ValueError):
+                continue
+            if proc == "publisher":
+                total += sum(st.get("dropped", {}).values())
+            else:
+                total += sum(sum(d.get("dropped", {}).values()) for d in st.get("handoff", {}).values())
+        return total
+
+    def gaps(self) -> int:
+        return self.consumer.last_window().get("gaps", 0)
+
+    def event(self, kind: str, since: float, timeout: float, pred=lambda e: True) -> dict:
+        """The first system event ``kind`` consumed after ``since`` matching ``pred``."""
+        ev = wait_for(lambda: next((e for e in self.consumer.system(kind, since) if pred(e)), None), timeout,
+                      interval=0.05, message=f"system event {kind}")
+        # "t": when the gateway made the event (its received_at), not when the consumer got it
+        ev["t"] = iso_to_ns(ev["received_at"]) / 1e9 if ev.get("received_at") else ev["at"]
+        return ev
+
+    def subscribed(self, endpoint: str) -> set[str]:
+        return self.gw.sim_subscribed(endpoint)
+
+    def settle(self, res: Result, timeout: float = SETTLE_TIMEOUT_S) -> None:
+        """Pause the account, wait until PostgreSQL and the queues hold the simulator's ground truth."""
+        self.sim_rate(account_rate=0)
+        t0 = time.monotonic()
+        truth = self.gw.sim("GET", "/__sim/account").json()
+
+        examples: dict = {}
+
+        def missing() -> dict:
+            examples.clear()
+            db = db_missing(truth, self.gw.query, examples)
+            q = queue_missing(truth, self.consumer.account(), examples)
+            return {f"db_{k}": v for k, v in db.items() if v} | {f"queue_{k}": v for k, v in q.items() if v}
+
+        last = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                last = missing()
+            except Exception as exc:   # the database may still be coming back
+                last = {"check_error": 1, "why": str(exc)[:80]}
+            if not last:
+                break
+            time.sleep(0.25)   # polling the stores with a deadline
+        res.account_missing = last
+        if last:
+            res.error = (res.error + f" missing e.g. {examples}")[:400]
+        res.settle_s = round(time.monotonic() - t0, 2)
+        self.sim_rate(account_rate=self.account_rate)
+
+    def measure(self, name: str, fn) -> Result:
+        res = Result(name)
+        gaps0, drops0 = self.gaps(), self.drops()
+        try:
+            fn(res)
+        except Exception as exc:   # one failed fault is a row of the table, not the end of the run
+            res.error = f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            self.gw.sim("POST", "/__sim/reset", json={})
+        self.settle(res)
+        res.market_gaps = max(0, self.gaps() - gaps0)
+        res.market_dropped = max(0, self.drops() - drops0)
+        return res
+
+    # -- faults -------------------------------------------------------------------------------
+    def kill9(self, program: str):
+        def run(res: Result) -> None:
+            old = pids(self.gw)[program]
+            t0 = time.time()
+            os.kill(old, signal.SIGKILL)
+            ev = self.event("process_crashed", t0, 30, lambda e: e["data"].get("program") == program)
+            res.detected_by, res.detect_s = "system.process_crashed (ops eventlistener)", round(ev["t"] - t0, 2)
+            res.target_s = KILL_TARGET_S
+            new = wait_for(lambda: (p := pids(self.gw).get(program)) not in (None, old) and p, 60, interval=0.05,
+                           message=f"{program} restarted")
+            if program == "ingest":
+                want = {"linear": self.expect_linear, "private": self.expect_private}
+                wait_for(lambda: all(want[e] <= self.subscribed(e) for e in want), 60, interval=0.05,
+                         message="every subscription back")
+                res.recovery_what = "every subscription back at the exchange"
+            elif program in ("publisher", "persister"):
+                key = ("broker", "state", "ready") if program == "publisher" else ("database", "up", True)
+                wait_for(lambda: (s := status_file(self.gw, program))["pid"] == new and s[key[0]][key[1]] == key[2],
+                         60, interval=0.05, message=f"{program} ready")
+                res.recovery_what = "new pid ready (broker ready)" if program == "publisher" else \
+                    "new pid ready (database up)"
+            else:
+                wait_for(lambda: self.gw.api("GET", "/api/v1/status").status_code == 200, 60, interval=0.05,
+                         message="API answering")
+                res.recovery_what = "API answering /api/v1/status"
+            res.recovered_s = round(time.time() - t0, 2)
+        return run
+
+    def drop(self, endpoint: str):
+        def run(res: Result) -> None:
+            want = self.expect_private if endpoint == "private" else self.expect_linear
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/drop", json={"endpoint": endpoint})
+            ev = self.event("connection_lost", t0, 30, lambda e: e["data"].get("endpoint") == endpoint)
+            res.detected_by, res.detect_s = f"system.connection_lost ({ev['data'].get('reason')})", \
+                round(ev["data"]["lost_at"] - t0, 2)
+            wait_for(lambda: want <= self.subscribed(endpoint), 30, interval=0.02, message="resubscribed")
+            res.recovered_s, res.target_s = round(time.time() - t0, 2), RESUBSCRIBE_TARGET_S
+            res.recovery_what = f"all {len(want)} topics subscribed again"
+        return run
+
+    def _lost_then_restored(self, res: Result, endpoint: str, t0: float, detect_timeout: float, clear) -> None:
+        lost = self.event("connection_lost", t0, detect_timeout, lambda e: e["data"].get("endpoint") == endpoint)
+        clear()
+        res.detected_by = f"system.connection_lost ({lost['data'].get('reason')})"
+        res.detect_s = round(lost["data"]["lost_at"] - t0, 2)
+        back = self.event("connection_restored", lost["at"] - 1, 60,
+                          lambda e: e["data"].get("endpoint") == endpoint
+                          and e["data"].get("lost_at") == lost["data"]["lost_at"])
+        want = self.expect_private if endpoint == "private" else self.expect_linear
+        wait_for(lambda: want <= self.subscribed(endpoint), 30, interval=0.05, message="resubscribed")
+        res.recovered_s = round(back["data"]["restored_at"] - lost["data"]["lost_at"], 2)
+        res.target_s, res.recovery_what = RECONNECT_TARGET_S, "lost -> reconnected"
+
+    def no_pong(self, endpoint: str = "linear"):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/pong", json={"endpoint": endpoint, "enabled": False})
+            self._lost_then_restored(res, endpoint, t0, 60, lambda: self.gw.sim(
+                "POST", "/__sim/pong", json={"endpoint": endpoint, "enabled": True}))
+        return run
+
+    def stall(self, endpoint: str = "linear"):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/stall", json={"endpoint": endpoint, "enabled": True, "current_only": True})
+            self._lost_then_restored(res, endpoint, t0, 60, lambda: None)
+        return run
+
+    def max_active_time(self):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/close_private", json={"after_s": 0.5})
+            self._lost_then_restored(res, "private", t0, 30, lambda: self.gw.sim(
+                "POST", "/__sim/close_private", json={"after_s": None}))
+        return run
+
+    def auth_failure(self):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/auth", json={"fail": True})
+            self.gw.sim("POST", "/__sim/drop", json={"endpoint": "private"})
+            ev = self.event("auth_failed", t0, 30)
+            res.detected_by, res.detect_s = f"system.auth_failed ({ev['data'].get('ret_msg')})", round(ev["t"] - t0, 2)
+            t1 = time.time()
+            self.gw.sim("POST", "/__sim/auth", json={"fail": False})
+            self.event("connection_restored", t1 - 0.5, 60, lambda e: e["data"].get("endpoint") == "private")
+            wait_for(lambda: self.expect_private <= self.subscribed("private"), 30, interval=0.05,
+                     message="private resubscribed")
+            res.recovered_s, res.target_s = round(time.time() - t1, 2), RECONNECT_TARGET_S
+            res.recovery_what = "auth fixed -> private subscribed"
+        return run
+
+    def rejected_topic(self):
+        def run(res: Result) -> None:
+            topic = "publicTrade.RJCT0USDT"
+            self.gw.sim("POST", "/__sim/reject", json={"topic": topic, "endpoint": "linear"})
+            t0 = time.time()
+            r = self.gw.api("POST", "/api/v1/subscriptions", json={"channel": "trades", "category": "linear",
+                                                                  "symbol": "RJCT0USDT", "requested_by": "faults"})
+            sid = r.json()["id"]
+            row = wait_for(lambda: (s := self.gw.subscription(sid))["status"] == "failed" and s, 30, interval=0.05,
+                           message="subscription failed")
+            res.detected_by = f"subscriptions.status=failed ({row['last_error']})"
+            res.detect_s = round(time.time() - t0, 2)
+            res.recovery_what = "other topics unaffected" if self.expect_linear <= self.subscribed("linear") else \
+                "OTHER TOPICS LOST"
+            if "LOST" in res.recovery_what:
+                res.error = "a rejected topic took other subscriptions down"
+            self.gw.api("DELETE", f"/api/v1/subscriptions/{sid}", params={"requested_by": "faults"})
+        return run
+
+    def args_over_10(self, n: int = 14):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            ids = []
+            for i in range(n):
+                r = self.gw.api("POST", "/api/v1/subscriptions", json={
+                    "channel": "trades", "category": "spot", "symbol": f"AX{i}USDT", "requested_by": "faults"})
+                ids.append(r.json()["id"])
+            wait_for(lambda: all(self.gw.subscription(i)["status"] == "active" for i in ids), 30, interval=0.1,
+                     message=f"{n} spot topics active")
+            refused = self.gw.sim_state()["counters"]
+            res.detected_by = f"prevented: batches of <=10 (sim counters {refused.get('subscribe_refused', 0)} refused)"
+            res.recovered_s, res.target_s = round(time.time() - t0, 2), None
+            res.recovery_what = f"{n} spot topics in one burst all active"
+            for i in ids:
+                self.gw.api("DELETE", f"/api/v1/subscriptions/{i}", params={"requested_by": "faults"})
+        return run
+
+    def book(self, hook: str):
+        def run(res: Result) -> None:
+            topic = self.book_topic
+            t0 = time.time()
+            self.gw.sim("POST", f"/__sim/{hook}", json={"topic": topic, "endpoint": "linear"})
+            ev = self.event("book_resync", t0, 20, lambda e: e["data"].get("topic") == topic)
+            res.detected_by = f"system.book_resync ({ev['data'].get('reason')})"
+            res.detect_s = round(ev["t"] - t0, 2)
+            key = f"linear:{topic}"
+            n0 = status_file(self.gw, "ingest")["topics"][key]["frames"]
+            wait_for(lambda: status_file(self.gw, "ingest")["topics"][key]["frames"] > n0 + 2
+                     and topic in self.subscribed("linear"), 20, interval=0.05, message="book flowing again")
+            res.recovered_s, res.target_s = round(time.time() - t0, 2), RESYNC_TARGET_S
+            res.recovery_what = "book resubscribed, frames flowing"
+        return run
+
+    def rest_10006(self):
+        def run(res: Result) -> None:
+            self.gw.sim("POST", "/__sim/rest_fault", json={"kind": "rate_limit", "count": 2,
+                                                         "path": "/v5/account/wallet-balance", "reset_ms": 500})
+            self.gw.sim("POST", "/__sim/rest_fault", json={"kind": "rate_limit", "count": 1,
+                                                         "path": "/v5/position/list", "reset_ms": None})
+            t0 = time.time()
+            self.gw.sim("POST", "/__sim/drop", json={"endpoint": "private"})   # a reconnect reconciles
+            ev = self.event("reconciliation_done", t0, 60)
+            calls = [c for c in self.gw.sim("GET", "/__sim/rest_log").json()["calls"]
+                     if c["retCode"] == 10006 and c["at_ms"] >= t0 * 1000]
+            res.detected_by = f"10006 x{len(calls)} retried (ingest status reconciliation.rest)"
+            res.recovered_s, res.target_s = round(ev["t"] - t0, 2), RECONNECT_TARGET_S
+            res.recovery_what = "reconciliation_done after the rate limit"
+            if len(calls) < 3:
+                res.error = f"expected 3 rate-limited calls, saw {len(calls)}"
+        return run
+
+    def rabbitmq_outage(self):
+        def run(res: Result) -> None:
+            t0 = time.time()
+            subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True, timeout=60)
+            try:
+                wait_for(lambda: status_file(self.gw, "publisher")["broker"]["state"] != "ready", 30, interval=0.05,
+                         message="publisher sees the outage")
+                res.detected_by = "publisher status broker.state != ready ('broker connection lost' log)"
+                res.detect_s = round(time.time() - t0, 2)
+                f0 = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"]
+                time.sleep(self.outage_s)   # the outage itself: how long the broker stays away
+                flowing = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"] > f0
+            finally:
+                t1 = time.time()
+                subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
+                subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=False, capture_output=True, timeout=120)
+            wait_for(lambda: status_file(self.gw, "publisher")["broker"]["state"] == "ready", 60, interval=0.1,
+                     message="publisher reconnected")
+            res.recovered_s, res.target_s = round(time.time() - t1, 2), OUTAGE_TARGET_S
+            res.recovery_what = f"broker back -> publisher ready; ingest kept reading: {flowing}"
+            if not flowing:
+                res.error = "ingest stopped handing off during the broker outage"
+        return run
+
+    def postgres_outage(self):
+        def run(res: Result) -> None:
+            if self.cluster is None:
+                res.error = "no private PostgreSQL cluster (needs root and a PostgreSQL installation)"
+                return
+            t0 = time.time()
+            self.cluster.stop()
+            try:
+                wait_for(lambda: not status_file(self.gw, "persister")["database"]["up"], 30, interval=0.05,
+                         message="persister sees the outage")
+                res.detected_by = "persister status database.up=false ('database_unavailable' log)"
+                res.detect_s = round(time.time() - t0, 2)
+                f0 = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"]
+                time.sleep(self.outage_s)   # the outage itself
+                flowing = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"] > f0
+            finally:
+                t1 = time.time()
+                self.cluster.start()
+            wait_for(lambda: status_file(self.gw, "persister")["database"]["up"], 60, interval=0.1,
+                     message="persister reconnected")
+            res.recovered_s, res.target_s = round(time.time() - t1, 2), OUTAGE_TARGET_S
+            res.recovery_what = f"database back -> persister writing; ingest kept reading: {flowing}"
+            if not flowing:
+                res.error = "ingest stopped handing off during the database outage"
+        return run
+
+    # -- what must come back -----------------------------------------------------------------
+    def snapshot_subscriptions(self, book_topic: str | None) -> None:
+        self.expect_linear = self.subscribed("linear")
+        self.expect_private = self.subscribed("private")
+        self.book_topic = book_topic
+
+
+def table(results: list[Result]) -> list[str]:
+    """Markdown rows, one per fault."""
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = ["| fault | detected by | detect s | recovered s (target) | recovery measured | market gaps / drops "
+             "| account missing | settle s | ok |",
+             "|---|---|---:|---:|---|---:|---|---:|---|"]
+    for r in results:
+        target = f" (≤ {r.target_s:g})" if r.target_s is not None else ""
+        missing = ", ".join(f"{k} {v}" for k, v in r.account_missing.items()) or "none"
+        what = r.recovery_what + (f" — ERROR {r.error}" if r.error else "")
+        lines.append(f"| {r.fault} | {r.detected_by} | {f(r.detect_s)} | {f(r.recovered_s)}{target} | {what} "
+                     f"| {r.market_gaps} / {r.market_dropped} | {missing} | {f(r.settle_s)} | "
+                     f"{'PASS' if r.ok else 'FAIL'} |")
+    return lines

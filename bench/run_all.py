@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Every benchmark in one go, one table: each DESIGN.md target, its measured figure, pass/fail.
+
+    .venv/bin/python bench/run_all.py [--quick] [--out docs/bench/latest.md]
+
+1. The whole gateway under supervisord (simulator -> ingest -> publisher/persister -> RabbitMQ ->
+   a consumer): latency at 5,000 frames/s over 25 topics (event ``received_at`` -> consume time,
+   an upper bound of "received -> confirmed"), RSS of every process, a public drop (resubscribe
+   time) and a publisher kill -9 under account load; then a flood (the simulator as fast as it
+   goes) with RSS, ingest's read rate, drops per class and the account checked against the
+   simulator's ground truth.
+2. ``bench/pipeline.py`` (publisher-only): flood throughput and the zero-loss ramp against bare
+   pika's ceiling measured in the same run.
+3. ``bench/api_bench.py``: REST p95 at 50 concurrent clients.
+4. ``bench/persister_bench.py``: rows/s, with its reference line (how much of the machine the run had).
+Reconnect, kill -9 of every process and store outages: the last ``make faults`` table
+(docs/bench/faults.md), quoted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _consumer import ConsumerProcess, merge, percentile  # noqa: E402
+from _faults import Run  # noqa: E402
+from _gw import (ROOT, BenchGateway, market_requests, private_requests, rss_by_program, status_file,  # noqa: E402
+                 stores, subscribe)
+from tests.helpers import wait_for  # noqa: E402
+
+PY = sys.executable
+TOPICS = 25
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem_kb = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")))
+
+    def cmd(*args) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    import psycopg2
+
+    from tests.conftest import PG_ADMIN_URL
+    conn = psycopg2.connect(PG_ADMIN_URL)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            pg = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return {"nproc": os.cpu_count(), "ram_gb": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
+            "python": platform.python_version(), "rabbitmq": cmd("rabbitmqctl", "-q", "version"),
+            "postgresql": pg, "kernel": platform.release(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+class RssSampler(threading.Thread):
+    """Max RSS per program, sampled every ``every`` seconds while running."""
+
+    def __init__(self, gw, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.gw, self.every, self.halt = gw, every, threading.Event()
+        self.max: dict[str, float] = {}
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                for prog, mb in rss_by_program(self.gw).items():
+                    self.max[prog] = max(self.max.get(prog, 0.0), mb)
+            except Exception:   # supervisorctl busy during a restart: the next sample counts
+                pass
+            self.halt.wait(self.every)
+
+    def stop(self) -> dict[str, float]:
+        self.halt.set()
+        self.join(5)
+        return dict(self.max)
+
+
+def gateway_phase(args) -> dict:
+    out: dict = {}
+    with stores() as (pg_url, amqp_url, _):
+        gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning")
+        consumer = None
+        try:
+            gw.start()
+            subscribe(gw, market_requests(TOPICS) + private_requests())
+            consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bc-")))
+            run = Run(gw, consumer, account_rate=5)
+            run.sim_rate(rate=args.rate / TOPICS, account_rate=5)
+            run.snapshot_subscriptions(None)
+            sampler = RssSampler(gw)
+            sampler.start()
+            time.sleep(args.warmup)                       # warm-up: the measured window starts after it
+            t0, gaps0, drops0 = time.time(), run.gaps(), run.drops()
+            time.sleep(args.duration)                     # the measured window itself
+            t1 = time.time()
+            wait_for(lambda: consumer.windows(since=t1 + 1), 10, message="consumer window after the run")
+            wins = consumer.windows(t0, t1)
+            hist = merge(wins)
+            n = sum(hist.values())
+            out["steady"] = {"rate": args.rate, "events": n, "per_s": n / (t1 - t0),
+                             "p50": percentile(hist, 50), "p99": percentile(hist, 99), "max": max(hist) if hist else None,
+                             "gaps": run.gaps() - gaps0, "dropped": run.drops() - drops0}
+            out["rss_steady"] = sampler.stop()
+            out["drop"] = run.measure("drop_public", run.drop("linear"))
+            out["kill9_publisher"] = run.measure("kill9_publisher", run.kill9("publisher"))
+
+            # flood: the simulator as fast as it goes; the account keeps trading
+            sampler = RssSampler(gw)
+            sampler.start()
+            run.account_rate = 20
+            ingest0 = status_file(gw, "ingest")["handoff"]["publisher"]["sent"]
+            pub0 = status_file(gw, "publisher")
+            run.sim_rate(rate=100_000 / TOPICS, account_rate=20)
+            f0 = time.time()
+            time.sleep(args.flood)                        # the flood itself
+            run.sim_rate(rate=args.rate / TOPICS)
+            f1 = time.time()
+            ingest1 = status_file(gw, "ingest")["handoff"]["publisher"]["sent"]
+            pub1 = status_file(gw, "publisher")
+            flood = run.measure("flood_account_check", lambda res: None)
+            dropped = {k: v - pub0["dropped"].get(k, 0) for k, v in pub1["dropped"].items()
+                       if v - pub0["dropped"].get(k, 0)}
+            handoff = status_file(gw, "ingest")["handoff"]
+            out["flood"] = {"ingest_per_s": (ingest1 - ingest0) / (f1 - f0), "seconds": f1 - f0,
+                            "published_per_s": (sum(pub1["confirmed"].values()) - sum(pub0["confirmed"].values()))
+                            / (f1 - f0), "dropped": dropped,
+                            "ingest_dropped": {k: v["dropped"] for k, v in handoff.items()},
+                            "account_missing": flood.account_missing, "settle_s": flood.settle_s,
+                            "error": flood.error}
+            out["rss_flood"] = sampler.stop()
+        finally:
+            if consumer is not None:
+                consumer.close()
+            gw.stop()
+    return out
+
+
+def run_script(argv: list[str], timeout: float) -> str:
+    print(f"$ {' '.join(argv)}", flush=True)
+    proc = subprocess.run([PY, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    print(proc.stdout[-4000:], flush=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+    return proc.stdout
+
+
+def num(pattern: str, text: str) -> float | None:
+    m = re.search(pattern, text)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def faults_rows() -> dict[str, list[str]]:
+    """The last fault table (docs/bench/faults.md): {fault: cells}."""
+    path = ROOT / "docs" / "bench" / "faults.md"
+    if not path.exists():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[0] not in ("fault", "---"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--warmup", type=float, default=3)
+    ap.add_argument("--duration", type=float, default=15)
+    ap.add_argument("--flood", type=float, default=10)
+    ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the bench itself)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "latest.md"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.flood = 5, 4
+    started = time.monotonic()
+    info = machine()
+    load0 = os.getloadavg()
+    print(f"machine: {info}\nload average at start: {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}", flush=True)
+
+    gw = gateway_phase(args)
+    print(f"gateway phase: {gw}", flush=True)
+    pipe = run_script(["bench/pipeline.py", "--rates", "5000", "--duration", "3" if args.quick else "5",
+                       "--ramp", "10000,15000,20000,25000", "--flood", "30000" if args.quick else "60000"], 600)
+    api = run_script(["bench/api_bench.py", "--requests", "500" if args.quick else "2000"], 600)
+    pers = run_script(["bench/persister_bench.py", "--rows", "5000" if args.quick else "20000"], 600)
+    load1 = os.getloadavg()
+
+    rows: list[tuple[str, str, str]] = []
+
+    def row(target: str, measured: str, ok: bool | None) -> None:
+        rows.append((target, measured, "n/a" if ok is None else ("PASS" if ok else "FAIL")))
+
+    st = gw["steady"]
+    row("received -> confirmed p99 < 10 ms at 5,000 frames/s (whole gateway, consumer-side)",
+        f"p99 {st['p99']} ms, p50 {st['p50']} ms, max {st['max']} ms over {st['events']:,} events "
+        f"({st['per_s']:,.0f}/s); gaps {st['gaps']}, dropped {st['dropped']}",
+        st["p99"] is not None and st["p99"] < 10 and st["per_s"] >= 0.95 * args.rate)
+    p99_pub = num(r"\n\s*5000\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+[\d.]+\s+([\d.]+)", pipe)
+    row("same, publisher alone (bench/pipeline.py: push -> consumer)", f"p99 {p99_pub} ms",
+        p99_pub is not None and p99_pub < 10)
+    tput, ceiling = num(r"flood throughput .*?: ([\d,]+) msg/s", pipe), num(r"bare pika ceiling .*?: ([\d,]+) msg/s", pipe)
+    zero = num(r"highest rate with zero loss.*?: ([\d,]+) frames/s", pipe)
+    ratio = tput / ceiling if tput and ceiling else None
+    row("throughput >= 0.7 x bare pika with async confirms (same run)",
+        f"{tput or 0:,.0f} msg/s vs bare pika {ceiling or 0:,.0f} msg/s = {ratio or 0:.2f}x; "
+        f"zero-loss ramp reached {zero or 0:,.0f} frames/s ({(zero or 0) / (ceiling or 1):.2f}x)",
+        ratio is not None and ratio >= 0.7)
+    fl = gw["flood"]
+    worst = max(gw["rss_flood"].values()) if gw["rss_flood"] else None
+    row("flood: every process < 150 MB resident",
+        ", ".join(f"{k} {v:.0f}" for k, v in gw["rss_flood"].items()) + " MB (max during the flood)",
+        worst is not None and worst < 150)
+    row("flood: ingest keeps reading; market beyond the broker dropped and counted per class",
+        f"ingest handed off {fl['ingest_per_s']:,.0f} frames/s for {fl['seconds']:.0f} s; publisher confirmed "
+        f"{fl['published_per_s']:,.0f}/s; publisher dropped {fl['dropped'] or 0}; ingest dropped {fl['ingest_dropped']}",
+        fl["ingest_per_s"] > args.rate)
+    row("flood: account events untouched (simulator truth vs PostgreSQL and queues)",
+        f"missing {fl['account_missing'] or 'none'} (settled in {fl['settle_s']} s)", not fl["account_missing"])
+    p95 = num(r"worst p95 over the API scenarios: ([\d.]+) ms", api)
+    row("REST p95 < 20 ms at 50 concurrent clients", f"worst p95 {p95} ms (bench/api_bench.py)",
+        p95 is not None and p95 < 20)
+    drop = gw["drop"]
+    row("reconnect: every subscription restored (public drop, whole gateway)",
+        f"{drop.recovered_s} s to resubscribe all {TOPICS} topics (target 2 s)",
+        drop.ok)
+    k9 = gw["kill9_publisher"]
+    row("kill -9 (publisher, under load) loses no account state",
+        f"back in {k9.recovered_s} s; account missing {k9.account_missing or 'none'}; market gaps {k9.market_gaps}",
+        k9.ok)
+    frows = faults_rows()
+    if frows:
+        for name, label in (("kill9_ingest", "kill -9 ingest"), ("kill9_persister", "kill -9 persister"),
+                            ("kill9_api", "kill -9 api"), ("no_pong", "reconnect <= 30 s (no pong)"),
+                            ("stall", "reconnect <= 30 s (stall)"), ("rabbitmq_stop_start", "RabbitMQ down: nothing blocks"),
+                            ("postgres_stop_start", "PostgreSQL down: nothing blocks")):
+            c = frows.get(name)
+            if c:
+                row(f"{label} (last make faults)", f"recovered {c[3]} s; account missing {c[6]}; {c[4]}",
+                    c[8] == "PASS")
+    else:
+        row("kill -9 of each process, reconnect, store outages", "run `make faults` (docs/bench/faults.md)", None)
+    pm = re.findall(r"^(balances|orders|executions)\s+1000\s+([\d,]+)\s+([\d,]+)", pers, re.M)
+    ref = re.findall(r"^reference\s+1000\s+([\d,]+)\s+([\d,]+)", pers, re.M)
+    low = min((float(v.replace(",", "")) for _, a, b in pm for v in (a, b)), default=None)
+    row("persister rows/s (its own target >= 50,000, batch 1000)",
+        ", ".join(f"{t} {a}/{b}" for t, a, b in pm) + " ins/upd rows/s" if pm else "not measured",
+        low is not None and low >= 50_000)
+    rss = gw["rss_steady"]
+    row("RSS during the 5,000 frames/s run (MB, max)", ", ".join(f"{k} {v:.0f}" for k, v in rss.items()),
+        bool(rss) and max(rss.values()) < 150)
+
+    ok = all(r[2] != "FAIL" for r in rows)
+    lines = [f"# Benchmarks — {info['date']}", "",
+             f"Machine: {info['nproc']} cores ({info['cpu']}), {info['ram_gb']} GB RAM, Linux {info['kernel']}, "
+             f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, PostgreSQL {info['postgresql']}.",
+             f"Load average {load0[0]:.1f} at start, {load1[0]:.1f} at the end (other work shares these cores: "
+             "figures are noisy; ratios are taken within this run). Persister reference line (research "
+             "section 8 table, 121-177k rows/s on an idle machine): "
+             + (", ".join(f"{a}/{b}" for a, b in ref) if ref else "n/a") + f" rows/s. Run took "
+             f"{time.monotonic() - started:.0f} s (`make bench`).", "",
+             "| target (DESIGN.md) | measured | result |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {r} |" for t, m, r in rows]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"written to {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
