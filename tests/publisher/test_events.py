@@ -168,3 +168,12 @@ def test_received_at_format():
 def test_routing_keys_match_queue_bindings():
     for cls in classify.EVENT_CLASSES:
         assert classify.queue_name(cls) == f"ws-gateway.{cls}"
+
+
+def test_rest_wallet_without_category_routes_by_account_type():
+    coins = orjson.loads(raw("rest_wallet_balance"))["result"]["list"]
+    env = json_envelope("rest", {"topic": "wallet", "category": None, "list": coins, "fetched_at_ms": 1785000009000},
+                        endpoint="private", topic="wallet", recv_ns=RECV_NS)
+    [ev] = Pipeline().process(env)
+    assert ev.routing_key == f"balances.{coins[0]['accountType']}" and ev.persistent
+    assert orjson.loads(ev.body)["data"] == coins
