@@ -105,7 +105,8 @@ class Reconciler:
 
     def status(self) -> dict:
         return {**self.state, "held": len(self._held), "rest": dict(self.client.counts),
-                "clock_offset_ms": self.client.offset_ms}
+                "clock_offset_ms": self.client.offset_ms,
+                "downstream_pids": {name: ident[0] for name, (ident, _) in self._downstreams.items()}}
 
     async def close(self) -> None:
         self._release(None)

@@ -2,6 +2,7 @@
 standing in for publisher and persister (tests/ingest/harness.py)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -154,3 +155,38 @@ def test_a_failed_call_is_never_reported_done_and_is_retried(start_ingest, sim, 
     assert st["failed"] == 2 and "10005" in st["last_error"]
     metrics = (ingest.run_dir / "metrics")
     assert any(metrics.iterdir())
+
+
+def test_fills_are_fetched_from_the_newest_one_in_postgresql_minus_a_margin(start_ingest, sim, rec_db):
+    import psycopg2
+
+    sim.account_step(10)
+    newest = int(sim.account()["executions"][-1]["execTime"])
+    conn = psycopg2.connect(rec_db)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO executions (exec_id, order_id, category, symbol, exec_time, raw)"
+                        " VALUES ('known-fill', 'o', 'linear', 'BTCUSDT', %s, '{}')", (newest,))
+        n = len(sim.rest_log())
+        ingest = start_ingest()
+        wait_for(lambda: system(ingest.publisher, "reconciliation_done"), 15, message="reconciliation done")
+        queries = [c["query"] for c in sim.rest_log()[n:] if c["path"] == "/v5/execution/list"]
+        assert queries and all(f"startTime={newest - 60_000}" in q for q in queries)
+    finally:
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM executions")
+        conn.close()
+
+
+def test_a_restarted_downstream_is_detected_from_its_status_file(start_ingest, sim, rec_db):
+    ingest = start_ingest()
+    wait_for(lambda: system(ingest.publisher, "reconciliation_done"), 15, message="first reconciliation")
+    status = ingest.run_dir / "status" / "persister.json"
+    status.write_text(json.dumps({"process": "persister", "pid": 101, "started_at": 1.0, "updated_at": time.time(),
+                                  "database": {"up": True, "since": 1.0}}))
+    wait_for(lambda: ingest.status()["reconciliation"]["downstream_pids"].get("persister") == 101, 5,
+             message="ingest read the persister's status file")
+    n = len(system(ingest.publisher, "reconciliation_done"))
+    status.write_text(json.dumps({"process": "persister", "pid": 102, "started_at": 2.0, "updated_at": time.time()}))
+    wait_for(lambda: len(system(ingest.publisher, "reconciliation_done")) > n, 10, message="reconciled again")
+    assert "persister_restarted" in system(ingest.publisher, "reconciliation_done")[-1]["reasons"]
