@@ -152,3 +152,13 @@ def test_requeue_goes_before_newer_events(tmp_path):
     box.add(ev("trades", 5))
     box.requeue(taken[::-1])
     assert [box.pop().stream_seq for _ in range(6)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_system_envelopes_without_epoch_do_not_end_an_epoch():
+    from common.envelope import json_envelope
+    p = Pipeline()
+    p.process(frame_env("public_trade", "linear", 1))
+    ops = json_envelope("system", {"program": "ingest", "state": "EXITED"}, topic="process_crashed",
+                        recv_ns=NS, conn_id="ops")
+    assert [e.routing_key for e in p.process(ops)] == ["system.process_crashed"]
+    assert [e.event_class for e in p.process(frame_env("public_trade", "linear", 2))] == ["trades"]
