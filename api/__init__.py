@@ -9,7 +9,7 @@ import uuid
 
 import orjson
 import structlog
-from flask import g, request
+from flask import current_app, g, request
 from flask_openapi3 import Info, OpenAPI
 
 from common.addresses import ingest_control
@@ -85,8 +85,6 @@ def _start():
 
 
 def _authorize():
-    from flask import current_app
-
     key = current_app.config["API_KEY"]
     if not key:
         return
