@@ -32,7 +32,7 @@ def test_timeout_is_bounded_and_the_next_request_works(fake_ingest, short_tmp, w
         started = time.monotonic()
         with pytest.raises(ControlUnavailable):
             client.request("add", SUB, "t")
-        assert time.monotonic() - started < 0.6
+        assert time.monotonic() - started < 1.5   # 200 ms budget; slack for a loaded CI box
     if with_peer:
         fake_ingest.mode = "ack"
         assert client.request("add", SUB, "t").ok
