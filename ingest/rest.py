@@ -174,7 +174,7 @@ class RestClient:
             raise _Retry("http", RestError(path, f"HTTP {resp.status_code}", status=resp.status_code))
         if resp.status_code != 200:
             self.counts["errors"] += 1
-            raise RestError(path, f"HTTP {resp.status_code}: {resp.text[:200]}", status=resp.status_code)
+            raise RestError(path, f"HTTP {resp.status_code}: {self._redact(resp.text[:200])}", status=resp.status_code)
         try:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
@@ -183,8 +183,8 @@ class RestClient:
         code = body.get("retCode") if isinstance(body, dict) else None
         if isinstance(code, bool) or not isinstance(code, int):
             self.counts["errors"] += 1
-            raise RestError(path, f"answer without an integer retCode: {resp.text[:120]!r}")
-        msg = str(body.get("retMsg", ""))
+            raise RestError(path, f"answer without an integer retCode: {self._redact(resp.text[:120])!r}")
+        msg = self._redact(str(body.get("retMsg", "")))     # 10004 echoes the signed string, key included
         if code == 0:
             result, at = body.get("result"), body.get("time")
             if not isinstance(result, dict):
@@ -200,6 +200,9 @@ class RestClient:
             raise _Retry("server", err)
         self.counts["errors"] += 1
         raise err
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "<api-key>") if self._key else text
 
     def _reset_delay(self, header: str | None) -> float | None:
         """Seconds until Bybit's reset time (its clock), or None to back off exponentially."""

@@ -10,6 +10,7 @@ import pytest
 from common.topics import build_topic
 from tests.helpers import wait_for
 from tests.ingest.test_ingest import store
+from tests.reconcile.conftest import API_KEY, API_SECRET
 
 pytestmark = pytest.mark.timeout(90)
 PRIVATE = [build_topic(c) for c in ("order", "execution", "position", "wallet")]
@@ -155,6 +156,8 @@ def test_a_failed_call_is_never_reported_done_and_is_retried(start_ingest, sim, 
     assert st["failed"] == 2 and "10005" in st["last_error"]
     metrics = (ingest.run_dir / "metrics")
     assert any(metrics.iterdir())
+    log = ingest.log()
+    assert "reconciliation_failed" in log and API_KEY not in log and API_SECRET not in log
 
 
 def test_fills_are_fetched_from_the_newest_one_in_postgresql_minus_a_margin(start_ingest, sim, rec_db):

@@ -184,10 +184,10 @@ def test_other_errors_raise_at_once(answer):
 
 
 def test_nothing_secret_in_repr_or_errors():
-    fake = Fake({WALLET[0]: [err(10004, "error sign! origin_string[...]")]})
+    fake = Fake({WALLET[0]: [err(10004, f"error sign! origin_string[1785000010000{KEY}5000accountType=UNIFIED]")]})
     with pytest.raises(RestError) as info:
         run_client(fake, lambda c: c.get(*WALLET))
-    assert SECRET not in str(info.value)
+    assert SECRET not in str(info.value) and KEY not in str(info.value) and "10004" in str(info.value)
     client = RestClient("https://bybit.invalid", KEY, SECRET)
     assert SECRET not in repr(client) and KEY not in repr(client)
     asyncio.run(client.close())
