@@ -152,6 +152,8 @@ class Reconciler:
                     status = orjson.loads(path.read_bytes())
                 except (OSError, orjson.JSONDecodeError):
                     continue
+                if not isinstance(status, dict):
+                    continue
                 ident = (status.get("pid"), status.get("started_at"))
                 prev = self._downstreams.get(name)
                 if prev is not None and prev[0] != ident:
