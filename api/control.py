@@ -1,9 +1,13 @@
-"""Control client to ingest: one DEALER per request (ZeroMQ sockets are not
-thread-safe, and a fresh socket can never be left in a bad state), linger 0, one
-JSON frame out, the reply with the same id back, or a timeout. Never blocks longer
-than ``timeout_ms``. Wire format: docs/internals.md, "Control messages"."""
+"""Control client to ingest: one DEALER per thread (ZeroMQ sockets are not
+thread-safe; a kept socket saves the connect handshake on every request), linger 0,
+one JSON frame out, the reply with the same id back, or a timeout. Never blocks
+longer than ``timeout_ms``; after a timeout the socket is closed and the next
+request starts a fresh one, so a late reply or a dead peer cannot wedge it.
+Wire format: docs/internals.md, "Control messages"."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,20 +33,34 @@ class ControlUnavailable(Exception):
 class ControlClient:
     def __init__(self, address: str, timeout_ms: int):
         self.address, self.timeout_ms = address, timeout_ms
+        self._local = threading.local()
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None or getattr(self._local, "pid", None) != os.getpid():
+            # Context.instance() is per process (pyzmq re-creates it after fork).
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)        # no peer: fail the send instead of queueing
+            sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+            sock.connect(self.address)
+            self._local.sock, self._local.pid = sock, os.getpid()
+        return sock
+
+    def _discard(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
+        self._local.sock = None
 
     def request(self, op: str, subscription: dict, trace_id: str) -> Reply:
         """Send one control request and wait for its reply. Raises ControlUnavailable."""
         req_id = uuid.uuid4().hex
         message = orjson.dumps({"id": req_id, "op": op, "trace_id": trace_id,
                                 "subscription": subscription}, default=str)
-        # Context.instance() is per process (pyzmq re-creates it after fork).
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)        # no peer: fail the send instead of queueing
-        sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
         deadline = time.monotonic() + self.timeout_ms / 1000
+        sock = self._socket()
         try:
-            sock.connect(self.address)
             try:
                 sock.send(message)
             except zmq.Again:
@@ -57,8 +75,9 @@ class ControlClient:
                     log.warning("control_reply_ignored", reason="unmatched or malformed reply")
                     continue
                 return Reply(bool(reply.get("ok")), _error_text(reply.get("error")))
-        finally:
-            sock.close(linger=0)
+        except BaseException:
+            self._discard()
+            raise
 
 
 def _parse_reply(raw: bytes) -> dict | None:
