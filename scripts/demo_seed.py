@@ -14,6 +14,8 @@ from common.config import load_settings  # noqa: E402
 from common.topics import build_topic  # noqa: E402
 
 DEMO = [("trades", "linear", "BTCUSDT"), ("tickers", "linear", "BTCUSDT"), ("orderbook", "linear", "BTCUSDT", 50)]
+# With keys (scripts/run.sh gives the demo the simulator's), the account stream too.
+DEMO_PRIVATE = [("order",), ("execution",), ("position",), ("wallet",)]
 
 
 def main() -> int:
@@ -24,12 +26,13 @@ def main() -> int:
             cur.execute("SELECT count(*) FROM subscriptions WHERE status <> 'removed'")
             if cur.fetchone()[0]:
                 return 0
-            for args in DEMO:
+            demo = DEMO + (DEMO_PRIVATE if settings.has_private else [])
+            for args in demo:
                 t = build_topic(*args)
                 cur.execute("INSERT INTO subscriptions (channel, endpoint, category, symbol, depth, interval, topic,"
                             " requesters) VALUES (%s,%s,%s,%s,%s,%s,%s, ARRAY['demo'])",
                             (t.channel, t.endpoint, t.category, t.symbol, t.depth, t.interval, t.name))
-            print(f"demo: subscribed {', '.join(build_topic(*a).name for a in DEMO)} (linear)")
+            print(f"demo: subscribed {', '.join(build_topic(*a).name for a in demo)}")
     finally:
         conn.close()
     return 0
