@@ -156,6 +156,31 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
             f.close()
 
 
+class QueueDepths:
+    """Depth of every ws-gateway.* queue through one AMQP connection (reopened after a failure)."""
+
+    def __init__(self, url: str):
+        self.url, self.conn = url, None
+
+    def read(self) -> dict[str, int]:
+        import pika
+
+        try:
+            if self.conn is None or not self.conn.is_open:
+                self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            ch = self.conn.channel()
+            out = {q.split(".", 1)[1]: ch.queue_declare(q, passive=True).method.message_count for q in QUEUES}
+            ch.close()
+            return out
+        except Exception:   # a depth we cannot read this time is a gap in the plot, not a failure
+            self.conn = None
+            return {}
+
+    def close(self) -> None:
+        if self.conn is not None and self.conn.is_open:
+            self.conn.close()
+
+
 class _Ready:
     """``ready.set()`` in the consumer process: a file the parent waits for."""
 

@@ -149,8 +149,9 @@ class Run:
             ev = self.event("process_crashed", t0, 30, lambda e: e["data"].get("program") == program)
             res.detected_by, res.detect_s = "system.process_crashed (ops eventlistener)", round(ev["t"] - t0, 2)
             res.target_s = KILL_TARGET_S
-            new = wait_for(lambda: (p := pids(self.gw).get(program)) not in (None, old) and p, 60, interval=0.05,
-                           message=f"{program} restarted")
+            # a new pid as soon as supervisord spawned it (STARTING): "back" is the role's own readiness
+            new = wait_for(lambda: (p := pids(self.gw, ("STARTING", "RUNNING")).get(program)) not in (None, old)
+                           and p, 60, interval=0.05, message=f"{program} restarted")
             if program == "ingest":
                 want = {"linear": self.expect_linear, "private": self.expect_private}
                 wait_for(lambda: all(want[e] <= self.subscribed(e) for e in want), 60, interval=0.05,

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _consumer import ConsumerProcess, merge, percentile  # noqa: E402
+from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
 from _gw import (ROOT, BenchGateway, market_requests, private_requests, rss_by_program, status_file,  # noqa: E402
                  stores, subscribe)
@@ -110,13 +110,18 @@ def gateway_phase(args) -> dict:
             t0, gaps0, drops0 = time.time(), run.gaps(), run.drops()
             time.sleep(args.duration)                     # the measured window itself
             t1 = time.time()
+            pub = status_file(gw, "publisher")
+            depths = QueueDepths(amqp_url)
+            backlog = {"publisher_buffered": pub.get("buffered"), "publisher_unconfirmed": pub.get("unconfirmed"),
+                       "queued_in_rabbitmq": sum(depths.read().values())}
+            depths.close()
             wait_for(lambda: consumer.windows(since=t1 + 1), 10, message="consumer window after the run")
             wins = consumer.windows(t0, t1)
             hist = merge(wins)
             n = sum(hist.values())
             out["steady"] = {"rate": args.rate, "events": n, "per_s": n / (t1 - t0),
                              "p50": percentile(hist, 50), "p99": percentile(hist, 99), "max": max(hist) if hist else None,
-                             "gaps": run.gaps() - gaps0, "dropped": run.drops() - drops0}
+                             "gaps": run.gaps() - gaps0, "dropped": run.drops() - drops0, "backlog": backlog}
             out["rss_steady"] = sampler.stop()
             out["drop"] = run.measure("drop_public", run.drop("linear"))
             out["kill9_publisher"] = run.measure("kill9_publisher", run.kill9("publisher"))
@@ -128,19 +133,33 @@ def gateway_phase(args) -> dict:
             ingest0 = status_file(gw, "ingest")["handoff"]["publisher"]["sent"]
             pub0 = status_file(gw, "publisher")
             run.sim_rate(rate=100_000 / TOPICS, account_rate=20)
-            f0 = time.time()
-            time.sleep(args.flood)                        # the flood itself
-            run.sim_rate(rate=args.rate / TOPICS)
+            f0, peak = time.time(), {"buffered": 0, "unconfirmed": 0}
+            while time.time() - f0 < args.flood:        # the flood itself, watching the publisher's backlog
+                pub = status_file(gw, "publisher")
+                for k in peak:
+                    peak[k] = max(peak[k], pub.get(k) or 0)
+                time.sleep(0.25)
+            run.sim_rate(rate=0)                         # silence, so the backlog can drain and be timed
             f1 = time.time()
             ingest1 = status_file(gw, "ingest")["handoff"]["publisher"]["sent"]
             pub1 = status_file(gw, "publisher")
+            depths = QueueDepths(amqp_url)
+            try:
+                wait_for(lambda: (p := status_file(gw, "publisher"))["buffered"] == 0 and p["unconfirmed"] == 0
+                         and sum(depths.read().values()) == 0, 180, interval=0.5,
+                         message="publisher backlog and queues drained")
+                drain_s = time.time() - f1
+            except AssertionError:
+                drain_s = None
+            finally:
+                depths.close()
             flood = run.measure("flood_account_check", lambda res: None)
             dropped = {k: v - pub0["dropped"].get(k, 0) for k, v in pub1["dropped"].items()
                        if v - pub0["dropped"].get(k, 0)}
             handoff = status_file(gw, "ingest")["handoff"]
             out["flood"] = {"ingest_per_s": (ingest1 - ingest0) / (f1 - f0), "seconds": f1 - f0,
                             "published_per_s": (sum(pub1["confirmed"].values()) - sum(pub0["confirmed"].values()))
-                            / (f1 - f0), "dropped": dropped,
+                            / (f1 - f0), "dropped": dropped, "peak": peak, "drain_s": drain_s,
                             "ingest_dropped": {k: v["dropped"] for k, v in handoff.items()},
                             "account_missing": flood.account_missing, "settle_s": flood.settle_s,
                             "error": flood.error}
@@ -211,7 +230,8 @@ def main(argv=None) -> int:
     st = gw["steady"]
     row("received -> confirmed p99 < 10 ms at 5,000 frames/s (whole gateway, consumer-side)",
         f"p99 {st['p99']} ms, p50 {st['p50']} ms, max {st['max']} ms over {st['events']:,} events "
-        f"({st['per_s']:,.0f}/s); gaps {st['gaps']}, dropped {st['dropped']}",
+        f"({st['per_s']:,.0f}/s consumed); gaps {st['gaps']}, dropped {st['dropped']}; backlog at the end "
+        + ", ".join(f"{k} {v}" for k, v in st["backlog"].items()),
         st["p99"] is not None and st["p99"] < 10 and st["per_s"] >= 0.95 * args.rate)
     p99_pub = num(r"\n\s*5000\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+[\d.]+\s+([\d.]+)", pipe)
     row("same, publisher alone (bench/pipeline.py: push -> consumer)", f"p99 {p99_pub} ms",
@@ -230,10 +250,13 @@ def main(argv=None) -> int:
         worst is not None and worst < 150)
     row("flood: ingest keeps reading; market beyond the broker dropped and counted per class",
         f"ingest handed off {fl['ingest_per_s']:,.0f} frames/s for {fl['seconds']:.0f} s; publisher confirmed "
-        f"{fl['published_per_s']:,.0f}/s; publisher dropped {fl['dropped'] or 0}; ingest dropped {fl['ingest_dropped']}",
+        f"{fl['published_per_s']:,.0f}/s; publisher dropped {fl['dropped'] or 0}; ingest dropped {fl['ingest_dropped']}; "
+        f"publisher peak backlog {fl['peak']}, drained "
+        + (f"{fl['drain_s']:.0f} s after the flood" if fl["drain_s"] is not None else "NOT within 180 s"),
         fl["ingest_per_s"] > args.rate)
     row("flood: account events untouched (simulator truth vs PostgreSQL and queues)",
-        f"missing {fl['account_missing'] or 'none'} (settled in {fl['settle_s']} s)", not fl["account_missing"])
+        f"missing {fl['account_missing'] or 'none'} (checked after the drain, settled in {fl['settle_s']} s)",
+        not fl["account_missing"])
     p95 = num(r"worst p95 over the API scenarios: ([\d.]+) ms", api)
     row("REST p95 < 20 ms at 50 concurrent clients", f"worst p95 {p95} ms (bench/api_bench.py)",
         p95 is not None and p95 < 20)

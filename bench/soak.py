@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson  # noqa: E402
 
-from _consumer import QUEUES, ConsumerProcess, merge, percentile  # noqa: E402
+from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
 from _gw import ROOT, BenchGateway, private_requests, rss_by_program, stores, subscribe  # noqa: E402
 
@@ -54,31 +54,6 @@ def topics(n_linear: int, n_spot: int, n_books: int) -> list[dict]:
     reqs += [{"channel": "trades", "category": "spot", "symbol": f"S{i}USDT"} for i in range(n_spot)]
     reqs += [{"channel": "orderbook", "category": "linear", "symbol": f"K{i}USDT", "depth": 50} for i in range(n_books)]
     return reqs
-
-
-class QueueDepths:
-    """Depth of every ws-gateway.* queue through one AMQP connection (reopened after a failure)."""
-
-    def __init__(self, url: str):
-        self.url, self.conn = url, None
-
-    def read(self) -> dict[str, int]:
-        import pika
-
-        try:
-            if self.conn is None or not self.conn.is_open:
-                self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
-            ch = self.conn.channel()
-            out = {q.split(".", 1)[1]: ch.queue_declare(q, passive=True).method.message_count for q in QUEUES}
-            ch.close()
-            return out
-        except Exception:   # a depth we cannot read this time is a gap in the plot, not a failure
-            self.conn = None
-            return {}
-
-    def close(self) -> None:
-        if self.conn is not None and self.conn.is_open:
-            self.conn.close()
 
 
 def plots(samples: list[dict], faults: list[dict], out: Path) -> None:
