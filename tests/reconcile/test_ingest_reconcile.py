@@ -193,3 +193,28 @@ def test_a_restarted_downstream_is_detected_from_its_status_file(start_ingest, s
     status.write_text(json.dumps({"process": "persister", "pid": 102, "started_at": 2.0, "updated_at": time.time()}))
     wait_for(lambda: len(system(ingest.publisher, "reconciliation_done")) > n, 10, message="reconciled again")
     assert "persister_restarted" in system(ingest.publisher, "reconciliation_done")[-1]["reasons"]
+
+
+def test_pushes_held_during_a_reconciliation_go_out_after_the_rest_state(start_ingest, sim, rec_db):
+    store(rec_db, PRIVATE)
+    ingest = start_ingest()
+    wait_for(lambda: any("private_connected" in d["reasons"] for d in system(ingest.publisher, "reconciliation_done")),
+             15, message="the first private reconciliation")
+    sim.rate(account_rate=25)
+    wait_for(lambda: len(ingest.publisher.frames(endpoint="private")) > 20, 10, message="pushes flowing")
+    sim.rest_fault("rate_limit", count=1, path="/v5/account/wallet-balance", reset_ms=800)   # a longer hold
+    n_calls, n_done = len(sim.rest_log()), len(system(ingest.publisher, "reconciliation_done"))
+    sim.drop("private")
+    wait_for(lambda: len(system(ingest.publisher, "reconciliation_done")) > n_done, 15, message="reconciled")
+    sim.rate(account_rate=0)
+    truth = sim.account()
+    wait_for(lambda: converged(ingest.publisher, truth), 10, message="nothing lost")
+    hold_from_ms = next(c["at_ms"] for c in sim.rest_log()[n_calls:] if c["path"] == "/v5/market/time")
+    items = list(ingest.publisher.items)
+    first_rest = next(i for i, e in enumerate(items) if e.kind == "rest" and e.recv_ns // 1_000_000 >= hold_from_ms)
+    held = [i for i, e in enumerate(items) if e.kind == "frame" and e.endpoint == "private"
+            and e.recv_ns // 1_000_000 > hold_from_ms + 5 and i < first_rest + 200]
+    assert held, "no push arrived during the reconciliation"
+    assert min(held) > first_rest, "a push received during the reconciliation went out before the REST state"
+    wait_for(lambda: (s := ingest.status()["reconciliation"])["released"] + s["dropped_covered"] > 0, 5,
+             message="held pushes counted in the status")
