@@ -10,6 +10,7 @@ import uuid
 import orjson
 import structlog
 from flask import current_app, g, request
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
 from common.addresses import ingest_control
@@ -31,6 +32,16 @@ log = get_logger("api")
 SECURITY = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
 
+class OrjsonProvider(DefaultJSONProvider):
+    """Responses through orjson (several times faster than the stdlib encoder)."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, default=str).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+
 def create_app(test_config: dict | None = None) -> OpenAPI:
     """Build the app. ``test_config`` may carry ``SETTINGS`` (a common.config.Settings)
     and any Flask config override; otherwise settings come from the environment."""
@@ -49,6 +60,7 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
         doc_prefix="/docs",
         doc_url="/openapi.json",
     )
+    app.json = OrjsonProvider(app)
     app.config.from_mapping(
         SETTINGS=settings,
         DATABASE_URL=settings.database_url,

@@ -25,7 +25,8 @@ def _cur():
     return get_db().cursor(cursor_factory=psycopg2.extras.RealDictCursor)
 
 
-@bp.get("/balances", responses={200: BalanceList}, operation_id="list_balances", summary="Latest balance per account type and coin")
+@bp.get("/balances", responses={200: BalanceList}, operation_id="list_balances",
+        summary="Latest balance per account type and coin")
 def balances(query: BalanceQuery):
     clauses, args = [], []
     for column in ("account_type", "coin"):
@@ -42,7 +43,8 @@ def balances(query: BalanceQuery):
     return {"items": [Balance.model_validate(r).model_dump(mode="json") for r in rows]}
 
 
-@bp.get("/orders", responses={200: OrderPage}, operation_id="list_orders", summary="Latest state per order, newest first")
+@bp.get("/orders", responses={200: OrderPage}, operation_id="list_orders",
+        summary="Latest state per order, newest first")
 def orders(query: OrderQuery):
     """Filters combine with AND; ``open=true`` lists orders still working. Pages with
     ``limit``/``offset``; ``next_offset`` is null on the last page."""

@@ -21,12 +21,14 @@ _TEXT = {"description": "Prometheus text exposition format",
          "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-@bp.get("/health", responses={200: Health}, operation_id="health", summary="Liveness: the API answers (no dependency is called)")
+@bp.get("/health", responses={200: Health}, operation_id="health",
+        summary="Liveness: the API answers (no dependency is called)")
 def health():
     return {"status": "ok"}
 
 
-@bp.get("/metrics", responses={200: _TEXT}, operation_id="metrics", summary="Prometheus metrics of every gateway process")
+@bp.get("/metrics", responses={200: _TEXT}, operation_id="metrics",
+        summary="Prometheus metrics of every gateway process")
 def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()          # fresh per request: files change under us
@@ -45,7 +47,8 @@ def _database() -> tuple[dict, list[dict]]:
     return {"reachable": True, "error": None}, rows
 
 
-@v1.get("/status", responses={200: StatusReport}, operation_id="get_status", summary="Connections, topics, processes, broker, database")
+@v1.get("/status", responses={200: StatusReport}, operation_id="get_status",
+        summary="Connections, topics, processes, broker, database")
 def status_report():
     """Each connection as ingest reports it; each live subscription with its last
     event age and freshness; buffered and dropped counts per process (a status file

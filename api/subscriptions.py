@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import TypeAdapter
 
 from common.logs import get_logger
 from common.topics import TopicError, build_topic
@@ -17,13 +18,16 @@ from .control import ControlUnavailable
 from .db import get_db, transaction
 from .errors import ApiError, topic_error
 from .metrics import CONTROL_REQUESTS
-from .models import (API_KEY_SECURITY, V1_ERRORS, ErrorBody, DeleteQuery, Subscription, SubscriptionChange, SubscriptionCreate,
-                     SubscriptionPage, SubscriptionPath, SubscriptionQuery)
+from .models import (API_KEY_SECURITY, V1_ERRORS, DeleteQuery, ErrorBody, Subscription, SubscriptionChange,
+                     SubscriptionCreate, SubscriptionPage, SubscriptionPath, SubscriptionQuery)
 
 log = get_logger("api.subscriptions")
 tag = Tag(name="subscriptions", description="What the gateway subscribes to on Bybit")
 bp = APIBlueprint("subscriptions", __name__, url_prefix="/api/v1/subscriptions", abp_tags=[tag],
                    abp_security=API_KEY_SECURITY, abp_responses=V1_ERRORS)
+
+
+_ROWS = TypeAdapter(list[Subscription])
 
 
 def _out(row: dict) -> dict:
@@ -77,11 +81,13 @@ def list_subscriptions(query: SubscriptionQuery):
     filters = query.model_dump(include={"status", "channel", "category", "symbol"})
     rows, total = store.list_page(get_db(), filters, query.limit, query.offset)
     nxt = query.offset + len(rows)
-    return {"items": [_out(r) for r in rows], "total": total, "limit": query.limit, "offset": query.offset,
+    items = _ROWS.dump_python(_ROWS.validate_python(rows), mode="json")
+    return {"items": items, "total": total, "limit": query.limit, "offset": query.offset,
             "next_offset": nxt if nxt < total and rows else None}
 
 
-@bp.get("/<id>", responses={200: Subscription}, operation_id="get_subscription", summary="One subscription (removed ones too)")
+@bp.get("/<id>", responses={200: Subscription}, operation_id="get_subscription",
+        summary="One subscription (removed ones too)")
 def get_one(path: SubscriptionPath):
     row = store.get(get_db(), path.id)
     if row is None:
