@@ -16,3 +16,13 @@ BUFFERED = Gauge("wsgw_ingest_handoff_buffered", "Frames waiting in ingest for a
                  multiprocess_mode="livesum")
 RECONCILIATIONS = Counter("wsgw_ingest_reconciliations_total", "REST reconciliations of the account, by result",
                           ["result"])
+
+# Zero series for the rare events dashboards and alerts watch (a counter that was never
+# incremented would be absent from /metrics, and rate() over it "no data", not 0).
+from common.classify import MARKET_CLASSES as _MARKET  # noqa: E402
+
+for _cls in sorted(_MARKET):
+    for _downstream in ("publisher", "persister"):
+        DROPPED.labels(_downstream, _cls)
+for _endpoint in ("spot", "linear", "inverse", "option", "private"):
+    BAD_FRAMES.labels(_endpoint)

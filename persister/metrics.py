@@ -25,3 +25,7 @@ DB_UP = Gauge("wsgw_persister_db_up", "1 when PostgreSQL is reachable with the s
 DB_OUTAGES = Counter("wsgw_persister_db_outages_total", "Times the database became unavailable")
 SCHEMA_WAITS = Counter("wsgw_persister_schema_waits_total",
                        "Connection attempts that found migrations pending")
+
+# Zero series for dead letters, so dashboards and alerts see 0 rather than no data.
+for _table in ("balances", "orders", "executions", "positions"):
+    DEAD_LETTERS.labels(_table)

@@ -61,3 +61,14 @@ class Tally:
             if delta:
                 m.inc(delta)
                 self._flushed_scalars[name] += delta
+
+
+def _zero_series() -> None:
+    """Zero series for drops, so dashboards and alerts see 0 rather than no data."""
+    from common.classify import MARKET_CLASSES
+
+    for cls in sorted(MARKET_CLASSES):
+        DROPPED.labels(cls)
+
+
+_zero_series()
