@@ -65,7 +65,7 @@ class ErrorBody(BaseModel):
 # Documented on every /api/v1 operation (flask-openapi3 would otherwise describe 422 with its own model).
 V1_ERRORS = {400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 413: ErrorBody, 422: ErrorBody,
              500: ErrorBody, 503: ErrorBody}
-OPS_ERRORS = {500: ErrorBody}
+OPS_ERRORS = {422: ErrorBody, 500: ErrorBody}   # 422 listed so flask-openapi3 does not add its own shape
 
 
 # ----- subscriptions ------------------------------------------------------------------
