@@ -109,7 +109,8 @@ def test_private_reconnect_reconciles_and_loses_nothing_held(start_ingest, sim, 
              message="nothing lost across three drops")
     reasons = [r for d in system(ingest.publisher, "reconciliation_done")[before:] for r in d["reasons"]]
     assert "private_connected" in reasons
-    st = wait_for(lambda: (s := ingest.status()["reconciliation"])["done"] >= 4 and s, 5, message="status")
+    st = wait_for(lambda: (s := ingest.status()["reconciliation"])["done"] >= 4 and s["state"] == "idle" and s, 10,
+                  message="status after the last reconciliation")
     assert st["released"] + st["dropped_covered"] > 0 and st["held"] == 0
     # released pushes keep stream_seq contiguous: held pushes get their number when they go out
     seqs = [e.stream_seq for e in ingest.publisher.frames("execution", "private")]
