@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import uuid
 
 import pytest
+import yaml
+import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.e2e.gateway import PROGRAMS
+from common.addresses import persister_frames, publisher_frames
+from common.envelope import Envelope
+from tests.e2e.gateway import PROGRAMS, ROOT
 from tests.helpers import wait_for
 from tests.ops.conftest import log_lines, not_json_lines
 
@@ -81,11 +86,11 @@ def test_private_stream_and_rest_key_in_use(gw):
 
 def test_kill_9_each_program_is_restarted_announced_and_counted(gw):
     crashed: list[dict] = []
-    for program in KILLED:
-        pid = gw.pid(program)
+    pids = {program: gw.pid(program) for program in KILLED}
+    for pid in pids.values():          # all at once: the publisher too, which must relay the others
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: gw.states().get(program) == "RUNNING" and gw.pid(program) not in (0, pid), 60,
-                 interval=0.2, message=f"{program} restarted (states {gw.states()})")
+    wait_for(lambda: all(gw.states().get(p) == "RUNNING" and gw.pid(p) not in (0, pids[p]) for p in KILLED), 60,
+             interval=0.2, message=f"every program restarted (states {gw.states()})")
     gw.wait_running([*PROGRAMS, "ops"])
     wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API back")
 
@@ -106,6 +111,58 @@ def test_kill_9_each_program_is_restarted_announced_and_counted(gw):
     ops_log = gw.log_dir / "ops.log"
     exits = [json.loads(line) for line in ops_log.read_text().splitlines() if '"process_exited"' in line]
     assert {e["program"] for e in exits} >= set(KILLED)
+
+
+def test_bad_input_to_each_binder_is_counted_never_fatal(gw):
+    pids = {p: gw.pid(p) for p in ("publisher", "persister")}
+    ctx = zmq.Context()
+    try:
+        for address in (publisher_frames(gw.run_dir), persister_frames(gw.run_dir)):
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 2000)
+            sock.connect(address)
+            sock.send_multipart([b"gw1", b"{not json", b"x"])
+            sock.send_multipart([b"junk"])
+            sock.send_multipart(Envelope(kind="frame", endpoint="private", topic="order", payload=b"\xff\x00",
+                                         epoch="bad-input-test", stream_seq=1).encode())
+            sock.close()
+    finally:
+        ctx.term()
+
+    def counted(name):
+        return sum(v for (n, _), v in metric_samples(gw).items() if n == name)
+
+    wait_for(lambda: counted("wsgw_publisher_bad_input_total") >= 2, 15, message="publisher bad input counted")
+    wait_for(lambda: counted("wsgw_persister_bad_input_total") >= 2, 15, message="persister bad input counted")
+    assert {p: gw.pid(p) for p in pids} == pids
+
+
+def test_refused_topic_is_failed_and_counted(gw):
+    gw.sim("POST", "/__sim/reject", json={"topic": "publicTrade.XRPUSDT", "endpoint": "linear"})
+    resp = gw.api("POST", "/api/v1/subscriptions", json={"channel": "trades", "category": "linear",
+                                                        "symbol": "XRPUSDT", "requested_by": "ops"})
+    assert resp.status_code in (200, 201), resp.text
+    sid = resp.json()["id"]
+    wait_for(lambda: gw.subscription(sid)["status"] == "failed", 20, message="subscription failed")
+    assert "handler not found" in gw.subscription(sid)["last_error"]
+
+
+def _expressions() -> list[str]:
+    dash = json.loads((ROOT / "deploy/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dash["panels"] for t in panel.get("targets", [])]
+    rules = yaml.safe_load((ROOT / "deploy/alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return exprs
+
+
+def test_dashboard_and_alert_metrics_exist_in_live_metrics(gw):
+    exprs = _expressions()
+    assert len(exprs) > 20
+    wanted = {name for e in exprs for name in re.findall(r"\bwsgw_[a-z0-9_]+", e)}
+    live = {name for name, _ in metric_samples(gw)}
+    assert sorted(wanted - live) == []
+    # every role is represented on the dashboard
+    assert {n.split("_")[1] for n in wanted} >= {"ingest", "publisher", "persister", "api", "process", "ops"}
 
 
 def test_supervisorctl_tail_shows_json_lines(gw):
