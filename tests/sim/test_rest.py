@@ -147,3 +147,12 @@ def test_account_step_moves_the_account_with_nobody_connected(sim):
     assert sim.account_step(5)["events"] == before + 5
     with pytest.raises(Exception):
         sim.account_step(-1)
+
+
+def test_instruments_page_with_a_cursor(sim):
+    both = pages(sim, "/v5/market/instruments-info", "category=linear&limit=1")
+    assert [i["symbol"] for i in both] == ["BTCUSDT", "ETHUSDT"] and all(i["status"] == "Trading" for i in both)
+    one = call(sim, "/v5/market/instruments-info", "category=linear&symbol=ETHUSDT", signed=False).json()
+    assert [i["symbol"] for i in one["result"]["list"]] == ["ETHUSDT"]
+    spot = call(sim, "/v5/market/instruments-info", "category=spot", signed=False).json()["result"]
+    assert "nextPageCursor" not in spot                      # spot does not paginate (PROTOCOL.md 9.4)
