@@ -26,3 +26,5 @@ for _cls in sorted(_MARKET):
         DROPPED.labels(_downstream, _cls)
 for _endpoint in ("spot", "linear", "inverse", "option", "private"):
     BAD_FRAMES.labels(_endpoint)
+for _result in ("done", "failed"):
+    RECONCILIATIONS.labels(_result)
