@@ -31,8 +31,8 @@ from persister.spool import Spool
 log = get_logger("persister")
 
 DRAIN_MAX = 5000            # envelopes taken from ZeroMQ per pass
-RCVHWM = 100_000
-MAX_PENDING = 100_000       # rows held in memory; past it new keys spill to the spool
+RCVHWM = 10_000             # we drain continuously; ingest keeps its own bounded buffer beyond this
+MAX_PENDING = 10_000        # rows held in memory (about 2.3 kB each: ~25 MB); past it new keys spill to disk
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 5.0
 PING_IDLE_S = 5.0           # check an idle connection this often, so status tells the truth
 STATUS_EVERY_S = 1.0
