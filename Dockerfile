@@ -1,4 +1,5 @@
-# ws-gateway: the four processes (and optionally the simulator) under supervisord.
+# ws-gateway: the four processes, the supervisord eventlistener (and, with BYBIT_ENV=sim,
+# the simulator) under supervisord as PID 1.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -16,27 +17,37 @@ ENV PYTHONUNBUFFERED=1 \
     API_BIND=0.0.0.0:4400
 
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# Runtime packages only, at the versions the lock pins: requirements.in's tests-and-tools
+# section (pytest, schemathesis, hadolint, matplotlib) stays out of the image.
+COPY requirements.in requirements.txt ./
+RUN sed '/^# tests/,$d' requirements.in > /tmp/runtime.in \
+ && pip install --no-cache-dir -c requirements.txt -r /tmp/runtime.in \
+ && rm /tmp/runtime.in
 
 COPY common ./common
 COPY ingest ./ingest
 COPY publisher ./publisher
 COPY persister ./persister
 COPY api ./api
+COPY ops ./ops
 COPY bybitsim ./bybitsim
 COPY sql ./sql
 COPY scripts ./scripts
 COPY supervisord.conf ./
 
-RUN groupadd --system gw && useradd --system --gid gw --home-dir /app --no-create-home gw \
+# A fixed numeric uid/gid, so volume ownership and `USER` resolve the same on every host.
+RUN groupadd --system --gid 10001 gw \
+ && useradd --system --uid 10001 --gid gw --home-dir /app --no-create-home gw \
  && mkdir -p /run/ws-gateway /var/log/ws-gateway \
- && chown -R gw:gw /run/ws-gateway /var/log/ws-gateway
-USER gw
+ && chown -R gw:gw /run/ws-gateway /var/log/ws-gateway \
+ && chmod 0700 /run/ws-gateway
+USER 10001:10001
 
 EXPOSE 4400
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os,urllib.request,sys; h,p=os.environ['API_BIND'].rsplit(':',1); h='127.0.0.1' if h in ('0.0.0.0','') else h; sys.exit(0 if urllib.request.urlopen(f'http://{h}:{p}/health', timeout=2).status==200 else 1)"]
+# /health answers 200 while gunicorn serves; supervisord restarts a dead API meanwhile.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os,sys,urllib.request; h,p=os.environ['API_BIND'].rsplit(':',1); h='127.0.0.1' if h in ('0.0.0.0','') else h; sys.exit(0 if urllib.request.urlopen(f'http://{h}:{p}/health', timeout=2).status==200 else 1)"]
 
-# Applies migrations, then execs supervisord in the foreground (PID 1 reaps children).
+# Applies migrations, wipes stale metrics, then execs supervisord in the foreground (PID 1
+# reaps children; SIGTERM from `docker stop` stops every program in priority order).
 ENTRYPOINT ["/app/scripts/docker-entrypoint.sh"]
