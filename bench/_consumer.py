@@ -177,8 +177,12 @@ class QueueDepths:
             return {}
 
     def close(self) -> None:
-        if self.conn is not None and self.conn.is_open:
-            self.conn.close()
+        try:
+            if self.conn is not None and self.conn.is_open:
+                self.conn.close()
+        except Exception:   # the broker already dropped it: nothing left to close
+            pass
+        self.conn = None
 
 
 class _Ready:

@@ -8,11 +8,13 @@ consumer-side latency percentiles (event ``received_at`` -> consume time) and ``
 gaps. Injects a fault every ``--fault-every`` seconds, cycling through kill -9 of each
 process, public and private drops, no pong, a book gap and a ``max_active_time`` close (the
 shared RabbitMQ broker is left alone; ``make faults`` stops it). Each fault is followed by an
-account check against the simulator's ground truth, and one more at the end.
+account check against the simulator's ground truth (30 s), and one more at the end once
+every backlog has drained (that one decides loss).
 
 Writes ``docs/bench/soak-<UTC time>/`` (soak.md, rss.png, latency.png, queues.png,
-samples.jsonl) and commits nothing. Exits non-zero on memory growth beyond the bound, any
-account event lost, or a steady-state p99 over 10 ms.
+samples.jsonl; the gateway's logs go to /tmp/wsgw-soak-<UTC time>/) and commits nothing.
+Exits non-zero on memory growth beyond the bound, any account event lost, or a steady-state
+p99 over 10 ms.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ import orjson  # noqa: E402
 
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
-from _gw import ROOT, BenchGateway, private_requests, rss_by_program, stores, subscribe  # noqa: E402
+from _gw import ROOT, BenchGateway, private_requests, rss_by_program, status_file, stores, subscribe  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
 
 P99_TARGET_MS = 10.0
 RSS_BOUND_MB = 150.0
@@ -90,7 +93,7 @@ def plots(samples: list[dict], faults: list[dict], out: Path) -> None:
     fig("latency.png", "received_at -> consumed, per sample window", "ms (log)",
         {k: [s["lat"].get(k) for s in samples] for k in ("p50", "p99", "max")}, P99_TARGET_MS, log=True)
     queues = sorted({q for s in samples for q in s["queues"]})
-    fig("queues.png", "queue depths", "messages",
+    fig("queues.png", "RabbitMQ queue depths and the publisher's backlog", "events",
         {q: [s["queues"].get(q) for s in samples] for q in queues if any(s["queues"].get(q) for s in samples)}
         or {"(all empty)": [0 for _ in samples]})
 
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     reqs = topics(50, 20, 5)
     samples, fault_log, results = [], [], []
-    final = None
+    final, drain_s = None, None
     with stores() as (pg_url, amqp_url, _):
         gw = BenchGateway(pg_url, amqp_url, **GATEWAY_ENV)
         consumer = depths = None
@@ -157,7 +160,12 @@ def main(argv=None) -> int:
                     wins = consumer.windows(next_sample - args.sample, next_sample)
                     hist = merge(wins)
                     last = wins[-1] if wins else consumer.last_window()
-                    samples.append({"t": now, "rss": rss_by_program(gw), "queues": depths.read(),
+                    try:
+                        pub = status_file(gw, "publisher")
+                        backlog = {"publisher buffer": pub.get("buffered"), "publisher unconfirmed": pub.get("unconfirmed")}
+                    except (OSError, ValueError):
+                        backlog = {}
+                    samples.append({"t": now, "rss": rss_by_program(gw), "queues": {**depths.read(), **backlog},
                                     "lat": {"p50": percentile(hist, 50), "p99": percentile(hist, 99),
                                             "max": max(hist) if hist else None, "n": sum(hist.values())},
                                     "hist": {str(k): v for k, v in hist.items()},
@@ -166,20 +174,29 @@ def main(argv=None) -> int:
                 time.sleep(0.2)   # the sampling loop's tick
             for th in pending:
                 th.join(180)
+            # the end: silence the market, let every backlog drain, then the whole account must be there
+            run.sim_rate(rate=0)
+            t_end = time.time()
+            try:
+                wait_for(lambda: (p := status_file(gw, "publisher"))["buffered"] == 0 and p["unconfirmed"] == 0
+                         and sum(depths.read().values()) == 0, 300, interval=0.5, message="backlogs drained")
+                drain_s = round(time.time() - t_end, 1)
+            except AssertionError:
+                drain_s = None
             final = run.measure("final_account_check", lambda res: None)
         finally:
             if depths is not None:
                 depths.close()
             if consumer is not None:
                 consumer.close()
-            gw.stop(keep_dir=out / "logs")
+            gw.stop(keep_dir=Path(f"/tmp/wsgw-soak-{stamp}"))   # logs stay out of docs/
     with (out / "samples.jsonl").open("wb") as f:
         for s in samples:
             f.write(orjson.dumps({k: v for k, v in s.items() if k != "hist"}) + b"\n")
-    return report(args, out, samples, fault_log, results, final, fault_every)
+    return report(args, out, samples, fault_log, results, final, fault_every, drain_s)
 
 
-def report(args, out: Path, samples, fault_log, results, final, fault_every) -> int:
+def report(args, out: Path, samples, fault_log, results, final, fault_every, drain_s) -> int:
     if samples:
         plots(samples, fault_log, out)
     fault_times = [f["t"] for f in fault_log]
@@ -195,17 +212,22 @@ def report(args, out: Path, samples, fault_log, results, final, fault_every) -> 
             last = [s["rss"].get(p, 0) for s in samples[-k:]]
             growth[p] = round(sum(last) / len(last) - sum(first) / len(first), 1)
             peak[p] = max(s["rss"].get(p, 0) for s in samples)
-    account_lost = [r for r in results + ([final] if final else []) if not r.account_ok]
+    # After a fault the check waits 30 s; on a saturated machine account events can still be queued
+    # behind the market backlog then ("late"). Loss is decided by the final check, after every
+    # backlog drained, over the whole ground truth (every execution, every order's last state).
+    late = [r for r in results if not r.account_ok]
     checks = [
         ("memory growth per process <= 30 MB (last fifth vs first fifth)",
          ", ".join(f"{p} {g:+.1f}" for p, g in growth.items()) + " MB",
          bool(growth) and all(g <= GROWTH_BOUND_MB for g in growth.values())),
         ("every process < 150 MB", ", ".join(f"{p} {v:.0f}" for p, v in peak.items()) + " MB peak",
          bool(peak) and all(v < RSS_BOUND_MB for v in peak.values())),
-        ("no account event lost (after each fault and at the end)",
-         f"{len(account_lost)} of {len(results) + 1} checks missing something"
-         + (": " + "; ".join(f"{r.fault} {r.account_missing}" for r in account_lost) if account_lost else ""),
-         final is not None and not account_lost),
+        ("no account event lost (whole ground truth vs PostgreSQL and queues, after the drain)",
+         (f"missing {final.account_missing or 'none'}; backlog drained in "
+          + (f"{drain_s} s" if drain_s is not None else "NOT within 300 s") if final else "final check not run")
+         + f"; {len(late)} of {len(results)} after-fault checks had events still in flight after 30 s"
+         + (": " + "; ".join(f"{r.fault} {r.account_missing}" for r in late) if late else ""),
+         final is not None and final.account_ok),
         (f"steady-state p99 < {P99_TARGET_MS:g} ms (windows >= {FAULT_QUIET_S:g} s after a fault)",
          f"p99 {p99_steady} ms over {sum(hist_steady.values()):,} events; all windows p99 {p99_all} ms, "
          f"p50 {percentile(hist_all, 50)} ms", p99_steady is not None and p99_steady < P99_TARGET_MS),
@@ -222,10 +244,11 @@ def report(args, out: Path, samples, fault_log, results, final, fault_every) -> 
     lines += ["", f"Market data: {gaps} `stream_seq` gaps seen by the consumer, "
               f"{samples[-1]['drops'] if samples else 0} dropped (publisher + ingest counters, since the last "
               "publisher restart).", "", "## Faults", "",
-              "| fault | recovered s (target) | account missing | gaps | ok |", "|---|---:|---|---:|---|"]
+              "| fault | recovered s (target) | recovery | account still in flight after 30 s | market gaps |",
+              "|---|---:|---|---|---:|"]
     for r in results:
-        lines.append(f"| {r.fault} | {r.recovered_s} ({r.target_s}) | {r.account_missing or 'none'} | "
-                     f"{r.market_gaps} | {'PASS' if r.ok else 'FAIL'} {r.error} |")
+        lines.append(f"| {r.fault} | {r.recovered_s} ({r.target_s}) | {'PASS' if r.recovery_ok else 'FAIL'} | "
+                     f"{r.account_missing or 'none'} | {r.market_gaps} |")
     lines += ["", "![rss](rss.png)", "", "![latency](latency.png)", "", "![queues](queues.png)", ""]
     text = "\n".join(lines)
     (out / "soak.md").write_text(text)
