@@ -13,59 +13,20 @@ import time
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
 from common.logs import RateLimited, get_logger
 from common.topics import PRIVATE
 from ingest import acks, auth, metrics, parse, plan
+from ingest.session import Session, SessionLost, describe as _describe, heartbeat
 
 log = get_logger(__name__)
 ACK_TIMEOUT_S = 10.0
 STABLE_AFTER_S = 10.0       # a session up this long resets the backoff: the next retry is immediate
 
 
-class SessionLost(Exception):
-    pass
-
-
 class AuthFailed(Exception):
     pass
-
-
-class Session:
-    """One socket of a connection (a private connection has two while it rotates)."""
-
-    def __init__(self, ws, conn_id: str):
-        self.ws = ws
-        self.id = conn_id
-        self.pending: dict[str, asyncio.Future] = {}
-        self.subscribed: set[str] = set()
-        now = time.monotonic()
-        self.opened = now
-        self.last_rx = now
-        self.last_pong = now
-        self.done = asyncio.Event()
-        self.reason = ""
-        self.tasks: list[asyncio.Task] = []
-        self.bybit_conn_id: str | None = None
-        self.announced = False          # private: the manager was told its topics are subscribed
-
-    def lost(self, reason: str) -> None:
-        if not self.done.is_set():
-            self.reason = reason
-            self.done.set()
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(SessionLost(reason))
-
-    async def close(self) -> None:
-        self.lost(self.reason or "closed")
-        for t in self.tasks:
-            t.cancel()
-        try:
-            await asyncio.wait_for(self.ws.close(), 2.0)
-        except Exception:
-            self.ws.transport.abort()
 
 
 class Connection:
@@ -190,7 +151,7 @@ class Connection:
             if self.endpoint == PRIVATE:
                 await self._authenticate(session)
             session.tasks = [asyncio.create_task(self._read(session), name=f"read-{self.id}"),
-                             asyncio.create_task(self._watch(session), name=f"watch-{self.id}")]
+                             asyncio.create_task(heartbeat(session, self.settings.ping_interval_s, self.settings.dead_after_s), name=f"watch-{self.id}")]
         except BaseException:
             ws.transport.abort()
             raise
@@ -345,7 +306,7 @@ class Connection:
 
     # -- per-session tasks ---------------------------------------------------------
     async def _read(self, session: Session) -> None:
-        ws, mgr, endpoint = session.ws, self.mgr, self.endpoint
+        ws, mgr = session.ws, self.mgr
         try:
             while True:
                 raw = await ws.recv(decode=False)
@@ -384,37 +345,3 @@ class Connection:
             fut.set_result(ctl)
         elif ctl.kind == parse.ERROR:
             self._bad("warning", "bybit_error_reply", conn=self.id, ret_msg=ctl.ret_msg)
-
-    async def _watch(self, session: Session) -> None:
-        """JSON ping every ping_interval; no pong (or no frame at all) within dead_after: dead."""
-        ping_every, dead_after = self.settings.ping_interval_s, self.settings.dead_after_s
-        tick = min(1.0, ping_every / 4)
-        last_ping = 0.0
-        n = itertools.count(1)
-        try:
-            while not session.done.is_set():
-                now = time.monotonic()
-                if now - last_ping >= ping_every:
-                    await session.ws.send(orjson.dumps({"req_id": f"ping-{next(n)}", "op": "ping"}), text=True)
-                    last_ping = now
-                silent, no_pong = now - session.last_rx, now - session.last_pong
-                if silent > dead_after or no_pong > dead_after:
-                    what = f"silent for {silent:.1f}s" if silent > dead_after else f"no pong for {no_pong:.1f}s"
-                    log.warning("dead_link", conn=self.id, detail=what)
-                    session.lost(f"dead link: {what}")
-                    session.ws.transport.abort()
-                    return
-                await asyncio.sleep(tick)
-        except ConnectionClosed as exc:
-            session.lost(_describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionClosed):
-        rcvd = exc.rcvd
-        return f"closed by peer ({rcvd.code} {rcvd.reason})" if rcvd else "connection dropped (no close frame)"
-    if isinstance(exc, (InvalidHandshake, InvalidURI)):
-        return f"handshake failed: {exc}"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"

@@ -85,11 +85,13 @@ class Handoff:
         self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound)
         self._seq: dict[tuple[str, str], int] = {}
 
-    def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str) -> int:
+    def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
+              trace_id: str = "") -> int:
+        """``trace_id``: the request that created the subscription, so its events can be traced to it."""
         key = (endpoint, topic)
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
-        parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id).encode()
+        parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id, trace_id).encode()
         self.publisher.send(parts, cls)
         if cls in ACCOUNT_CLASSES:
             self.persister.send(parts, cls)

@@ -152,7 +152,7 @@ class Manager:
                 return
         rec = self.reconciler
         if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
-            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id)
+            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id)
         st.frames += 1
         st.last_event_ms = recv_ns // 1_000_000
         self._activity[key] = st.last_event_ms

@@ -53,6 +53,8 @@ def test_trades_flow_from_post_to_queue_and_stop_after_delete(gateway):
             assert (event["event_class"], event["category"], event["symbol"], event["topic"]) == \
                 ("trades", "linear", "BTCUSDT", "publicTrade.BTCUSDT")
             assert isinstance(event["data"], list) and event["data"][0]["s"] == "BTCUSDT"
+            # the request that created the subscription traces its events
+            assert event["trace_id"] == "e2e-trace-1" == props.headers["trace_id"]
         seqs = [json.loads(raw)["stream_seq"] for _, _, raw in msgs]
         assert seqs == sorted(seqs)
 
