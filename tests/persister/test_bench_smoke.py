@@ -11,7 +11,7 @@ from tests.conftest import PG_ADMIN_URL, ROOT
 
 @pytest.mark.timeout(120)
 def test_bench_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "persister_bench.py"), "--rows", "200",
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "persister_bench.py"), "--rows", "200", "--repeat", "1",
                           "--admin-url", PG_ADMIN_URL], check=True, capture_output=True, text=True, timeout=110)
     lines = out.stdout.splitlines()
     assert lines[0].split()[:2] == ["table", "batch"]
