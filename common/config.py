@@ -77,11 +77,13 @@ class Settings:
     backoff_max_s: float = 30.0
     max_new_connections_5min: int = 400
     handoff_buffer: int = 100_000
+    handoff_buffer_mb: int = 32
     # publisher
     retention_ttl_ms: int = 86_400_000
     retention_max_length: int = 100_000
     confirm_window: int = 2000
     publisher_buffer: int = 200_000
+    publisher_buffer_mb: int = 48
     # persister
     batch_rows: int = 1000
     batch_ms: int = 200
@@ -228,10 +230,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backoff_max_s=e.float("GW_BACKOFF_MAX_S", 30.0, 0.1, 30.0),
         max_new_connections_5min=e.int("GW_MAX_NEW_CONNECTIONS_5MIN", 400, 1, 500),
         handoff_buffer=e.int("GW_HANDOFF_BUFFER", 100_000, 100),
+        handoff_buffer_mb=e.int("GW_HANDOFF_BUFFER_MB", 32, 1, 4096),
         retention_ttl_ms=e.int("RETENTION_TTL_MS", 86_400_000, 1000),
         retention_max_length=e.int("RETENTION_MAX_LENGTH", 100_000, 1),
         confirm_window=e.int("PUBLISHER_CONFIRM_WINDOW", 2000, 1, 100_000),
         publisher_buffer=e.int("PUBLISHER_BUFFER", 200_000, 100),
+        publisher_buffer_mb=e.int("PUBLISHER_BUFFER_MB", 48, 1, 4096),
         rabbitmq_management_url=(e.url("RABBITMQ_MANAGEMENT_URL", "", ("http", "https"))
                                  if e.str("RABBITMQ_MANAGEMENT_URL", "") else ""),
         batch_rows=e.int("PERSISTER_BATCH_ROWS", 1000, 1, 100_000),

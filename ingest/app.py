@@ -51,7 +51,7 @@ class Ingest:
     def __init__(self, settings):
         self.settings = settings
         settings.status_dir.mkdir(parents=True, exist_ok=True)
-        self.handoff = Handoff(settings.run_dir, settings.handoff_buffer)
+        self.handoff = Handoff(settings.run_dir, settings.handoff_buffer, settings.handoff_buffer_mb)
         self.mgr = Manager(settings, self.handoff)
         self.reconciler = None
         if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)

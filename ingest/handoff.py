@@ -20,19 +20,23 @@ from common.logs import RateLimited, get_logger
 from ingest import metrics
 
 log = get_logger(__name__)
-HWM = 100_000
+# ZeroMQ's own queue per downstream (messages). Small on purpose: in a flood the excess
+# waits in our buffer, where it is bounded in bytes and dropped by class, not in ZeroMQ's.
+HWM = 10_000
+OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 
 
 class Downstream:
-    def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int):
+    def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int, bound_bytes: int):
         self.name = name
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(address)
-        self.bound = bound
+        self.bound, self.bound_bytes = bound, bound_bytes
         self.account: collections.deque = collections.deque()
-        self.market: collections.deque = collections.deque()
+        self.market: collections.deque = collections.deque()   # (parts, class, size)
+        self.market_bytes = 0
         self.dropped: collections.Counter = collections.Counter()
         self.sent = 0
         self._warn = RateLimited(log, 10.0)
@@ -45,14 +49,18 @@ class Downstream:
         if not self.account and not self.market and self._try(parts):
             return
         if cls in ACCOUNT_CLASSES or cls == "system" or cls == "":
-            self.account.append(parts)
+            self.account.append(parts)      # never dropped
         else:
-            if len(self.market) >= self.bound:
-                self.market.popleft()
-                self.dropped[cls] += 1
-                metrics.DROPPED.labels(self.name, cls).inc()
-                self._warn("warning", "handoff_dropping", downstream=self.name, dropped=sum(self.dropped.values()))
-            self.market.append((parts, cls))
+            size = len(parts[1]) + len(parts[2]) + OVERHEAD
+            self.market.append((parts, cls, size))
+            self.market_bytes += size
+            while len(self.market) > self.bound or self.market_bytes > self.bound_bytes:
+                _, dropped_cls, dropped_size = self.market.popleft()
+                self.market_bytes -= dropped_size
+                self.dropped[dropped_cls] += 1
+                metrics.DROPPED.labels(self.name, dropped_cls).inc()
+                self._warn("warning", "handoff_dropping", downstream=self.name, dropped=sum(self.dropped.values()),
+                           buffered=len(self.market), buffered_mb=round(self.market_bytes / 2 ** 20, 1))
         self.flush()
 
     def _try(self, parts) -> bool:
@@ -71,18 +79,20 @@ class Downstream:
         while self.market:
             if not self._try(self.market[0][0]):
                 return
-            self.market.popleft()
+            self.market_bytes -= self.market.popleft()[2]
 
     def close(self) -> None:
         self.sock.close(linger=1000)
 
 
 class Handoff:
-    def __init__(self, run_dir, bound: int, ctx: zmq.Context | None = None):
+    def __init__(self, run_dir, bound: int, bound_mb: int = 32, ctx: zmq.Context | None = None):
         self.ctx = ctx or zmq.Context.instance()
         self.epoch = uuid.uuid4().hex[:12]
-        self.publisher = Downstream(self.ctx, "publisher", addresses.publisher_frames(run_dir), bound)
-        self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound)
+        self.publisher = Downstream(self.ctx, "publisher", addresses.publisher_frames(run_dir), bound,
+                                    bound_mb * 2 ** 20)
+        self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound,
+                                    bound_mb * 2 ** 20)
         self._seq: dict[tuple[str, str], int] = {}
 
     def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,

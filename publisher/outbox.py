@@ -98,9 +98,19 @@ class Spool:
         os.close(self._fd)
 
 
+OVERHEAD = 700    # bytes an Event costs beyond its body (dataclass, headers dict, strings)
+
+
+def _size(ev: Event) -> int:
+    return len(ev.body) + OVERHEAD
+
+
 class Outbox:
-    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns):
+    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns, bound_bytes: int = 48 << 20):
+        """``bound`` events and ``bound_bytes`` bytes in memory, whichever comes first."""
         self.bound = bound
+        self.bound_bytes = bound_bytes
+        self.bytes = 0
         self.spool = spool
         self._market: deque[Event] = deque()
         self._account: deque[Event] = deque()
@@ -120,6 +130,16 @@ class Outbox:
         return len(self._market) + len(self._account)
 
     @property
+    def full(self) -> bool:
+        """Over a bound: drop market events until it isn't."""
+        return self.in_memory > self.bound or self.bytes > self.bound_bytes
+
+    @property
+    def at_limit(self) -> bool:
+        """No room for one more in memory: account events go to the spool."""
+        return self.in_memory >= self.bound or self.bytes >= self.bound_bytes
+
+    @property
     def spool_depth(self) -> int:
         return self.spool.depth if self.spool else 0
 
@@ -129,21 +149,24 @@ class Outbox:
         if event.is_account or event.event_class == "system":
             sp = self.spool
             # Once spooling, every account event goes to the spool until it is drained: order.
-            if not front and sp is not None and (sp.depth > 0 or (self.in_memory >= self.bound and not self._market)):
+            if not front and sp is not None and (sp.depth > 0 or (self.at_limit and not self._market)):
                 sp.append(event)
                 return
+            self.bytes += _size(event)
             if front:
                 self._account.appendleft(event)
             else:
                 self._account.append(event)
         else:
+            self.bytes += _size(event)
             self._market.appendleft(event) if front else self._market.append(event)
         # A notice put in front may exceed the bound by one: dropping for it would
         # make the notice's own drop counts stale.
-        while not front and self.in_memory > self.bound and self._market:
+        while not front and self.full and self._market:
             self._drop(self._market.popleft())
 
     def _drop(self, ev: Event) -> None:
+        self.bytes -= _size(ev)
         self.dropped[ev.event_class] += 1
         r = self.drop_ranges.get(ev.stream)
         if r is not None:
@@ -158,8 +181,9 @@ class Outbox:
     def requeue(self, events: list[Event]) -> None:
         """Put unconfirmed/nacked events back, ahead of newer ones, in their original order."""
         for ev in sorted(events, key=lambda e: e.seq, reverse=True):
+            self.bytes += _size(ev)
             (self._account if ev.is_account or ev.event_class == "system" else self._market).appendleft(ev)
-        while self.in_memory > self.bound and self._market:
+        while self.full and self._market:
             self._drop(self._market.popleft())
 
     def _refill(self) -> None:
@@ -167,6 +191,7 @@ class Outbox:
             room = max(self.bound - self.in_memory, 1)
             for ev in self.spool.read(min(SPOOL_CHUNK, room)):
                 ev.seq = next(self._seq)
+                self.bytes += _size(ev)
                 self._account.append(ev)
 
     def pop(self) -> Event | None:
@@ -175,7 +200,10 @@ class Outbox:
             self._refill()
         m, a = self._market, self._account
         if m and (not a or m[0].seq < a[0].seq):
-            return m.popleft()
-        if a:
-            return a.popleft()
-        return None
+            ev = m.popleft()
+        elif a:
+            ev = a.popleft()
+        else:
+            return None
+        self.bytes -= _size(ev)
+        return ev

@@ -48,7 +48,7 @@ class Service:
         self.pipeline = Pipeline()
         self.spool_dir = settings.run_dir / "spool"
         self.spool = Spool(self.spool_dir / "publisher.spool")
-        self.outbox = Outbox(settings.publisher_buffer, self.spool)
+        self.outbox = Outbox(settings.publisher_buffer, self.spool, bound_bytes=settings.publisher_buffer_mb << 20)
         self.tally.dropped = self.outbox.dropped
         self.state_file = self.spool_dir / "publisher-streams.json"
         self.status_file = addresses.status_file(settings.run_dir, "publisher")
@@ -265,7 +265,7 @@ class Service:
         self._restore_gaps()
         ctx = zmq.asyncio.Context()
         sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)   # bounded memory: a flood waits (and is dropped by class) in ingest
         sock.setsockopt(zmq.LINGER, 0)
         address = addresses.publisher_frames(self.s.run_dir)
         try:

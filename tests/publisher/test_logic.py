@@ -162,3 +162,20 @@ def test_system_envelopes_without_epoch_do_not_end_an_epoch():
                         recv_ns=NS, conn_id="ops")
     assert [e.routing_key for e in p.process(ops)] == ["system.process_crashed"]
     assert [e.event_class for e in p.process(frame_env("public_trade", "linear", 2))] == ["trades"]
+
+
+def test_outbox_is_bounded_in_bytes_too(tmp_path):
+    spool = Spool(tmp_path / "s")
+    box = Outbox(bound=1_000_000, spool=spool, bound_bytes=200_000)
+    for i in range(1000):
+        box.add(ev("trades", i))
+    assert box.bytes <= 200_000 and box.dropped["trades"] > 0
+    assert box.in_memory + box.dropped["trades"] == 1000
+    for i in range(1000):
+        box.add(ev("executions", i))      # account: never dropped, spooled once memory is full
+    assert box.dropped.get("executions", 0) == 0 and spool.depth > 0
+    assert box.bytes <= 200_000 + 2_000
+    drained = 0
+    while box.pop() is not None:
+        drained += 1
+    assert box.bytes == 0 and drained == box.in_memory + drained
