@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 
 from supervisor import childutils
 
@@ -21,6 +22,10 @@ from ops import metrics
 from ops.sink import Sink
 
 log = get_logger("ops")
+
+
+PUBLISHER = "publisher"       # the program that relays our system events to RabbitMQ
+RESEND_WINDOW_S = 5.0         # events sent this long before the publisher crashed are sent again
 
 
 class _Stop(Exception):
@@ -34,6 +39,7 @@ class Listener:
         self.stop_requested = False
         self._waiting = False
         self._bad = RateLimited(log, 10.0)
+        self._recent: deque = deque(maxlen=100)    # (monotonic time sent, envelope)
 
     def request_stop(self, signum=None, frame=None) -> None:
         self.stop_requested = True
@@ -60,9 +66,14 @@ class Listener:
         if kind == "process_crashed":
             metrics.CRASHES.labels(ev.program).inc()
         queued = None
+        if kind == "process_crashed" and ev.program == PUBLISHER:
+            self._resend_recent()
         if kind:
             details = ev_mod.system_details(ev, host=self.host, at_ms=time.time_ns() // 1_000_000)
-            queued = self.sink.system_event(kind, details)
+            env = self.sink.system_event(kind, details)
+            queued = env is not None
+            if env is not None:
+                self._recent.append((time.monotonic(), env))
         if ev.state in ev_mod.WATCHED or ev.state == "RUNNING":
             fields = {"program": ev.program, "state": ev.state, "from_state": ev.from_state}
             for name in ("pid", "expected", "tries"):
@@ -73,6 +84,15 @@ class Listener:
                 fields["system_event_queued"] = queued
             getattr(log, ev_mod.log_level(ev))("process_" + ev.state.lower(), **fields)
         return ev
+
+    def _resend_recent(self) -> None:
+        """What the dead publisher may have held unpublished goes to the next one."""
+        since = time.monotonic() - RESEND_WINDOW_S
+        again = [env for sent, env in self._recent if sent >= since]
+        for env in again:
+            self.sink.send(env, result="resent")
+        if again:
+            log.info("system_events_resent", count=len(again), reason="publisher crashed")
 
     def run(self, stdin=None, stdout=None, max_events: int | None = None) -> int:
         """Serve events until SIGTERM (or ``max_events``, for tests). Returns the count handled."""

@@ -10,7 +10,9 @@ The system event goes to the publisher's ZeroMQ PULL socket as a ``system`` enve
 - when the publisher itself is the one that died, ZeroMQ keeps the message in this
   connecting socket's queue and delivers it as soon as the restarted publisher binds again.
 The cost: a listener restart while the publisher is down loses what is queued (bounded
-linger on close).
+linger on close); and what the publisher had received but not yet published when it was
+killed is lost with it, so the listener re-sends the events of the last few seconds when
+the publisher crashes (same envelope, same event id: consumers drop the duplicate).
 """
 from __future__ import annotations
 
@@ -40,16 +42,25 @@ class Sink:
         self.address = publisher_frames(run_dir)
         self._sock.connect(self.address)
 
-    def system_event(self, kind: str, details: dict, trace_id: str | None = None) -> bool:
-        """Queue a ``system`` envelope for the publisher; False (and counted) when the queue is full."""
-        env = Envelope(kind=SYSTEM, topic=kind, payload=orjson.dumps(details), recv_ns=time.time_ns(),
+    def system_event(self, kind: str, details: dict, trace_id: str | None = None, recv_ns: int | None = None,
+                     result: str = "queued") -> Envelope | None:
+        """Queue a ``system`` envelope for the publisher; None (and counted) when the queue is full.
+
+        The same (kind, details, recv_ns) always gives the same envelope, hence the same
+        event id at the publisher: a re-send is a duplicate consumers drop on message_id.
+        """
+        env = Envelope(kind=SYSTEM, topic=kind, payload=orjson.dumps(details),
+                       recv_ns=recv_ns if recv_ns is not None else time.time_ns(),
                        conn_id="ops", trace_id=trace_id or uuid.uuid4().hex)
+        return env if self.send(env, result) else None
+
+    def send(self, env: Envelope, result: str = "queued") -> bool:
         try:
             self._sock.send_multipart(env.encode(), flags=zmq.NOBLOCK)
         except zmq.Again:
-            metrics.SYSTEM_EVENTS.labels(kind, "dropped").inc()
+            metrics.SYSTEM_EVENTS.labels(env.topic, "dropped").inc()
             return False
-        metrics.SYSTEM_EVENTS.labels(kind, "queued").inc()
+        metrics.SYSTEM_EVENTS.labels(env.topic, result).inc()
         return True
 
     def process_gone(self, pid: int) -> bool:

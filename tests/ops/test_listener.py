@@ -143,3 +143,21 @@ def test_process_logs_to_stderr_and_exits_on_sigterm(short_tmp):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_publisher_crash_resends_recent_events_identically(short_tmp, publisher_pull):
+    """The dead publisher may have held them unpublished; the copy has the same envelope, so
+    the same event id at the publisher (consumers drop duplicates on message_id)."""
+    sink = Sink(short_tmp, metrics_dir="")
+    try:
+        listener = Listener(sink, host="h1")
+        listener.handle("PROCESS_STATE_EXITED", EXITED)
+        listener.handle("PROCESS_STATE_EXITED", EXITED.replace("ingest", "publisher").replace("4242", "4343"))
+        got = []
+        while publisher_pull.poll(2000) and len(got) < 3:
+            got.append(publisher_pull.recv_multipart())
+        assert len(got) == 3
+        assert got[0] == got[1]                                  # ingest's crash, then its re-send
+        assert orjson.loads(Envelope.decode(got[2]).payload)["program"] == "publisher"
+    finally:
+        sink.close()

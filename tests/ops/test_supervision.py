@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -98,7 +100,11 @@ def test_kill_9_each_program_is_restarted_announced_and_counted(gw):
         crashed.extend(system_events(gw, "process_crashed"))
         return set(KILLED) <= {e["data"]["program"] for e in crashed}
 
-    wait_for(all_announced, 30, interval=0.5, message="system.process_crashed for every program")
+    try:
+        wait_for(all_announced, 30, interval=0.5, message="system.process_crashed for every program")
+    except AssertionError:
+        raise AssertionError(f"process_crashed seen for {sorted({e['data']['program'] for e in crashed})}; "
+                             f"ops log: {(gw.log_dir / 'ops.log').read_text()[-3000:]}") from None
     for event in crashed:
         assert event["event_class"] == "system" and event["source"] == "gateway"
         assert event["data"]["state"] == "EXITED" and event["data"]["expected"] is False
@@ -159,10 +165,47 @@ def test_dashboard_and_alert_metrics_exist_in_live_metrics(gw):
     exprs = _expressions()
     assert len(exprs) > 20
     wanted = {name for e in exprs for name in re.findall(r"\bwsgw_[a-z0-9_]+", e)}
+    gw.sim("POST", "/__sim/drop", json={"endpoint": "private"})     # a reconnect, as in real life
+    wait_for(lambda: any(n == "wsgw_ingest_reconnects_total" for n, _ in metric_samples(gw)), 20,
+             message="reconnect counted")
     live = {name for name, _ in metric_samples(gw)}
     assert sorted(wanted - live) == []
     # every role is represented on the dashboard
     assert {n.split("_")[1] for n in wanted} >= {"ingest", "publisher", "persister", "api", "process", "ops"}
+
+
+def readme_curls() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## REST API", 1)[1].split("\n## ", 1)[0]
+    return [line.split("  #")[0].strip() for block in re.findall(r"```sh\n(.*?)```", section, re.S)
+            for line in block.splitlines() if line.startswith("curl ")]
+
+
+def test_readme_curl_examples_work(gw):
+    curls = readme_curls()
+    assert len(curls) >= 10
+    env = {"PATH": os.environ["PATH"], "API_KEY": SECRETS["API_KEY"]}
+    sid = None
+    for line in curls:
+        if "<id>" in line:
+            assert sid, "a POST must come before the examples that use its id"
+            line = line.replace("<id>", sid)
+        cmd = line.replace("localhost:4400", gw.env["API_BIND"]).replace("curl -s ", "curl -sS --fail-with-body ", 1)
+        out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"{line}\n{out.stdout}{out.stderr}"
+        if "/metrics" not in line:
+            body = json.loads(out.stdout)
+            if sid is None and "-XPOST" in line:
+                sid = body["id"]
+
+
+def test_readme_consumer_example_runs(gw):
+    out = subprocess.run([sys.executable, str(ROOT / "examples/consume_own_queue.py"), "--url", gw.amqp_url,
+                          "--pattern", "order_status.#", "--max-messages", "3", "--idle-timeout", "20"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(events) == 3 and all(e["routing_key"].startswith("order_status.") for e in events)
 
 
 def test_supervisorctl_tail_shows_json_lines(gw):
