@@ -15,6 +15,7 @@ import pytest
 import bybitsim
 from tests.e2e.conftest import start_gateway, stop_gateway
 from tests.helpers import wait_for
+from tests.ops.conftest import not_json_lines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -100,6 +101,12 @@ def test_stop_all_under_load_loses_no_account_event(xprocess, gateway_stores):
             sim.rate(account_rate=0)
             states = gw.states()
             assert all(states[p] == "STOPPED" for p in GATEWAY_PROGRAMS), states
+            # each drained within its stopwaitsecs: a clean exit, never supervisord's SIGKILL
+            sup_log = (gw.log_dir / "supervisord.log").read_text()
+            for program in GATEWAY_PROGRAMS:
+                assert f"stopped: {program} (exit status 0)" in sup_log, sup_log[-2000:]
+            assert "SIGKILL" not in sup_log
+            assert not_json_lines(gw.log_dir) == []
 
             truth = sim.account()
             sent = [p for p in truth["pushes"] if p["creationTime"] < t0_ms]
