@@ -221,18 +221,21 @@ class ConsumerProcess:
         return self.proc.poll() is None
 
     def _lines(self, name: str) -> list[dict]:
+        """Every complete line of ``name``.jsonl, read incrementally (the files only grow)."""
         import orjson
 
+        cache = self.__dict__.setdefault("_cache", {})
+        offset, lines = cache.get(name, (0, []))
         path = self.out_dir / f"{name}.jsonl"
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_bytes().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                pass   # a line being written
-        return out
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1          # a line still being written waits for the next read
+            for line in chunk[:end].splitlines():
+                lines.append(orjson.loads(line))
+            cache[name] = (offset + end, lines)
+        return lines
 
     def windows(self, since: float = 0.0, until: float = float("inf")) -> list[dict]:
         return [w for w in self._lines("windows") if since <= w["t"] < until]

@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gw import ROOT, BenchGateway, market_requests, private_requests, stores, subscribe  # noqa: E402
 from _consumer import ConsumerProcess  # noqa: E402
-from _faults import Run, table  # noqa: E402
+from _faults import Run  # noqa: E402
+from _results import table  # noqa: E402
 
 TRADE_TOPICS, BOOK = 20, "orderbook.50.B0USDT"
 # How quickly a dead link is noticed is a setting: the run uses a short ping so it stays short.

@@ -23,7 +23,7 @@ BOOK = "orderbook.50.B0USDT"
 
 
 @pytest.fixture(scope="module")
-def faults_run(xprocess, gateway_stores):
+def faults_run(xprocess, gateway_stores):  # noqa: F811 (the e2e fixture, imported)
     """A Run over a module-wide gateway: 5 linear trade topics and one book at 50 frames/s each,
     the four private topics, the simulator's account trading at 10 events/s."""
     pg_url, amqp_url = gateway_stores
