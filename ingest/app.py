@@ -118,9 +118,10 @@ class Ingest:
                 log.warning("status_write_failed", error=str(exc))
 
     async def close(self) -> None:
-        await self.mgr.close()
+        # Pushes held by a running reconciliation go first, while the binders still read.
         if self.reconciler is not None:
             await self.reconciler.close()
+        await self.mgr.close()
         self.handoff.flush()
         self.control.close()
         self.handoff.close()

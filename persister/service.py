@@ -37,6 +37,11 @@ BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 5.0
 PING_IDLE_S = 5.0           # check an idle connection this often, so status tells the truth
 STATUS_EVERY_S = 1.0
 SHUTDOWN_WAIT_S = 8.0       # + one statement_timeout: under supervisord's stopwaitsecs=20
+# `supervisorctl stop all` signals ingest at the same moment: keep taking envelopes until it
+# has been quiet this long (its last flush included), at most STOP_INTAKE_MAX_S (monotonic
+# time, not the injected clock: this waits for another process).
+STOP_QUIET_S = 0.5
+STOP_INTAKE_MAX_S = 3.0
 
 
 class StopFlag:
@@ -289,6 +294,12 @@ class Persister:
         """
         deadline = self.clock() + SHUTDOWN_WAIT_S
         drained = self.drain(limit=1_000_000)
+        end = time.monotonic() + STOP_INTAKE_MAX_S
+        quiet_until = time.monotonic() + STOP_QUIET_S
+        while time.monotonic() < min(end, quiet_until):
+            if self.sock.poll(50):
+                drained += self.drain(limit=1_000_000)
+                quiet_until = time.monotonic() + STOP_QUIET_S
         self.pending.spill_all()
         self.next_attempt = 0.0   # one immediate attempt if the database was away
         while self.pending.count and self.clock() < deadline:

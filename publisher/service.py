@@ -35,6 +35,10 @@ log = get_logger("publisher")
 
 DRAIN_BATCH = 1000
 STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
+# `supervisorctl stop all` signals ingest at the same moment: keep taking envelopes until it
+# has been quiet this long (its last flush included), at most STOP_INTAKE_MAX_S.
+STOP_QUIET_S = 0.5
+STOP_INTAKE_MAX_S = 3.0
 DROP_NOTICE_EVERY_S = 5.0
 DEPTH_CHECK_S = 10.0
 LATENCY_SAMPLE = 8
@@ -108,6 +112,17 @@ class Service:
             # An await on a socket that already holds messages completes without yielding:
             # give pika (acks, writes, heartbeats) and housekeeping their turn every batch.
             await asyncio.sleep(0)
+
+    async def _drain_until_quiet(self, sock: zmq.asyncio.Socket) -> int:
+        """At stop: take envelopes until none came for STOP_QUIET_S (bounded), publishing meanwhile."""
+        n, end = self._drain_socket(sock), time.monotonic() + STOP_INTAKE_MAX_S
+        quiet_until = time.monotonic() + STOP_QUIET_S
+        while not self._force and time.monotonic() < min(end, quiet_until):
+            if await sock.poll(50):
+                n += self._drain_socket(sock)
+                quiet_until = time.monotonic() + STOP_QUIET_S
+            self.pump()
+        return n
 
     def _drain_socket(self, sock: zmq.asyncio.Socket) -> int:
         """Take what already sits in our receive queue before closing (it would be lost)."""
@@ -289,7 +304,7 @@ class Service:
             recv_task.cancel()
             await asyncio.gather(recv_task, return_exceptions=True)
             self.intake_open = False
-            drained = self._drain_socket(sock)
+            drained = await self._drain_until_quiet(sock)
             sock.close(0)
             ctx.term()
             self.pump()
