@@ -31,7 +31,7 @@ SECRETS = {
     "API_KEY": "opsRest" + uuid.uuid4().hex[:16],
 }
 ENV = {**SECRETS, "SIM_API_KEY": SECRETS["BYBIT_API_KEY"], "SIM_API_SECRET": SECRETS["BYBIT_API_SECRET"],
-       "SIM_ACCOUNT_RATE": "20"}
+       "SIM_ACCOUNT_RATE": "20", "SIM_RATE": "500"}
 KILLED = ("simulator", "publisher", "persister", "ingest", "api")
 
 
@@ -217,9 +217,21 @@ def test_supervisorctl_tail_shows_json_lines(gw):
 
 
 def test_every_log_line_is_json_and_no_secret_is_logged(gw):
+    # a busy stream first: connection events are logged, frames are not
+    resp = gw.api("POST", "/api/v1/subscriptions", json={"channel": "trades", "category": "linear",
+                                                        "symbol": "BTCUSDT", "requested_by": "ops"})
+    assert resp.status_code in (200, 201), resp.text
+
+    def frames():
+        return sum(v for (n, _), v in metric_samples(gw).items() if n == "wsgw_ingest_frames_total")
+
+    wait_for(lambda: frames() > 3000, 30, interval=0.5, message="frames flowing")
+    received = frames()
     files = log_lines(gw.log_dir)
     assert {f"{p}.log" for p in (*PROGRAMS, "ops")} <= set(files)
     assert not_json_lines(gw.log_dir) == []
+    role_lines = sum(len(v) for k, v in files.items() if k.startswith(("ingest", "publisher", "persister")))
+    assert role_lines < received / 10, (received, role_lines)
     for name, lines in files.items():
         text = "\n".join(lines)
         for setting, value in SECRETS.items():
