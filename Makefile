@@ -21,7 +21,7 @@ demo: bootstrap
 	@BYBIT_ENV=sim scripts/run.sh
 
 test: bootstrap
-	@$(PY) -m pytest tests -q
+	@$(PY) -m pytest tests -q --durations=15
 
 unit:
 	@$(PY) -m pytest tests/unit -q
