@@ -250,9 +250,13 @@ class ConsumerProcess:
         w = self._lines("windows")
         return w[-1] if w else {"gaps": 0, "dups": 0, "restarts": 0}
 
-    def close(self) -> None:
+    def close(self, remove: bool = False) -> None:
+        """Stop the consumer; ``remove`` deletes its output directory too."""
+        import shutil
         import subprocess
 
+        if remove:
+            self.__dict__.setdefault("_remove", True)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -260,6 +264,8 @@ class ConsumerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.__dict__.get("_remove"):
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:

@@ -104,8 +104,7 @@ class Run:
                 break
             time.sleep(0.25)   # polling the stores with a deadline
         res.account_missing = last
-        if last:
-            res.error = (res.error + f" missing e.g. {examples}")[:400]
+        res.missing_examples = dict(examples) if last else {}
         res.settle_s = round(time.monotonic() - t0, 2)
         self.sim_rate(account_rate=self.account_rate)
 

@@ -78,7 +78,7 @@ class BenchGateway(Gateway):
             if self.proc is not None and self.proc.poll() is None:
                 try:
                     self.ctl("stop", "all")
-                except subprocess.TimeoutExpired:
+                except Exception:   # supervisord's own SIGTERM below stops the programs too
                     pass
                 self.proc.send_signal(signal.SIGTERM)
                 try:
@@ -125,6 +125,11 @@ def status_file(gw: Gateway, process: str) -> dict:
     import orjson
 
     return orjson.loads((gw.run_dir / "status" / f"{process}.json").read_bytes())
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (make interrupted, a timeout) unwinds like Ctrl-C, so every ``finally`` stops the gateway."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def market_requests(n_trades: int, books: int = 0, spot: int = 0) -> list[dict]:

@@ -16,6 +16,7 @@ class Result:
     market_dropped: int = 0
     account_missing: dict = field(default_factory=dict)
     settle_s: float | None = None
+    missing_examples: dict = field(default_factory=dict)
     error: str = ""
 
     @property
@@ -44,7 +45,8 @@ def table(results: list[Result]) -> list[str]:
     for r in results:
         target = f" (≤ {r.target_s:g})" if r.target_s is not None else ""
         missing = ", ".join(f"{k} {v}" for k, v in r.account_missing.items()) or "none"
-        what = r.recovery_what + (f" — ERROR {r.error}" if r.error else "")
+        what = r.recovery_what + (f" — ERROR {r.error}" if r.error else "") + \
+            (f" — missing e.g. {r.missing_examples}" if r.missing_examples else "")
         lines.append(f"| {r.fault} | {r.detected_by} | {f(r.detect_s)} | {f(r.recovered_s)}{target} | {what} "
                      f"| {r.market_gaps} / {r.market_dropped} | {missing} | {f(r.settle_s)} | "
                      f"{'PASS' if r.ok else 'FAIL'} |")

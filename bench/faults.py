@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gw import ROOT, BenchGateway, market_requests, private_requests, stores, subscribe  # noqa: E402
+from _gw import ROOT, BenchGateway, exit_on_sigterm, market_requests, private_requests, stores, subscribe  # noqa: E402
 from _consumer import ConsumerProcess  # noqa: E402
 from _faults import Run  # noqa: E402
 from _results import table  # noqa: E402
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None,
                     help="table file (default docs/bench/faults.md for a full run, none with --only/--repeat)")
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     keep = Path(f"/tmp/wsgw-faults-{stamp}")
     own_cluster = os.geteuid() == 0
@@ -81,11 +82,14 @@ def main(argv=None) -> int:
                 results.append(res)
                 print(f"{name}: {'PASS' if res.ok else 'FAIL'} detect {res.detect_s} s, recovered "
                       f"{res.recovered_s} s, gaps {res.market_gaps}, dropped {res.market_dropped}, "
-                      f"account missing {res.account_missing or 'none'} {res.error}", flush=True)
+                      f"account missing {res.account_missing or 'none'} {res.missing_examples or ''} {res.error}",
+                      flush=True)
         finally:
-            if consumer is not None:
-                consumer.close()
-            gw.stop(keep_dir=keep)
+            try:
+                if consumer is not None:
+                    consumer.close(remove=True)
+            finally:
+                gw.stop(keep_dir=keep)
     lines = [f"# Fault run {stamp}", "",
              f"{args.rate:,.0f} public frames/s over {TRADE_TOPICS} trade topics + {BOOK}, simulator account "
              f"at {args.account_rate:g} events/s, outages {args.outage:g} s, ping "

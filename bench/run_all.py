@@ -33,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
-from _gw import (ROOT, BenchGateway, market_requests, private_requests, rss_by_program, status_file,  # noqa: E402
-                 stores, subscribe)
+from _gw import (ROOT, BenchGateway, exit_on_sigterm, market_requests, private_requests, rss_by_program,  # noqa: E402
+                 status_file, stores, subscribe)
 from tests.helpers import wait_for  # noqa: E402
 
 PY = sys.executable
@@ -170,19 +170,31 @@ def gateway_phase(args) -> dict:
                             "error": flood.error}
             out["rss_flood"] = sampler.stop()
         finally:
-            if consumer is not None:
-                consumer.close()
-            gw.stop()
+            try:
+                if consumer is not None:
+                    consumer.close(remove=True)
+            finally:
+                gw.stop()
     return out
 
 
 def run_script(argv: list[str], timeout: float) -> str:
+    """Run another author's bench script; its output (what it printed so far, if it overran)."""
+    import signal
+
     print(f"$ {' '.join(argv)}", flush=True)
-    proc = subprocess.run([PY, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    print(proc.stdout[-4000:], flush=True)
+    proc = subprocess.Popen([PY, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)      # the script and the processes it started
+        out, err = proc.communicate()
+        err += f"\n{argv[0]} overran {timeout:.0f} s and was stopped"
+    print(out[-4000:], flush=True)
     if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-    return proc.stdout
+        print(err[-3000:], file=sys.stderr)
+    return out
 
 
 def num(pattern: str, text: str) -> float | None:
@@ -212,6 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the bench itself)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "latest.md"))
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     if args.quick:
         args.duration, args.flood = 5, 4
     started = time.monotonic()

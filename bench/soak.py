@@ -34,7 +34,8 @@ import orjson  # noqa: E402
 
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
-from _gw import ROOT, BenchGateway, private_requests, rss_by_program, status_file, stores, subscribe  # noqa: E402
+from _gw import (ROOT, BenchGateway, exit_on_sigterm, private_requests, rss_by_program, status_file, stores,  # noqa: E402
+                 subscribe)
 from tests.helpers import wait_for  # noqa: E402
 
 P99_TARGET_MS = 10.0
@@ -109,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=10)
     ap.add_argument("--out-root", default=str(ROOT / "docs" / "bench"))
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     fault_every = args.fault_every or max(30.0, args.duration / 12)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out_root) / f"soak-{stamp}"
@@ -186,11 +188,13 @@ def main(argv=None) -> int:
                 drain_s = None
             final = run.measure("final_account_check", lambda res: None)
         finally:
-            if depths is not None:
-                depths.close()
-            if consumer is not None:
-                consumer.close()
-            gw.stop(keep_dir=Path(f"/tmp/wsgw-soak-{stamp}"))   # logs stay out of docs/
+            try:
+                if depths is not None:
+                    depths.close()
+                if consumer is not None:
+                    consumer.close(remove=True)
+            finally:
+                gw.stop(keep_dir=Path(f"/tmp/wsgw-soak-{stamp}"))   # logs stay out of docs/
     with (out / "samples.jsonl").open("wb") as f:
         for s in samples:
             f.write(orjson.dumps({k: v for k, v in s.items() if k != "hist"}) + b"\n")
@@ -245,11 +249,11 @@ def report(args, out: Path, samples, fault_log, results, final, fault_every, dra
     lines += ["", f"Market data: {gaps} `stream_seq` gaps seen by the consumer, "
               f"{samples[-1]['drops'] if samples else 0} dropped (publisher + ingest counters, since the last "
               "publisher restart).", "", "## Faults", "",
-              "| fault | recovered s (target) | recovery | account still in flight after 30 s | market gaps |",
-              "|---|---:|---|---|---:|"]
+              "| fault | recovered s (target) | recovery | account still in flight after 30 s | market gaps | error |",
+              "|---|---:|---|---|---:|---|"]
     for r in results:
         lines.append(f"| {r.fault} | {r.recovered_s} ({r.target_s}) | {'PASS' if r.recovery_ok else 'FAIL'} | "
-                     f"{r.account_missing or 'none'} | {r.market_gaps} |")
+                     f"{r.account_missing or 'none'} | {r.market_gaps} | {r.error or ''} |")
     lines += ["", "![rss](rss.png)", "", "![latency](latency.png)", "", "![queues](queues.png)", ""]
     text = "\n".join(lines)
     (out / "soak.md").write_text(text)
