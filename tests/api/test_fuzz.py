@@ -7,7 +7,7 @@ import os
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, reject, settings
 from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 
@@ -33,10 +33,16 @@ def _row_count(db) -> int:
 
 
 @schema.parametrize()
-@settings(max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized so CI runs the same cases every time; API_FUZZ_RANDOM=1 explores new ones.
+@settings(max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=list(HealthCheck), derandomize=not os.environ.get("API_FUZZ_RANDOM"), database=None)
 @pytest.mark.timeout(60)
 def test_fuzz(case, fuzz_app, clean_db):
     case.operation.schema.app = fuzz_app      # calls go through the WSGI test client
+    if case.query and any(v == [] for v in case.query.values()):
+        # an empty array serializes to no parameter at all: on the wire that is a valid request,
+        # so schemathesis's "negative" case can't be told apart from leaving the filter out
+        reject()
     before = _row_count(clean_db)
     # positive_data_acceptance is left out on purpose: the document cannot say that
     # orderbook needs a depth or that kline is not offered on option; build_topic does.
