@@ -68,24 +68,39 @@ def subscribed(gateway):
 
 
 def test_every_channel_reaches_its_queue(gateway, subscribed):
+    wanted: dict[str, set[str]] = {}
+    for req in REQUESTS:
+        queue, prefix = expected_key(req)
+        wanted.setdefault(queue, set()).add(prefix)
+    seen: dict[str, set[str]] = {q: set() for q in wanted}
+    bad: list[str] = []
     conn = gateway.amqp()
     try:
         ch = conn.channel()
-        wanted: dict[str, set[str]] = {}
-        for req in REQUESTS:
-            queue, prefix = expected_key(req)
-            wanted.setdefault(queue, set()).add(prefix)
-        for queue, prefixes in wanted.items():
-            seen: set[str] = set()
+        ch.basic_qos(prefetch_count=500)
 
-            def drain():
-                for method, props, body in get_messages(ch, queue, 500, timeout=2):
-                    event = json.loads(body)
-                    assert props.message_id == event["event_id"]
-                    seen.add(method.routing_key)
-                return all(any(k.startswith(p) for k in seen) for p in prefixes)
+        def on_message(queue):
+            def callback(channel, method, props, body):
+                if props.message_id != json.loads(body)["event_id"]:
+                    bad.append(method.routing_key)
+                seen[queue].add(method.routing_key)
+                channel.basic_ack(method.delivery_tag)
+            return callback
 
-            wait_for(drain, 30, interval=0.1, message=f"{queue}: {sorted(prefixes)} (seen {sorted(seen)[:8]})")
+        for queue in wanted:
+            ch.basic_consume(queue, on_message(queue))
+
+        def all_seen():
+            conn.process_data_events(time_limit=0.2)
+            return all(any(k.startswith(p) for k in seen[q]) for q, ps in wanted.items() for p in ps)
+
+        missing = lambda: {q: sorted(p for p in ps if not any(k.startswith(p) for k in seen[q]))  # noqa: E731
+                           for q, ps in wanted.items()}
+        try:
+            wait_for(all_seen, 30, interval=0, message="every channel in its queue")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; missing: {missing()}") from None
+        assert not bad, f"message_id != event_id for {bad[:5]}"
     finally:
         conn.close()
 
