@@ -62,6 +62,32 @@ _I32 = struct.Struct(">i").pack
 _FLAGS = struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0040)
 _CONTENT_TYPE = b"\x10application/json"
 _MODES = {1: b"\x01", 2: b"\x02"}
+_MAX_ITEMS = 10_000
+_H = struct.Struct(">H").pack
+# AMQP 0-9-1 frames: type, channel, payload size, payload, frame-end (0xCE).
+_FRAME_END = b"\xce"
+_BASIC_PUBLISH = struct.pack(">IH", 0x003C0028, 0)     # class 60 method 40, ticket 0
+_HEADER_CLASS = struct.pack(">HH", 60, 0)              # class Basic, weight 0
+
+
+def publish_frames(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The Basic.Publish method frame, exactly as pika marshals it (the same for every
+    message to one routing key on one channel)."""
+    payload = _BASIC_PUBLISH + _short(exchange) + _short(routing_key) + (b"\x01" if mandatory else b"\x00")
+    return b"\x01" + _H(channel) + _U32(len(payload)) + payload + _FRAME_END
+
+
+def content_frames(channel: int, props: bytes, body: bytes, body_max: int) -> tuple[bytes, int]:
+    """(header frame + body frames, frame count) as pika's ``_send_message`` writes them."""
+    ch = _H(channel)
+    size = len(body)
+    parts = [b"\x02", ch, _U32(12 + len(props)), _HEADER_CLASS, _U64(size), props, _FRAME_END]
+    n = 1
+    for start in range(0, size, body_max):
+        chunk = body[start:start + body_max]
+        parts += (b"\x03", ch, _U32(len(chunk)), chunk, _FRAME_END)
+        n += 1
+    return b"".join(parts), n
 
 
 def _short(s: str) -> bytes:
@@ -86,6 +112,7 @@ class EventProperties(pika.BasicProperties):
     type = user_id = app_id = cluster_id = None
     content_type = "application/json"
     _keys: dict[str, bytes] = {}
+    _items: dict[tuple[str, str], bytes] = {}
 
     def __init__(self, message_id: str, timestamp: int, headers: dict, delivery_mode: int):
         # Not calling pika's __init__: it only assigns the 14 attributes, the class has the rest.
@@ -93,25 +120,36 @@ class EventProperties(pika.BasicProperties):
             message_id, timestamp, headers, delivery_mode
 
     def encode(self) -> list[bytes]:
+        return [self.encode_bytes()]
+
+    def encode_bytes(self) -> bytes:
         table = []
-        keys = self._keys
+        keys, items = self._keys, self._items
         for key, value in self.headers.items():
+            if value.__class__ is str:
+                # (key, str value) pairs repeat per stream (class, category, symbol, trace id):
+                # encoded once, then looked up.
+                kv = items.get((key, value))
+                if kv is None:
+                    if len(items) >= _MAX_ITEMS:
+                        items.clear()
+                    b = value.encode()
+                    kv = items[(key, value)] = _short(key) + b"S" + _U32(len(b)) + b
+                table.append(kv)
+                continue
             k = keys.get(key)
             if k is None:
                 k = keys[key] = _short(key)
             table.append(k)
-            if value.__class__ is str:
-                b = value.encode()
-                table.append(b"S" + _U32(len(b)) + b)
-            elif value.__class__ is int:
+            if value.__class__ is int:
                 # pika: 32-bit signed 'I' when it fits, else 64-bit 'l'
                 table.append(b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value))
             else:
                 raise TypeError(f"header {key!r}: unsupported value {value!r}")
         body = b"".join(table)
         mid = self.message_id.encode()
-        return [_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, _MODES[self.delivery_mode],
-                bytes((len(mid),)) + mid, _U64(self.timestamp)]
+        return b"".join((_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, _MODES[self.delivery_mode],
+                         bytes((len(mid),)) + mid, _U64(self.timestamp)))
 
 
 def backoff_delay(attempt: int, cap: float, rng=random.random) -> float:
@@ -143,6 +181,7 @@ class Broker:
         self._conn: CorkedConnection | None = None
         self._ch = None
         self._tag = 0
+        self._method_frames: dict[str, bytes] = {}   # routing key -> Basic.Publish frame (this channel)
         self.inflight: OrderedDict[int, tuple[Event, float]] = OrderedDict()
         self._attempt = 0
         self._retry: asyncio.TimerHandle | None = None
@@ -204,6 +243,7 @@ class Broker:
 
     def _on_channel_open(self, ch) -> None:
         self._ch = ch
+        self._method_frames = {}
         self._tag = 0
         ch.add_on_close_callback(self._on_channel_closed)
         ch.add_on_return_callback(self._on_returned)
@@ -258,8 +298,28 @@ class Broker:
             self._conn.uncork()
 
     def publish(self, ev: Event) -> None:
-        props = EventProperties(ev.event_id, ev.timestamp, ev.headers, 2 if ev.persistent else 1)
-        self._ch.basic_publish(classify.EXCHANGE, ev.routing_key, ev.body, props, mandatory=True)
+        """basic_publish(exchange, routing key, body, properties, mandatory=True), marshalled here.
+
+        pika builds three frame objects, a Basic.Publish object and a list of pieces per
+        message; this writes the same bytes (tests/publisher/test_amqp_encoding.py
+        compares them with pika's) with the method frame cached per routing key, and
+        hands them to the connection as one write, keeping pika's byte and frame counts.
+        """
+        ch, conn = self._ch, self._conn
+        if not ch.is_open:
+            ch._raise_if_not_open()   # pika's error for the channel's state
+        methods = self._method_frames
+        method = methods.get(ev.routing_key)
+        if method is None:
+            if len(methods) >= _MAX_ITEMS:
+                methods.clear()
+            method = methods[ev.routing_key] = publish_frames(ch.channel_number, classify.EXCHANGE,
+                                                              ev.routing_key, True)
+        props = EventProperties(ev.event_id, ev.timestamp, ev.headers, 2 if ev.persistent else 1).encode_bytes()
+        content, n = content_frames(ch.channel_number, props, ev.body, conn._body_max_length)
+        conn.bytes_sent += len(method) + len(content)
+        conn.frames_sent += 1 + n
+        conn._adapter_emit_data(method + content)
         self._tag += 1
         self.inflight[self._tag] = (ev, time.perf_counter())
 
