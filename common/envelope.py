@@ -21,6 +21,16 @@ REST = "rest"              # account state fetched over REST by reconciliation
 KINDS = (FRAME, SYSTEM, SUB_STATUS, ACTIVITY, REST)
 
 
+def dumps(obj, **kw) -> bytes:
+    """``orjson.dumps`` with an exact-size result.
+
+    The bytes orjson returns keep its ~4 KiB write buffer as their allocation: a buffer
+    of 40,000 small headers measured 157 MB instead of 7 MB. Anything we keep (frames
+    waiting for a slow downstream, events waiting for the broker) is made with this.
+    """
+    return bytes(memoryview(orjson.dumps(obj, **kw)))
+
+
 class EnvelopeError(ValueError):
     pass
 
@@ -43,7 +53,7 @@ class Envelope:
                   "s": self.stream_seq, "p": self.epoch, "c": self.conn_id, "tr": self.trace_id}
         if self.extra:
             header["x"] = self.extra
-        return [VERSION, orjson.dumps(header), self.payload]
+        return [VERSION, dumps(header), self.payload]
 
     @classmethod
     def decode(cls, parts: list[bytes]) -> "Envelope":
@@ -68,4 +78,4 @@ class Envelope:
 
 
 def json_envelope(kind: str, body: dict, **kw) -> Envelope:
-    return Envelope(kind=kind, payload=orjson.dumps(body, default=str), **kw)
+    return Envelope(kind=kind, payload=dumps(body, default=str), **kw)

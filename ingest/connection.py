@@ -145,7 +145,7 @@ class Connection:
         if self.endpoint == PRIVATE and self.settings.max_active_time:
             url += f"?max_active_time={self.settings.max_active_time}"
         ws = await asyncio.wait_for(connect(url, ping_interval=None, max_size=2 ** 24, open_timeout=10,
-                                            close_timeout=2, max_queue=4096), 15)
+                                            close_timeout=2, max_queue=1024), 15)
         session = Session(ws, self.id)
         try:
             if self.endpoint == PRIVATE:

@@ -22,7 +22,7 @@ from ingest import metrics
 log = get_logger(__name__)
 # ZeroMQ's own queue per downstream (messages). Small on purpose: in a flood the excess
 # waits in our buffer, where it is bounded in bytes and dropped by class, not in ZeroMQ's.
-HWM = 10_000
+HWM = 2_000
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 
 
@@ -65,7 +65,7 @@ class Downstream:
 
     def _try(self, parts) -> bool:
         try:
-            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(parts, zmq.NOBLOCK)   # copy: frames are small; zero-copy costs more below ~64 KB
         except zmq.Again:
             return False
         self.sent += 1
@@ -122,7 +122,8 @@ class Handoff:
             metrics.BUFFERED.labels(d.name).set(d.buffered)
 
     def stats(self) -> dict:
-        return {d.name: {"sent": d.sent, "buffered": d.buffered, "dropped": dict(d.dropped)}
+        return {d.name: {"sent": d.sent, "buffered": d.buffered, "buffered_mb": round(d.market_bytes / 2 ** 20, 1),
+                         "dropped": dict(d.dropped)}
                 for d in (self.publisher, self.persister)}
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from common import classify
-from common.envelope import Envelope
+from common.envelope import Envelope, dumps
 from common.topics import PUBLIC_CATEGORIES
 
 SOURCE_BYBIT, SOURCE_GATEWAY, SOURCE_REST = "bybit", "gateway", "bybit-rest"
@@ -108,7 +108,7 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
         headers["changed_keys"] = ",".join(changed_keys)
     persistent = event_class in classify.ACCOUNT_CLASSES or event_class == "system"
     return Event(event_id=event_id, event_class=event_class, routing_key=routing_key,
-                 body=orjson.dumps(body), headers=headers, persistent=persistent,
+                 body=dumps(body), headers=headers, persistent=persistent,
                  timestamp=int(recv_ns) // 1_000_000_000, stream=stream, stream_seq=stream_seq)
 
 

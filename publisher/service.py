@@ -280,7 +280,7 @@ class Service:
         self._restore_gaps()
         ctx = zmq.asyncio.Context()
         sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 10_000)   # bounded memory: a flood waits (and is dropped by class) in ingest
+        sock.setsockopt(zmq.RCVHWM, 2_000)   # bounded memory: a flood waits (and is dropped by class) in ingest
         sock.setsockopt(zmq.LINGER, 0)
         address = addresses.publisher_frames(self.s.run_dir)
         try:

@@ -27,3 +27,16 @@ def test_json_envelope():
 def test_bad_envelopes_raise(parts):
     with pytest.raises(EnvelopeError):
         Envelope.decode(parts)
+
+
+def test_kept_envelopes_cost_their_size_not_orjsons_buffer():
+    """40,000 kept headers cost ~157 MB straight from orjson.dumps (its write buffer stays
+    allocated), ~7 MB through common.envelope.dumps."""
+    import resource
+
+    from common.envelope import dumps
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kept = [dumps({"k": "frame", "t": "publicTrade.BTCUSDT", "s": i, "p": "epoch123"}) for i in range(40_000)]
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(kept) == 40_000 and grown_mb < 60
