@@ -19,6 +19,10 @@ setup_logging("api", _settings.log_level)
 
 chdir = str(Path(__file__).resolve().parent.parent)
 bind = [_settings.api_bind]
+# After a kill -9 of the master its workers live on until they notice (ppid check) and keep the
+# port: with SO_REUSEPORT the master supervisord starts next binds at once instead of failing
+# with "Connection in use" until they are gone (measured: 15-32 s back, fault suite).
+reuse_port = True
 worker_class = "gthread"
 workers = 2
 threads = 4
@@ -55,3 +59,18 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server, worker):
+    """Workers die with their master. After a kill -9 of the master, orphaned workers would
+    otherwise keep serving (and holding keep-alive connections) until they notice their new
+    parent; the kernel tells them at once instead (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):   # not Linux: the ppid check in gunicorn still applies
+        pass
