@@ -101,6 +101,7 @@ class Ingest:
         last_activity = time.monotonic()
         while True:
             for _ in range(20):
+                self.mgr.flush_metrics()
                 self.handoff.flush()
                 await asyncio.sleep(0.05)
             now = time.monotonic()
@@ -122,6 +123,7 @@ class Ingest:
         if self.reconciler is not None:
             await self.reconciler.close()
         await self.mgr.close()
+        self.mgr.flush_metrics()
         self.handoff.flush()
         self.control.close()
         self.handoff.close()
