@@ -165,6 +165,11 @@ def test_dashboard_and_alert_metrics_exist_in_live_metrics(gw):
     exprs = _expressions()
     assert len(exprs) > 20
     wanted = {name for e in exprs for name in re.findall(r"\bwsgw_[a-z0-9_]+", e)}
+    # a private connection to drop (earlier tests may have made one; this test must not depend on them)
+    resp = gw.api("POST", "/api/v1/subscriptions", json={"channel": "wallet", "requested_by": "ops-metrics"})
+    assert resp.status_code in (200, 201), resp.text
+    sid = resp.json()["id"]
+    wait_for(lambda: gw.subscription(sid)["status"] == "active", 20, message="wallet subscription active")
     gw.sim("POST", "/__sim/drop", json={"endpoint": "private"})     # a reconnect, as in real life
     wait_for(lambda: any(n == "wsgw_ingest_reconnects_total" for n, _ in metric_samples(gw)), 20,
              message="reconnect counted")
