@@ -1,8 +1,8 @@
 """The publisher's bounded buffer: events waiting for the broker, in arrival order.
 
 ingest never waits for us, so while RabbitMQ is slow or away events collect
-here. Two FIFO deques (market, account) merged by arrival sequence keep the
-original order on the way out. Past ``bound`` events in memory:
+here. Two FIFO deques: account and system events leave first, market events after
+them; each keeps its arrival order. Past ``bound`` events (or bytes) in memory:
 
 - market events are dropped oldest first, counted per class (and per stream,
   so the outage notice can say which ranges consumers will never see);
@@ -195,14 +195,16 @@ class Outbox:
                 self._account.append(ev)
 
     def pop(self) -> Event | None:
-        """The oldest waiting event, or None."""
+        """The oldest waiting account/system event, else the oldest market event, or None."""
         if not self._account:
             self._refill()
-        m, a = self._market, self._account
-        if m and (not a or m[0].seq < a[0].seq):
-            ev = m.popleft()
-        elif a:
-            ev = a.popleft()
+        # Account and system events go first: they are other streams than market data (each
+        # stream keeps its order), and a market backlog must not delay an order update or
+        # a "connection lost" by seconds (seen: 11-40 s behind a backlog before this).
+        if self._account:
+            ev = self._account.popleft()
+        elif self._market:
+            ev = self._market.popleft()
         else:
             return None
         self.bytes -= _size(ev)
