@@ -25,30 +25,16 @@ import sys
 import tempfile
 import multiprocessing
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import orjson
-import psycopg2
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common.addresses import ingest_control  # noqa: E402
-
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://wsgw:wsgw@127.0.0.1:5432/postgres")
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
+from tests.conftest import throwaway_database  # noqa: E402
 
 def _fake_ingest(address: str, stop) -> None:
     ctx = zmq.Context()
@@ -167,18 +153,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0.0, help="requests/s for the whole pool; 0 = closed loop")
     args = ap.parse_args()
 
-    name = f"wsgw_bench_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with throwaway_database() as url:     # every migration applied; dropped at the end
+        return _run(args, url)
+
+
+def _run(args, url: str) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="wsgwb-", dir="/tmp"))
     stop = multiprocessing.Event()
     proc = ingest = None
     try:
-        from yoyo import get_backend, read_migrations
-
-        backend = get_backend(url)
-        with backend.lock():
-            backend.apply_migrations(backend.to_apply(read_migrations(str(ROOT / "sql"))))
         # Its own process, so its replies do not wait on the load generator's GIL.
         ingest = multiprocessing.Process(target=_fake_ingest, args=(ingest_control(run_dir), stop), daemon=True)
         ingest.start()
@@ -242,7 +225,6 @@ def main() -> int:
         stop.set()
         if ingest is not None:
             ingest.join(timeout=5)
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
