@@ -6,18 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-from common.config import ConfigError, load_settings
+from common.config import settings_or_exit
 from common.logs import get_logger, setup_logging
 
 CONF = Path(__file__).resolve().parent / "gunicorn_conf.py"
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"api: bad setting: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("api")
     setup_logging("api", settings.log_level)
     log = get_logger("api.server")
     # Multiprocess metrics need the directory before any worker imports prometheus_client.

@@ -183,6 +183,21 @@ def _max_active_time(env: _Env) -> str:
     return value
 
 
+def settings_or_exit(process: str) -> Settings:
+    """load_settings() for a process's main(): a bad setting ends the process with exit code 2
+    and one JSON line (the shape of every log line) naming the setting."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        import sys
+
+        import orjson
+
+        print(orjson.dumps({"level": "critical", "process": process, "event": "bad_setting", "error": str(exc)}).decode(),
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from ``env`` (default: os.environ after loading .env)."""
     if env is None:

@@ -11,7 +11,7 @@ import time
 import orjson
 
 from common import addresses
-from common.config import ConfigError, load_settings
+from common.config import settings_or_exit
 from common.logs import get_logger, setup_logging
 from ingest import store
 from ingest.control import ControlServer
@@ -25,12 +25,7 @@ ACTIVITY_EVERY_S = 5.0
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(orjson.dumps({"level": "critical", "process": "ingest", "event": "bad_setting", "error": str(exc)}).decode(),
-              flush=True)
-        sys.exit(2)
+    settings = settings_or_exit("ingest")
     setup_logging("ingest", settings.log_level)
     log.info("starting", settings=settings.describe())
     try:

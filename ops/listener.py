@@ -15,7 +15,7 @@ from collections import deque
 
 from supervisor import childutils
 
-from common.config import ConfigError, load_settings
+from common.config import settings_or_exit
 from common.logs import RateLimited, get_logger, setup_logging
 from ops import events as ev_mod
 from ops import metrics
@@ -123,11 +123,7 @@ class Listener:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"ops: bad setting: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("ops")
     setup_logging("ops", settings.log_level, stream=sys.stderr)
     sink = Sink(settings.run_dir)
     listener = Listener(sink)

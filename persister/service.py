@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 import orjson
 import zmq
 
 from common import addresses
-from common.config import ConfigError, load_settings
+from common.config import settings_or_exit
 from common.envelope import Envelope, EnvelopeError
 from common.logs import RateLimited, get_logger, setup_logging
 from persister import metrics
@@ -317,11 +316,7 @@ class Persister:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"persister: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("persister")
     setup_logging("persister", settings.log_level)
     log.info("starting", settings=settings.describe())
     settings.status_dir.mkdir(parents=True, exist_ok=True)

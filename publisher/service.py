@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from common import addresses, classify
 from common.classify import UnknownTopic
-from common.config import ConfigError, Settings, load_settings
+from common.config import Settings, settings_or_exit
 from common.envelope import Envelope, EnvelopeError
 from common.logs import RateLimited, get_logger, setup_logging
 from publisher import events as evmod, metrics
@@ -356,12 +356,7 @@ class Service:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        setup_logging("publisher")
-        log.error("bad configuration", error=str(exc))
-        return 2
+    settings = settings_or_exit("publisher")
     setup_logging("publisher", settings.log_level)
     # pika logs each failed connect three times at ERROR; our own "broker connect failed" line suffices.
     for name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection"):
