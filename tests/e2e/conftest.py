@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 import tempfile
 import uuid
@@ -56,9 +55,7 @@ def gateway(xprocess, gateway_stores):
     # a unique name: concurrent pytest runs share .pytest_cache, and xprocess reuses a live process by name
     gw, run_dir = start_gateway(xprocess, f"gateway-{uuid.uuid4().hex[:8]}", pg_url, amqp_url)
     try:
-        gw.wait_running()
-        from tests.helpers import wait_for
-        wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+        gw.wait_ready()
         yield gw
     finally:
         stop_gateway(xprocess, gw, run_dir)

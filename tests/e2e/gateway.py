@@ -72,6 +72,11 @@ class Gateway:
         wait_for(lambda: all(self.states().get(p) == "RUNNING" for p in programs), timeout,
                  interval=0.2, message=f"{programs} RUNNING (now {self.states()})")
 
+    def wait_ready(self, programs=PROGRAMS) -> None:
+        """Every program RUNNING and the API answering /health."""
+        self.wait_running(programs)
+        wait_for(lambda: self.api("GET", "/health").status_code == 200, 30, message="API /health")
+
     # -- REST ------------------------------------------------------------------------------
     def api(self, method: str, path: str, **kw) -> httpx.Response:
         return self.http.request(method, self.api_url + path, **kw)

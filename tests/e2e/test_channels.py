@@ -9,8 +9,7 @@ import signal
 import pytest
 
 from common.classify import queue_name
-from common.topics import build_topic
-from tests.e2e.gateway import E2E_KEY, E2E_SECRET, get_messages
+from tests.e2e.gateway import E2E_KEY, E2E_SECRET
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)

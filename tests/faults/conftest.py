@@ -32,8 +32,7 @@ def faults_run(xprocess, gateway_stores):  # noqa: F811 (the e2e fixture, import
     out = Path(tempfile.mkdtemp(prefix="wsgw-tf-", dir="/tmp"))
     consumer = None
     try:
-        gw.wait_running()
-        wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+        gw.wait_ready()
         subscribe(gw, market_requests(5, books=1) + private_requests())
         consumer = ConsumerProcess(amqp_url, out)
         run = Run(gw, consumer, account_rate=10)

@@ -81,8 +81,7 @@ def test_stop_all_under_load_loses_no_account_event(xprocess, gateway_stores):
             BYBIT_WS_PRIVATE_URL=sim.ws_private_url, BYBIT_REST_URL=sim.rest_url,
             BYBIT_API_KEY=KEY, BYBIT_API_SECRET=SECRET, GW_RECONCILE_INTERVAL_S="3600")
         try:
-            gw.wait_running(GATEWAY_PROGRAMS)
-            wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+            gw.wait_ready(GATEWAY_PROGRAMS)
             subs = [{"channel": c} for c in QUEUES] + [
                 {"channel": "trades", "category": "linear", "symbol": "BTCUSDT"},
                 {"channel": "orderbook", "category": "linear", "symbol": "BTCUSDT", "depth": 50},

@@ -41,8 +41,7 @@ def gw(xprocess, gateway_stores):
     gw, run_dir = start_gateway(xprocess, f"ops-{uuid.uuid4().hex[:8]}", pg_url, amqp_url, **ENV)
     gw.http.headers["X-API-Key"] = SECRETS["API_KEY"]
     try:
-        gw.wait_running([*PROGRAMS, "ops"])
-        wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+        gw.wait_ready([*PROGRAMS, "ops"])
         yield gw
     finally:
         stop_gateway(xprocess, gw, run_dir)

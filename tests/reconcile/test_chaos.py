@@ -78,8 +78,7 @@ def chaos_gateway(xprocess):
                                     SIM_API_SECRET=SECRET, SIM_ACCOUNT_RATE="8", SIM_RATE="5",
                                     GW_RECONCILE_INTERVAL_S="5")
         try:
-            gw.wait_running()
-            wait_for(lambda: gw.api("GET", "/health").status_code == 200, 30, message="API /health")
+            gw.wait_ready()
             yield gw
         finally:
             stop_gateway(xprocess, gw, run_dir)

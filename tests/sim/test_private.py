@@ -8,7 +8,7 @@ import pytest
 
 import bybitsim
 from tests.helpers import wait_for
-from tests.sim.conftest import KEY, SECRET, frame
+from tests.sim.conftest import frame
 
 RANK = {"New": 0, "PartiallyFilled": 1, "Filled": 2, "Cancelled": 2}
 

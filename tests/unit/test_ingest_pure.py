@@ -1,5 +1,4 @@
 """ingest's pure parts: frame classification, acks, book integrity, limits and backoff."""
-import json
 from pathlib import Path
 
 import pytest
