@@ -64,11 +64,12 @@ def run(sink: Sink, rows: list, batch: int) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-def reference(sink: Sink, n: int, batch: int) -> tuple[float, float]:
+def reference(url: str, n: int, batch: int) -> tuple[float, float]:
     """research/ecosystem.md section 8's table (4 small columns), same COPY + guarded upsert:
-    how busy the machine is right now, against the 121-177k rows/s measured there."""
+    how busy the machine is right now, against the 121-177k rows/s measured there. On its own
+    connection: the sink's temporary tables would otherwise be emptied at every commit too."""
     import io
-    conn = sink.conn
+    conn = psycopg2.connect(url)
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS ref_balances (account text, coin text, balance numeric(38,18), "
                     "updated_at timestamptz, PRIMARY KEY (account, coin))")
@@ -87,6 +88,7 @@ def reference(sink: Sink, n: int, batch: int) -> tuple[float, float]:
                             "WHERE ref_balances.updated_at <= EXCLUDED.updated_at")
             conn.commit()
         out.append(n / (time.perf_counter() - started))
+    conn.close()
     return out[0], out[1]
 
 
@@ -124,7 +126,7 @@ def main() -> int:
                     upd = max(upd, run(sink, newer, batch))
                 print(f"{table:<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}", flush=True)
         for batch in (100, 1000):
-            ins, upd = map(max, zip(*(reference(sink, args.rows, batch) for _ in range(args.repeat))))
+            ins, upd = map(max, zip(*(reference(url, args.rows, batch) for _ in range(args.repeat))))
             print(f"{'reference':<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}   (research section 8 table)", flush=True)
         sink.close()
     finally:

@@ -1,6 +1,6 @@
 """PostgreSQL writer: one transaction per batch.
 
-Rows go through COPY into a temporary staging table per table, then one
+Rows go through COPY into a temporary staging table per table, then one prepared
 ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE <guard>`` per table
 (research/ecosystem.md section 8: about twice execute_values). The guard is the
 rank rule of ``persister.rows`` in SQL, so a replayed or late event changes
@@ -57,6 +57,16 @@ UPDATE subscriptions s SET last_event_at = to_timestamp(v.ms / 1000.0)
  WHERE s.endpoint = v.endpoint AND s.topic = v.topic AND s.status <> 'removed'
    AND (s.last_event_at IS NULL OR s.last_event_at < to_timestamp(v.ms / 1000.0))"""
 _DEAD_SQL = "INSERT INTO dead_letters (event_id, table_name, error, payload) VALUES %s"
+# SQLSTATE class 54 ("row is too big", "index row size exceeds maximum"): the row's fault, not
+# the connection's, although psycopg2 files it under OperationalError.
+_ROW_TOO_BIG = psycopg2.errors.ProgramLimitExceeded
+
+
+# A staged row must fit one page (the stage tables have no TOAST table, see Sink.connect).
+# A raw object longer than this skips the stage: it is upserted on its own, in the same
+# transaction. Every other text column holds a piece of raw, so the row stays under 8160 bytes
+# for ASCII; a row that still does not fit fails the COPY and the batch is written row by row.
+STAGE_MAX_RAW = 2_500
 
 
 def upsert_sql(table: str, source: str) -> str:
@@ -143,8 +153,9 @@ class Sink:
                 cur.execute(f"SELECT {', '.join(SUBSCRIPTION_COLUMNS)} FROM subscriptions LIMIT 0")
                 cur.execute(f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM dead_letters LIMIT 0")
                 for table in TABLES:
-                    cur.execute(f"CREATE TEMP TABLE stage_{table} ON COMMIT DELETE ROWS AS "
-                                f"SELECT {', '.join(COLUMNS[table])} FROM {table} WITH NO DATA")
+                    _create_stage(cur, table)
+                    cur.execute(f"PREPARE upsert_{table} AS " + upsert_sql(
+                        table, f"SELECT {', '.join(COLUMNS[table])} FROM stage_{table}"))
             conn.commit()
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as exc:
             conn.close()
@@ -182,6 +193,9 @@ class Sink:
         try:
             try:
                 result = self._write_fast(batch)
+            except _ROW_TOO_BIG:
+                self.conn.rollback()
+                result = self._write_row_by_row(batch)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 raise
             except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn):
@@ -205,9 +219,16 @@ class Sink:
             by_table.setdefault(row.table, []).append(row)
         with self.conn.cursor() as cur:
             for table, rows in by_table.items():
-                cur.copy_expert(f"COPY stage_{table} ({', '.join(COLUMNS[table])}) FROM STDIN",
-                                io.BytesIO(copy_text(rows)))
-                cur.execute(upsert_sql(table, f"SELECT {', '.join(COLUMNS[table])} FROM stage_{table}"))
+                staged = [r for r in rows if len(r.raw) <= STAGE_MAX_RAW]
+                if len(staged) < len(rows):
+                    for row in rows:
+                        if len(row.raw) > STAGE_MAX_RAW:
+                            cur.execute(_values_upsert(row), row.values)
+                if staged:
+                    data = copy_text(staged)
+                    cur.copy_expert(f"COPY stage_{table} ({', '.join(COLUMNS[table])}) FROM STDIN",
+                                    io.BytesIO(data), size=len(data))
+                    cur.execute(f"EXECUTE upsert_{table}")
             self._write_subscriptions(cur, batch)
             dead = self._insert_dead(cur, batch.dead)
         self.conn.commit()
@@ -219,8 +240,11 @@ class Sink:
             for row in batch.rows:
                 cur.execute("SAVEPOINT row")
                 try:
-                    cur.execute(upsert_sql(row.table, "VALUES (" + ", ".join(["%s"] * len(row.values)) + ")"),
-                                row.values)
+                    cur.execute(_values_upsert(row), row.values)
+                except _ROW_TOO_BIG as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT row")
+                    result.dead.append(BadRecord(row.table, row.event_id, _first_line(exc), row))
+                    continue
                 except (psycopg2.OperationalError, psycopg2.InterfaceError,
                         psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn):
                     raise
@@ -263,6 +287,28 @@ class Sink:
             cur, _DEAD_SQL, [(_strip_nul(d.event_id), d.table, _strip_nul(d.error), _payload(d.record))
                              for d in dead], page_size=1000)
         return len(dead)
+
+
+def _create_stage(cur, table: str) -> None:
+    """The temporary staging table of ``table``: its columns and types, emptied at every commit.
+
+    Without a TOAST table: PostgreSQL truncates every ON COMMIT DELETE ROWS table at each
+    commit of a transaction that touched a temporary table, and each TOAST table adds a file
+    to truncate and an index to rebuild, four times per commit (3 of the 4 ms a batch of 100
+    orders spent in COMMIT; bench/persister_bench.py). PostgreSQL 15 cannot declare a column's
+    storage in CREATE TABLE, but it decides on the TOAST table after the whole ALTER TABLE:
+    columns added and set to STORAGE PLAIN in the same statement get none.
+    """
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))
+    types = dict(cur.fetchall())
+    cur.execute(f"CREATE TEMP TABLE stage_{table} () ON COMMIT DELETE ROWS")
+    cur.execute(f"ALTER TABLE stage_{table} " + ", ".join(
+        f"ADD COLUMN {c} {types[c]}, ALTER COLUMN {c} SET STORAGE PLAIN" for c in COLUMNS[table]))
+
+
+def _values_upsert(row: Row) -> str:
+    return upsert_sql(row.table, "VALUES (" + ", ".join(["%s"] * len(row.values)) + ")")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,11 +2,13 @@
 subscription updates."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from persister.pending import Batch, Pending, SubStatus
 from persister.rows import rows_from_frame, rows_from_rest
-from persister.sink import Sink
+from persister.sink import STAGE_MAX_RAW, Sink
 from persister.spool import Spool
 from tests.persister.conftest import frame
 
@@ -183,3 +185,42 @@ def test_batch_dedup_through_pending(sink, own_db, tmp_path):
             p.add(r, 0.0)
     sink.write(p.take(100))
     assert one(own_db, "SELECT order_status, updated_time FROM orders") == [("Filled", 3)]
+
+
+def test_stage_tables_have_no_toast_table(sink):
+    # Each TOAST table would be truncated and its index rebuilt at every commit (sink._create_stage).
+    with sink.conn.cursor() as cur:
+        cur.execute("SELECT relname, reltoastrelid::int FROM pg_class WHERE relpersistence = 't' "
+                    "AND relname LIKE 'stage\\_%' ORDER BY relname")
+        stages = cur.fetchall()
+    sink.conn.rollback()
+    assert stages == [("stage_balances", 0), ("stage_executions", 0), ("stage_orders", 0), ("stage_positions", 0)]
+
+
+def test_rows_too_big_for_the_stage_are_written_with_their_batch(sink, own_db):
+    small = [order_frame("New", "1", oid=f"s{i}") for i in range(3)]
+    long_ascii = order_frame("New", "1", oid="big", note="x" * 9_000)      # over a page: skips the stage
+    result = write(sink, small[0], long_ascii, *small[1:])
+    assert result.written == {"orders": 4} and not result.row_by_row and not result.dead
+    # Under STAGE_MAX_RAW characters but over a page in UTF-8: the COPY fails, the batch is
+    # written row by row, and nothing is lost.
+    wide = order_frame("New", "2", oid="wide", orderLinkId="\U0001F600" * 650, note="\U0001F600" * 650)
+    assert len(rows_from_frame(wide, "w")[0][0].raw) <= STAGE_MAX_RAW
+    result = write(sink, order_frame("New", "2", oid="s9"), wide)
+    assert result.row_by_row and result.written == {"orders": 2} and not result.dead
+    assert one(own_db, "SELECT order_id, length(raw->>'note') FROM orders WHERE raw->>'note' IS NOT NULL "
+                       "ORDER BY order_id") == [("big", 9_000), ("wide", 650)]
+    assert one(own_db, "SELECT count(*) FROM orders") == [(6,)]
+    write(sink, long_ascii)   # replay of the big row changes nothing
+    assert one(own_db, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
+def test_index_row_too_big_is_dead_lettered_not_an_outage(sink, own_db):
+    # SQLSTATE 54000 is an OperationalError in psycopg2, yet the row is at fault: the batch must not
+    # be retried forever as if the database were down.
+    huge = order_frame("New", "1", oid="huge", symbol=os.urandom(4_000).hex())   # incompressible, > 2704 bytes
+    result = write(sink, order_frame("New", "1", oid="ok1"), huge, order_frame("New", "1", oid="ok2"))
+    assert result.row_by_row and result.written == {"orders": 2}
+    assert [d.event_id for d in result.dead] == [huge["id"]]
+    assert "index row" in one(own_db, "SELECT error FROM dead_letters")[0][0]
+    assert one(own_db, "SELECT order_id FROM orders ORDER BY order_id") == [("ok1",), ("ok2",)]
