@@ -1,12 +1,21 @@
 """REST latency through gunicorn: p50/p95/p99 for GET and POST at 50 concurrent clients.
 
-Starts ``python -m api`` on a free port against a throwaway PostgreSQL database (all
-migrations applied, dropped afterwards) with a fake ingest answering control requests
-on a real ZeroMQ ROUTER, then drives it with 50 keep-alive connections from one asyncio
-loop (a minimal HTTP/1.1 client: the load generator shares the cores with the server).
-Target: p95 < 20 ms.
+Starts ``python -m api`` on a free port (the project's gunicorn config, the default log
+level) against a throwaway PostgreSQL database (all migrations applied, dropped
+afterwards) with a fake ingest answering control requests on a real ZeroMQ ROUTER, then
+drives it with 50 keep-alive connections, closed loop: each client sends its next request
+when the last one is answered. Target: p95 < 20 ms.
 
-    .venv/bin/python bench/api_bench.py [--clients 50] [--requests 3000] [--rate 0]
+The load generator shares the 2 cores with the server, so it should be lean: by default it
+is wrk (Debian's package, installed with apt-get when missing and running as root; one
+thread, 50 connections, a Lua script making each request), otherwise a minimal asyncio
+HTTP/1.1 client in this file (``--client python``, also used for ``--rate``). The bench
+prints which one it used, and per scenario the CPU each side spent per request (gunicorn
+master and workers, PostgreSQL backends of the bench database, the fake ingest, the load
+generator), read from /proc before and after.
+
+    .venv/bin/python bench/api_bench.py [--clients 50] [--requests 3000] [--client wrk|python]
+                                         [--rate 0] [--only POST] [--repeat 1]
 
 ``--rate`` paces the whole client pool to that many requests per second (0: as fast as
 the clients can go, each sending its next request when the last one is answered).
@@ -19,6 +28,7 @@ import os
 import random
 import signal
 import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +39,8 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
+import psycopg2
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,12 +158,155 @@ def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1] * 1000
 
 
+# ----- wrk ------------------------------------------------------------------------------
+
+# One wrk thread, one Lua state: ``request()`` builds each request (the scenario's path
+# and body, numbered like the python client's), ``response()`` counts status codes and
+# server-side closes and stops the thread after ``total`` answers (and says so on stderr:
+# wrk's main thread sleeps for the whole -d unless interrupted, so the bench then sends
+# it SIGINT); ``done()`` prints one JSON line with wrk's histogram (microseconds).
+_WRK_LUA = r"""
+local kind, total, ids, syms = "%(kind)s", %(total)d, {%(ids)s}, {%(syms)s}
+local n, answered = 0, 0
+codes, closes = {}, 0              -- globals: done() reads them with thread:get()
+local hdr_json = {["Content-Type"] = "application/json"}
+local threads = {}
+math.randomseed(7)
+function setup(thread) table.insert(threads, thread) end
+function request()
+  n = n + 1
+  if kind == "health" then return wrk.format("GET", "/health")
+  elseif kind == "list" then return wrk.format("GET", "/api/v1/subscriptions?limit=20&offset=" .. (n %% 80))
+  elseif kind == "one" then return wrk.format("GET", "/api/v1/subscriptions/" .. ids[(n %% #ids) + 1])
+  else
+    local body = '{"channel":"trades","category":"linear","symbol":"' .. syms[math.random(#syms)] ..
+                 '","requested_by":"svc-' .. (n %% 5) .. '"}'
+    return wrk.format("POST", "/api/v1/subscriptions", hdr_json, body)
+  end
+end
+function response(status, headers, body)
+  answered = answered + 1
+  codes[status] = (codes[status] or 0) + 1
+  if headers["Connection"] == "close" or headers["connection"] == "close" then closes = closes + 1 end
+  if answered == total then
+    wrk.thread:stop()
+    io.stderr:write("STOPPED\n")
+    io.stderr:flush()
+  end
+end
+function done(summary, latency, requests)
+  local parts, nclose = {}, 0
+  for _, t in ipairs(threads) do
+    for code, count in pairs(t:get("codes")) do parts[#parts + 1] = '"' .. code .. '":' .. count end
+    nclose = nclose + t:get("closes")
+  end
+  io.write(string.format('WRK {"requests":%%d,"duration_us":%%d,"p50":%%d,"p95":%%d,"p99":%%d,"max":%%d,' ..
+    '"errors":{"connect":%%d,"read":%%d,"write":%%d,"timeout":%%d},"closes":%%d,"codes":{%%s}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency.max, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
+    nclose, table.concat(parts, ",")))
+end
+"""
+
+
+def _wrk_available(install: bool) -> str | None:
+    """wrk's path; installed from Debian's package when missing (root only, idempotent)."""
+    path = shutil.which("wrk")
+    if path or not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return path
+    print("installing wrk (apt-get install -y wrk) ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("wrk")
+
+
+def _drive_wrk(wrk: str, base: str, clients: int, total: int, kind: str, ids: list[str], symbols: list[str],
+               run_dir: Path) -> dict:
+    script = run_dir / f"{kind}.lua"
+    quote = lambda items: ",".join(f'"{i}"' for i in items)   # noqa: E731
+    script.write_text(_WRK_LUA % {"kind": kind, "total": total, "ids": quote(ids), "syms": quote(symbols)})
+    # -d is only a safety bound: the script stops the thread after ``total`` answers.
+    proc = subprocess.Popen([wrk, "-t1", f"-c{clients}", "-d120s", "--timeout", "10s", "-s", str(script), base],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.strip() == "STOPPED":
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=60)
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("WRK ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {stdout[-2000:]} {stderr[-2000:]}")
+    return orjson.loads(line[4:])
+
+
+# ----- CPU accounting -------------------------------------------------------------------
+
+def _cpu(proc: psutil.Process, with_children: bool = True) -> float:
+    """user+system seconds of ``proc``, its live descendants and its waited-for children."""
+    try:
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        if with_children:
+            for child in proc.children(recursive=True):
+                try:
+                    c = child.cpu_times()
+                    total += c.user + c.system
+                except psutil.NoSuchProcess:
+                    pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+class _Backends:
+    """CPU of the PostgreSQL backends connected to the bench database (by pid)."""
+
+    def __init__(self, url: str):
+        self.conn = psycopg2.connect(url)
+        self.conn.autocommit = True
+        self.dbname = self.conn.info.dbname
+
+    def snapshot(self) -> dict[int, float]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (self.dbname,))
+            pids = [r[0] for r in cur.fetchall()]
+        out = {}
+        for pid in pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                out[pid] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    @staticmethod
+    def spent(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+# ----- the run --------------------------------------------------------------------------
+
+SCENARIOS = (("GET /health", "health"), ("GET /api/v1/subscriptions?limit=20", "list"),
+             ("GET /api/v1/subscriptions/{id}", "one"), ("POST /api/v1/subscriptions", "post"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--requests", type=int, default=3000, help="per scenario")
-    ap.add_argument("--rate", type=float, default=0.0, help="requests/s for the whole pool; 0 = closed loop")
+    ap.add_argument("--rate", type=float, default=0.0, help="requests/s for the whole pool (python client); "
+                    "0 = closed loop")
+    ap.add_argument("--client", choices=("wrk", "python"), default=None,
+                    help="load generator (default: wrk when available or installable, else python)")
+    ap.add_argument("--only", default="", help="comma-separated scenario kinds: health,list,one,post")
+    ap.add_argument("--repeat", type=int, default=1, help="run every scenario this many times")
+    ap.add_argument("--log-level", default="info", help="GW_LOG_LEVEL of the API (default: info, as deployed)")
+    ap.add_argument("--gunicorn-args", default="", help="GUNICORN_CMD_ARGS for experiments, e.g. '--threads 8' "
+                    "(default: the project's api/gunicorn_conf.py alone)")
     args = ap.parse_args()
+    # run_all.py stops an overrunning bench with SIGTERM: unwind, so the database is dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with throwaway_database() as url:     # every migration applied; dropped at the end
         return _run(args, url)
@@ -161,6 +316,11 @@ def _run(args, url: str) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="wsgwb-", dir="/tmp"))
     stop = multiprocessing.Event()
     proc = ingest = None
+    wrk = None
+    if args.client != "python" and not args.rate:
+        wrk = _wrk_available(install=True)
+        if wrk is None and args.client == "wrk":
+            raise SystemExit("wrk is not installed and could not be installed")
     try:
         # Its own process, so its replies do not wait on the load generator's GIL.
         ingest = multiprocessing.Process(target=_fake_ingest, args=(ingest_control(run_dir), stop), daemon=True)
@@ -169,9 +329,13 @@ def _run(args, url: str) -> int:
         (run_dir / "metrics").mkdir()
         env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "DATABASE_URL": url, "GW_RUN_DIR": str(run_dir),
                "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "API_BIND": f"127.0.0.1:{port}",
-               "GW_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "GW_LOG_LEVEL": args.log_level}
+        if args.gunicorn_args:
+            env["GUNICORN_CMD_ARGS"] = args.gunicorn_args
+        # The API's log goes to a file, as under supervisord (one JSON line per request at info).
+        log_file = open(run_dir / "api.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -191,28 +355,83 @@ def _run(args, url: str) -> int:
                                                              "symbol": f"S{i:03d}USDT"})
                 ids.append(r.json()["id"])
         symbols = [f"P{i:03d}USDT" for i in range(300)]
-        scenarios = {
-            "GET /health": lambda n: ("GET", "/health", None),
-            "GET /api/v1/subscriptions?limit=20": lambda n: ("GET", f"/api/v1/subscriptions?limit=20&offset={n % 80}", None),
-            "GET /api/v1/subscriptions/{id}": lambda n: ("GET", f"/api/v1/subscriptions/{ids[n % len(ids)]}", None),
-            "POST /api/v1/subscriptions": lambda n: ("POST", "/api/v1/subscriptions", {
+        makers = {
+            "health": lambda n: ("GET", "/health", None),
+            "list": lambda n: ("GET", f"/api/v1/subscriptions?limit=20&offset={n % 80}", None),
+            "one": lambda n: ("GET", f"/api/v1/subscriptions/{ids[n % len(ids)]}", None),
+            "post": lambda n: ("POST", "/api/v1/subscriptions", {
                 "channel": "trades", "category": "linear", "symbol": random.choice(symbols),
                 "requested_by": f"svc-{n % 5}"}),
         }
-        mode = f"paced at {args.rate:.0f} req/s" if args.rate else "closed loop"
-        print(f"\n{args.clients} concurrent clients, {args.requests} requests per scenario, {mode}, "
-              f"gunicorn 2 workers x 4 threads, {os.cpu_count()} CPUs\n")
-        print(f"{'scenario':40} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}  codes")
-        worst_p95 = 0.0
-        for label, make in scenarios.items():
-            lat, codes = asyncio.run(_drive(base, args.clients, args.requests, args.rate, make))
+
+        def drive(kind: str, total: int) -> tuple[dict, float]:
+            """One scenario: its figures and the generator's CPU seconds."""
+            if wrk:
+                before = os.times()
+                res = _drive_wrk(wrk, base, args.clients, total, kind, ids, symbols, run_dir)
+                after = os.times()
+                gen = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+                return res, gen
+            me = psutil.Process()
+            t0 = me.cpu_times()
+            lat, codes = asyncio.run(_drive(base, args.clients, total, args.rate, makers[kind]))
+            t1 = me.cpu_times()
             elapsed = codes.pop("elapsed")
-            p95 = _pct(lat, 95)
-            if label != "GET /health":
-                worst_p95 = max(worst_p95, p95)
-            print(f"{label:40} {len(lat) / elapsed:8.0f} {_pct(lat, 50):8.2f} {p95:8.2f} {_pct(lat, 99):8.2f} "
-                  f"{max(lat) * 1000:8.2f}  {codes}")
-        print(f"\nworst p95 over the API scenarios: {worst_p95:.2f} ms (target < 20 ms): "
+            closes = codes.pop("reconnects", 0)
+            res = {"requests": len(lat), "duration_us": elapsed * 1e6, "p50": _pct(lat, 50) * 1000,
+                   "p95": _pct(lat, 95) * 1000, "p99": _pct(lat, 99) * 1000, "max": max(lat) * 1e6,
+                   "codes": codes, "closes": closes, "errors": {}}
+            return res, (t1.user - t0.user) + (t1.system - t0.system)
+
+        # Warm-up, not reported: both workers open their pools and touch every path once.
+        for kind in ("health", "list", "one"):
+            drive(kind, 500)
+
+        server = psutil.Process(proc.pid)
+
+        def workers_rss() -> str:
+            return ", ".join(f"{c.memory_info().rss / 2**20:.0f}" for c in server.children(recursive=True))
+        rss0 = workers_rss()
+        backends = _Backends(url)
+        ingest_p = psutil.Process(ingest.pid)
+        only = {k.strip() for k in args.only.split(",") if k.strip()}
+        mode = f"paced at {args.rate:.0f} req/s" if args.rate else "closed loop"
+        gen_name = (f"wrk ({wrk}, 1 thread, {args.clients} connections, Lua request/response)" if wrk
+                    else "python asyncio HTTP/1.1 client (bench/api_bench.py)")
+        load0 = os.getloadavg()
+        print(f"\n{args.clients} concurrent clients, {args.requests} requests per scenario, {mode}, "
+              f"API log level {args.log_level}, {os.cpu_count()} CPUs; load generator: {gen_name}"
+              + (f"; GUNICORN_CMD_ARGS={args.gunicorn_args!r}" if args.gunicorn_args else ""))
+        print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}\n")
+        print(f"{'scenario':36} {'req/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}   "
+              f"{'CPU us/req: api':>15} {'pg':>5} {'ingest':>6} {'client':>6}  codes")
+        worst_p95 = 0.0
+        for _ in range(args.repeat):
+            for label, kind in SCENARIOS:
+                if only and kind not in only:
+                    continue
+                s0, b0, i0 = _cpu(server), backends.snapshot(), _cpu(ingest_p, with_children=False)
+                res, gen_cpu = drive(kind, args.requests)
+                s1, b1, i1 = _cpu(server), backends.snapshot(), _cpu(ingest_p, with_children=False)
+                n = res["requests"] or 1
+                per = lambda sec: sec / n * 1e6   # noqa: E731
+                p95 = res["p95"] / 1000
+                if kind != "health":
+                    worst_p95 = max(worst_p95, p95)
+                codes = dict(res["codes"])
+                if res["closes"]:
+                    codes["closed by server"] = res["closes"]
+                errors = {k: v for k, v in res.get("errors", {}).items() if v}
+                if errors:
+                    codes["errors"] = errors
+                print(f"{label:36} {n / (res['duration_us'] / 1e6):6.0f} {res['p50'] / 1000:7.2f} {p95:7.2f} "
+                      f"{res['p99'] / 1000:7.2f} {res['max'] / 1000:7.2f}   {per(s1 - s0):15.0f} "
+                      f"{per(_Backends.spent(b0, b1)):5.0f} {per(i1 - i0):6.0f} {per(gen_cpu):6.0f}  {codes}",
+                      flush=True)
+        load1 = os.getloadavg()
+        print(f"\nload average at the end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+        print(f"gunicorn workers RSS MB after the warm-up: {rss0}; at the end: {workers_rss()}")
+        print(f"worst p95 over the API scenarios: {worst_p95:.2f} ms (target < 20 ms): "
               f"{'MET' if worst_p95 < 20 else 'NOT MET'}")
         return 0
     finally:
@@ -225,6 +444,7 @@ def _run(args, url: str) -> int:
         stop.set()
         if ingest is not None:
             ingest.join(timeout=5)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
