@@ -40,15 +40,39 @@ def tables(url: str) -> set[str]:
         conn.close()
 
 
+def indexes_and_options(url: str) -> tuple[set[str], dict[str, list | None]]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+                        "AND tablename IN ('balances', 'orders', 'executions', 'positions')")
+            names = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN ('balances', 'positions', 'orders')")
+            return names, dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+KEYS = {"balances_pkey", "orders_pkey", "executions_pkey", "positions_pkey"}
+INDEXES_0002 = KEYS | {"balances_coin", "orders_status", "orders_symbol", "orders_updated", "executions_order",
+                       "executions_time"}
+INDEXES_0003 = KEYS | {"balances_coin", "orders_status", "orders_symbol", "executions_order"}
+
+
 @pytest.mark.timeout(60)
 def test_up_down_up(empty_db):
-    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state"
+    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state, 0003_write_throughput"
     assert tables(empty_db) == APP_TABLES
-    assert migrate(empty_db, "down") == "reverted: 0002_account_state"      # only the last
+    assert indexes_and_options(empty_db) == (INDEXES_0003, {"balances": ["fillfactor=50"],
+                                                            "positions": ["fillfactor=50"], "orders": None})
+    assert migrate(empty_db, "down") == "reverted: 0003_write_throughput"    # only the last
+    assert indexes_and_options(empty_db) == (INDEXES_0002, {"balances": None, "positions": None, "orders": None})
+    assert migrate(empty_db, "down") == "reverted: 0002_account_state"
     assert tables(empty_db) == {"subscriptions"}
     assert migrate(empty_db, "down") == "reverted: 0001_subscriptions"
     assert tables(empty_db) == set()
     assert migrate(empty_db, "down") == "reverted: nothing"
-    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state"
+    assert migrate(empty_db, "up") == "applied: 0001_subscriptions, 0002_account_state, 0003_write_throughput"
     assert tables(empty_db) == APP_TABLES
+    assert indexes_and_options(empty_db)[0] == INDEXES_0003
     assert migrate(empty_db, "up") == "applied: nothing"

@@ -8,7 +8,7 @@ import pytest
 
 from persister.pending import Batch, Pending, SubStatus
 from persister.rows import rows_from_frame, rows_from_rest
-from persister.sink import STAGE_MAX_RAW, Sink
+from persister.sink import COPY_CHUNK_ROWS, STAGE_MAX_RAW, Sink
 from persister.spool import Spool
 from tests.persister.conftest import frame
 
@@ -224,3 +224,12 @@ def test_index_row_too_big_is_dead_lettered_not_an_outage(sink, own_db):
     assert [d.event_id for d in result.dead] == [huge["id"]]
     assert "index row" in one(own_db, "SELECT error FROM dead_letters")[0][0]
     assert one(own_db, "SELECT order_id FROM orders ORDER BY order_id") == [("ok1",), ("ok2",)]
+
+
+def test_batch_streamed_in_chunks_arrives_whole_and_exact(sink, own_db):
+    # More rows than one COPY chunk, with values that need COPY escapes in several chunks.
+    links = [f"l{i}" + ("\t\\\n\r"[i % 4] if i % 7 == 0 else "") for i in range(3 * COPY_CHUNK_ROWS + 5)]
+    result = write(sink, *[order_frame("New", str(i), oid=f"c{i}", orderLinkId=link) for i, link in enumerate(links)])
+    assert result.written == {"orders": len(links)} and not result.row_by_row
+    got = one(own_db, "SELECT order_link_id, updated_time, raw->>'orderLinkId' FROM orders")
+    assert sorted(got, key=lambda r: r[1]) == [(link, i, link) for i, link in enumerate(links)]
