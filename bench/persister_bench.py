@@ -1,15 +1,27 @@
 """Upserts per second through the persister's sink, into a throwaway database.
 
-    .venv/bin/python bench/persister_bench.py [--rows 20000] [--repeat 3] [--admin-url URL]
+    .venv/bin/python bench/persister_bench.py [--rows 20000] [--repeat 3] [--tables balances,orders,...]
+                                              [--admin-url URL]
 
 For balances, orders and executions, at batch sizes 100 and 1000: rows are
 built by ``persister.rows`` from the recorded frames (not timed), then written
 with ``Sink.write`` (COPY into staging + guarded INSERT ... ON CONFLICT, one
 commit per batch). "insert" writes new keys; "update" writes every key again
 with a newer exchange timestamp (executions: the same ids again, a no-op by
-design). Target: >= 50,000 rows/s. A last "reference" line runs research/ecosystem.md
-section 8's four-column table the same way: it measured 121-177k rows/s on an idle
-machine, so it tells how much of the machine this run had.
+design). Each figure is the best of --repeat runs.
+
+Target: >= 50,000 rows/s at batch 1000, the persister's batch size
+(PERSISTER_BATCH_ROWS) whenever the write rate matters. A batch is written at
+1000 rows or after 200 ms (PERSISTER_BATCH_MS), and rows arriving during a
+write make the next batch bigger, so batches only stay small while fewer than
+~5,000 rows/s arrive; a catch-up after an outage is written in full batches.
+Batch 100 (fewer than 500 rows/s arriving) shows the cost per commit: as high
+as it goes, no target.
+
+A last "reference" line runs research/ecosystem.md section 8's four-column table
+the same way, on its own connection (research measured 70k rows/s at batch 100 and
+127-158k at batch 500-2000 on an idle machine), so it tells how much of the machine
+this run had.
 """
 from __future__ import annotations
 
@@ -66,8 +78,9 @@ def run(sink: Sink, rows: list, batch: int) -> float:
 
 def reference(url: str, n: int, batch: int) -> tuple[float, float]:
     """research/ecosystem.md section 8's table (4 small columns), same COPY + guarded upsert:
-    how busy the machine is right now, against the 121-177k rows/s measured there. On its own
-    connection: the sink's temporary tables would otherwise be emptied at every commit too."""
+    how busy the machine is right now, against what was measured there. On its own connection:
+    on the sink's, every commit also emptied the sink's four staging tables (while they had
+    TOAST tables, that cost the batch-100 reference line about 40%)."""
     import io
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
