@@ -33,13 +33,22 @@ SECURITY = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 
 
 class OrjsonProvider(DefaultJSONProvider):
-    """Responses through orjson (several times faster than the stdlib encoder)."""
+    """Responses through orjson (several times faster than the stdlib encoder), straight
+    to bytes. UTC datetimes end in "Z", as pydantic writes them: views may hand rows
+    from PostgreSQL (timestamptz in UTC) to the encoder without a model round trip."""
+
+    OPTIONS = orjson.OPT_UTC_Z
 
     def dumps(self, obj, **kwargs) -> str:
-        return orjson.dumps(obj, default=str).decode()
+        return orjson.dumps(obj, default=str, option=self.OPTIONS).decode()
 
     def loads(self, s, **kwargs):
         return orjson.loads(s)
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, default=str, option=self.OPTIONS | orjson.OPT_APPEND_NEWLINE),
+                                         mimetype=self.mimetype)
 
 
 def create_app(test_config: dict | None = None) -> OpenAPI:

@@ -12,6 +12,8 @@ import psycopg2.extensions
 import psycopg2.pool
 from flask import current_app, g
 
+from .store import PreparingConnection
+
 _lock = threading.Lock()
 _pools: dict[tuple[int, str], psycopg2.pool.ThreadedConnectionPool] = {}
 # gthread: 4 threads per worker; one spare for /status checks. psycopg2's pool closes a
@@ -32,7 +34,7 @@ def _pool(url: str) -> psycopg2.pool.ThreadedConnectionPool:
             if pool is None:
                 pool = psycopg2.pool.ThreadedConnectionPool(
                     MIN_CONNECTIONS, MAX_CONNECTIONS, url, connect_timeout=CONNECT_TIMEOUT_S,
-                    application_name="ws-gateway-api",
+                    application_name="ws-gateway-api", connection_factory=PreparingConnection,
                     options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
                 _pools[key] = pool
     return pool

@@ -216,3 +216,48 @@ def test_concurrent_first_requests_make_one_row(app, clean_db, fake_ingest):
     assert sorted(codes) == [200] * 19 + [201]
     [(topic, status, requesters, _)] = rows(clean_db)
     assert len(requesters) == 20 and requesters == sorted(requesters)
+
+
+def test_request_already_held_writes_nothing(client, clean_db, fake_ingest):
+    """The same requester asking again gets the row back without a new row version (no
+    WAL flush on the commonest retry); a new requester or a failed row still writes."""
+    def version():
+        with clean_db.cursor() as cur:
+            cur.execute("SELECT xmin::text, updated_at FROM subscriptions WHERE status <> 'removed'")
+            return cur.fetchone()
+
+    first = post(client, BTC_BOOK | {"requested_by": "svc-a"}).get_json()
+    before = version()
+    again = post(client, BTC_BOOK | {"requested_by": "svc-a"})
+    assert again.status_code == 200 and again.get_json() == first | {"ingest": "accepted"}
+    assert version() == before
+    assert [op for op, _ in fake_ingest.ops()] == ["add", "add"]      # ingest is told every time
+    other = post(client, BTC_BOOK | {"requested_by": "svc-b"}).get_json()
+    assert version()[0] != before[0] and other["requesters"] == ["svc-a", "svc-b"]
+    assert other["updated_at"] > first["updated_at"]
+
+
+def test_responses_are_the_models_serialization(client, clean_db, fake_ingest):
+    """Rows go to the JSON encoder without a pydantic round trip: the bytes must be what
+    the response models would write (UUID text, UTC datetimes with Z, nulls kept)."""
+    import orjson
+
+    from api.models import Subscription, SubscriptionChange
+    from api.store import COLUMNS
+
+    kline = {"channel": "kline", "category": "linear", "symbol": "ETHUSDT", "interval": "5"}
+    created = post(client, kline)
+    assert orjson.loads(created.data) == SubscriptionChange.model_validate_json(created.data).model_dump(mode="json")
+    sid = post(client, BTC_BOOK).get_json()["id"]
+    with clean_db.cursor() as cur:   # every optional field set, microseconds 0 and not
+        cur.execute("UPDATE subscriptions SET status = 'failed', last_error = 'error:\"quoted\" é', "
+                    "last_event_at = '2026-01-02 03:04:05+00', updated_at = '2026-01-02 03:04:05.000123+00' "
+                    "WHERE id = %s", (sid,))
+        cur.execute(f"SELECT {COLUMNS} FROM subscriptions ORDER BY created_at, id")
+        names = [d.name for d in cur.description]
+        expected = [Subscription.model_validate(dict(zip(names, r))).model_dump(mode="json") for r in cur.fetchall()]
+    one = client.get(f"/api/v1/subscriptions/{sid}")
+    assert orjson.loads(one.data) == expected[1]
+    assert b'"last_event_at":"2026-01-02T03:04:05Z"' in one.data and b'.000123Z"' in one.data
+    assert orjson.loads(client.get("/api/v1/subscriptions").data)["items"] == expected
+    assert set(names) == set(Subscription.model_fields)
