@@ -1,4 +1,3 @@
 ALTER TABLE positions RESET (fillfactor);
 ALTER TABLE balances RESET (fillfactor);
 CREATE INDEX executions_time ON executions (category, exec_time DESC);
-CREATE INDEX orders_updated ON orders (updated_time DESC);
