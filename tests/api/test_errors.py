@@ -135,6 +135,26 @@ def test_request_id_is_the_trace_id_in_logs(client, capsys):
     assert {"subscription_requested", "request"} <= {line["event"] for line in mine}
 
 
+def test_access_log_keeps_changes_errors_and_slow_reads_at_info(client, monkeypatch):
+    import structlog.testing
+
+    import api
+
+    def levels():
+        return {(line["method"], line["status"]): line["log_level"] for line in logs if line["event"] == "request"}
+
+    with structlog.testing.capture_logs() as logs:
+        sid = client.post("/api/v1/subscriptions", json=BOOK).get_json()["id"]
+        client.get(f"/api/v1/subscriptions/{sid}")
+        client.get("/api/v1/nothing")
+        client.delete(f"/api/v1/subscriptions/{sid}")
+    assert levels() == {("POST", 201): "info", ("GET", 200): "debug", ("GET", 404): "info", ("DELETE", 200): "info"}
+    monkeypatch.setattr(api, "SLOW_REQUEST_S", 0.0)
+    with structlog.testing.capture_logs() as logs:
+        client.get("/api/v1/subscriptions")
+    assert levels() == {("GET", 200): "info"}
+
+
 @pytest.fixture
 def keyed_client(app_factory, fake_ingest):
     return app_factory(API_KEY="s3cret-key").test_client()
