@@ -2,10 +2,17 @@
 """The ceiling: a bare pika publisher with asynchronous confirms.
 
 One AsyncioConnection, confirm mode, a bounded in-flight window (like the
-publisher's PUBLISHER_CONFIRM_WINDOW), N messages of ~600 bytes to one durable
-queue in a throwaway vhost (created and deleted with rabbitmqctl). Prints msg/s.
+publisher's PUBLISHER_CONFIRM_WINDOW), N messages in a throwaway vhost (created and
+deleted with rabbitmqctl). Prints msg/s. Two kinds of message:
 
-    .venv/bin/python bench/bare_pika.py --messages 100000 --window 2000 [--persistent]
+- ``--same``: the gateway's own trade event (body, properties, routing key, mandatory)
+  on the gateway's topology. The broker does the same work per message as for the
+  publisher, so this is the ceiling ``bench/pipeline.py`` compares against.
+- default: a ~600-byte body with two properties into one queue via the default
+  exchange, the cheapest path through RabbitMQ (about half the broker CPU per message
+  measured here); printed as a reference.
+
+    .venv/bin/python bench/bare_pika.py --messages 100000 --window 2000 [--persistent] [--same]
 """
 from __future__ import annotations
 
@@ -16,9 +23,13 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import classify  # noqa: E402
 
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
 BODY = b'{"event_class":"trades","data":[' + b'{"T":1785000001231,"s":"BTCUSDT","S":"Buy","v":"0.015"},' * 9 + b'{}]}'
@@ -39,20 +50,46 @@ def throwaway_vhost(prefix: str = "wsgw-bench"):
         rabbitmqctl("delete_vhost", vhost)
 
 
-async def publish(url: str, n: int, window: int, persistent: bool) -> tuple[float, float]:
+def gateway_message():
+    """(exchange, routing key, body, properties) of one event exactly as the publisher sends it:
+    the recorded public trade turned into its contract body by the publisher's pipeline, with
+    pika's own BasicProperties (content type, message id, timestamp, the five headers)."""
+    from common.envelope import Envelope
+    from publisher.pipeline import Pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    payload = (root / "tests" / "frames" / "public_trade.json").read_bytes()
+    [ev] = Pipeline().process(Envelope("frame", payload, endpoint="linear", topic="publicTrade.BTCUSDT",
+                                       recv_ns=time.time_ns(), stream_seq=1, epoch="bench"))
+    props = pika.BasicProperties(content_type="application/json", message_id=ev.event_id, timestamp=ev.timestamp,
+                                 headers=ev.headers, delivery_mode=2 if ev.persistent else 1)
+    return classify.EXCHANGE, ev.routing_key, ev.body, props
+
+
+async def publish(url: str, n: int, window: int, persistent: bool, same: bool = False) -> tuple[float, float]:
     """Publish n messages with async confirms; returns (msg/s first publish -> last confirm,
-    CPU us per message in this process)."""
+    CPU us per message in this process).
+
+    ``same``: the gateway's messages on the gateway's topology (topic exchange, a queue per
+    event class bound ``<class>.#``, mandatory, the contract's properties), so the broker does
+    the same work per message as for the publisher. Otherwise: a ~600-byte body with two
+    properties to the default exchange, straight into one queue (the cheapest path).
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     state = {"tag": 0, "sent": 0, "confirmed": 0, "t0": 0.0, "ch": None}
     inflight: dict[int, None] = {}
-    props = pika.BasicProperties(content_type="application/json", delivery_mode=2 if persistent else 1)
+    if same:
+        exchange, key, body, props = gateway_message()
+    else:
+        exchange, key, body = "", "bench", BODY
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2 if persistent else 1)
 
     def pump():
         ch = state["ch"]
         while state["sent"] < n and len(inflight) < window:
             state["sent"] += 1
-            ch.basic_publish("", "bench", BODY, props)
+            ch.basic_publish(exchange, key, body, props, mandatory=same)
             state["tag"] += 1
             inflight[state["tag"]] = None
 
@@ -72,15 +109,31 @@ async def publish(url: str, n: int, window: int, persistent: bool) -> tuple[floa
         else:
             pump()
 
-    def on_declared(_frame):
+    def on_declared(_frame=None):
         state["t0"] = time.perf_counter()
         state["cpu0"] = time.process_time()
         pump()
 
+    def declare(ch):
+        if not same:
+            ch.queue_declare("bench", durable=True, callback=on_declared)
+            return
+        steps = [lambda cb: ch.exchange_declare(classify.EXCHANGE, exchange_type="topic", durable=True, callback=cb)]
+        for cls in classify.EVENT_CLASSES:
+            q = classify.queue_name(cls)
+            steps.append(lambda cb, q=q: ch.queue_declare(q, durable=True, callback=cb))
+            steps.append(lambda cb, q=q, c=cls: ch.queue_bind(q, classify.EXCHANGE, routing_key=f"{c}.#", callback=cb))
+
+        def run(i: int) -> None:
+            if i == len(steps):
+                on_declared()
+            else:
+                steps[i](lambda _frame: run(i + 1))
+        run(0)
+
     def on_channel(ch):
         state["ch"] = ch
-        ch.confirm_delivery(ack_nack_callback=on_confirm,
-                            callback=lambda _f: ch.queue_declare("bench", durable=True, callback=on_declared))
+        ch.confirm_delivery(ack_nack_callback=on_confirm, callback=lambda _f: declare(ch))
 
     def on_open(conn):
         conn.channel(on_open_callback=on_channel)
@@ -96,9 +149,9 @@ async def publish(url: str, n: int, window: int, persistent: bool) -> tuple[floa
     return n / elapsed, cpu / n * 1e6
 
 
-def measure(n: int = 100_000, window: int = 2000, persistent: bool = False) -> tuple[float, float]:
+def measure(n: int = 100_000, window: int = 2000, persistent: bool = False, same: bool = False) -> tuple[float, float]:
     with throwaway_vhost() as (_vhost, url):
-        return asyncio.run(publish(url, n, window, persistent))
+        return asyncio.run(publish(url, n, window, persistent, same))
 
 
 def main(argv=None) -> int:
@@ -106,9 +159,10 @@ def main(argv=None) -> int:
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--persistent", action="store_true")
+    ap.add_argument("--same", action="store_true", help="the gateway's messages and topology (see publish())")
     args = ap.parse_args(argv)
-    rate, cpu_us = measure(args.messages, args.window, args.persistent)
-    mode = "persistent" if args.persistent else "transient"
+    rate, cpu_us = measure(args.messages, args.window, args.persistent, args.same)
+    mode = "gateway trade" if args.same else ("persistent" if args.persistent else "transient")
     print(f"bare pika, async confirms, window {args.window}, {args.messages} {mode} messages: {rate:,.0f} msg/s, "
           f"{cpu_us:.1f} us CPU per message")
     return 0

@@ -115,7 +115,9 @@ class Publisher:
         self.log = open(run_dir / "publisher.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "publisher"], cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        self.wait(lambda s: s["broker"]["state"] == "ready", 20)
+        # Retention is set with rabbitmqctl, an Erlang VM that takes a core for a second or two:
+        # measuring before it is done would measure it.
+        self.wait(lambda s: s["broker"]["state"] == "ready" and s["retention"] != "pending", 60)
 
     def status(self) -> dict:
         return orjson.loads(addresses.status_file(self.run_dir, "publisher").read_bytes())
@@ -210,6 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ramp", default="10000,15000,20000,25000,30000", help="zero-loss ramp after --rates")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
     ap.add_argument("--flood", type=int, default=60_000, help="messages for the throughput run (0: skip)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="flood and ceilings run this many times, interleaved; the best of each is kept "
+                         "(other work on a shared machine only slows a run down)")
     args = ap.parse_args(argv)
     if args.mode == "full":
         from pipeline_full import run_full   # the simulator -> ingest -> publisher variant
@@ -229,10 +234,16 @@ def main(argv=None) -> int:
                 if r["lost"] or r["dropped"] or r["achieved"] < 0.95 * rate or r["max"] > 1000:
                     break
                 best = rate
-            tput, flood_cpu = flood(url, run_dir, args.flood, seq, pub) if args.flood else (None, None)
+            floods, same, cheap = [], [], []
+            for _ in range(max(1, args.repeat) if args.flood else 0):
+                floods.append(flood(url, run_dir, args.flood, seq, pub))
+                same.append(bare_pika.measure(args.flood, 2000, persistent=False, same=True))
+                cheap.append(bare_pika.measure(args.flood, 2000, persistent=False))
         finally:
             pub.stop()
-    ceiling, ceiling_cpu = bare_pika.measure(args.flood or 60_000, 2000, persistent=False)
+    tput, flood_cpu = max(floods) if floods else (None, None)
+    ceiling, ceiling_cpu = max(same) if same else bare_pika.measure(60_000, 2000, persistent=False, same=True)
+    cheapest, cheapest_cpu = max(cheap) if cheap else bare_pika.measure(60_000, 2000, persistent=False)
     zero_loss = [r["rate"] for r in rows if not r["lost"] and not r["dropped"] and r["max"] <= 1000
                  and r["achieved"] >= 0.95 * r["rate"]]
 
@@ -245,13 +256,16 @@ def main(argv=None) -> int:
               f"{r['dropped']:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} {r['cpu_us']:>9.1f}")
     print(f"highest rate with zero loss (no drops, max latency <= 1 s): "
           f"{max(zero_loss) if zero_loss else 0:,.0f} frames/s")
+    runs = f"best of {len(floods)}, interleaved" if len(floods) > 1 else "one run"
     if tput:
-        print(f"flood throughput ({args.flood} transient events, no consumer): {tput:,.0f} msg/s, "
+        print(f"flood throughput ({args.flood} transient events, no consumer, {runs}): {tput:,.0f} msg/s, "
               f"publisher CPU {flood_cpu:.1f} us/event")
-    print(f"bare pika ceiling (same run, window 2000, transient): {ceiling:,.0f} msg/s, "
-          f"{ceiling_cpu:.1f} us CPU per message")
+    print(f"bare pika ceiling (same run, window 2000, the same trade events on the gateway's topology, {runs}): "
+          f"{ceiling:,.0f} msg/s, {ceiling_cpu:.1f} us CPU per message")
+    print(f"bare pika, cheapest path (default exchange, 2 properties, {runs}): {cheapest:,.0f} msg/s, "
+          f"{cheapest_cpu:.1f} us CPU per message")
     if tput:
-        print(f"ratio: {tput / ceiling:.2f} (target >= 0.7)")
+        print(f"ratio: {tput / ceiling:.2f} (target >= 0.7); against the cheapest path: {tput / cheapest:.2f}")
     return 0
 
 
