@@ -36,6 +36,11 @@ keepalive = 5
 max_requests = 1_000_000
 max_requests_jitter = 100_000
 preload_app = False
+# The heartbeat (os.utime on an unlinked file, every pass of a worker's loop) on tmpfs, not on
+# the disk PostgreSQL and the persister write to: on a journalling filesystem it can wait on
+# the journal (gunicorn's FAQ, "Blocking OS calls"). Measured here: 1.5 us on /tmp (ext4),
+# 0.9 us on /dev/shm.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None                 # the app logs one JSON line per request itself
 loglevel = _settings.log_level.lower()
 control_socket_disable = True    # supervisord is the control interface
