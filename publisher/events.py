@@ -41,6 +41,7 @@ class Event:
     stream_seq: int = 0
     seq: int = 0                   # outbox order, assigned by the outbox
     extra: dict = field(default_factory=dict)
+    recv_ns: int = 0               # ingest's receive time (0: unknown, e.g. read back from the spool)
 
     @property
     def is_account(self) -> bool:
@@ -109,7 +110,8 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
     persistent = event_class in classify.ACCOUNT_CLASSES or event_class == "system"
     return Event(event_id=event_id, event_class=event_class, routing_key=routing_key,
                  body=dumps(body), headers=headers, persistent=persistent,
-                 timestamp=int(recv_ns) // 1_000_000_000, stream=stream, stream_seq=stream_seq)
+                 timestamp=int(recv_ns) // 1_000_000_000, stream=stream, stream_seq=stream_seq,
+                 recv_ns=int(recv_ns))
 
 
 def _int(value, name: str) -> int:

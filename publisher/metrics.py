@@ -6,6 +6,7 @@ write an mmap'd file several times per event.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 
 from prometheus_client import Counter as PCounter, Gauge, Histogram
@@ -29,6 +30,44 @@ UNCONFIRMED = Gauge("wsgw_publisher_unconfirmed", "Events published, not yet con
 BROKER_UP = Gauge("wsgw_publisher_broker_up", "1 when the RabbitMQ channel is ready", multiprocess_mode="livemax")
 CONFIRM_LATENCY = Histogram("wsgw_publisher_confirm_latency_seconds", "basic.publish -> confirm",
                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+RECEIVED_TO_CONFIRMED = Histogram(
+    "wsgw_publisher_received_to_confirmed_seconds",
+    "Bybit frame received by ingest -> confirmed by RabbitMQ (DESIGN.md's latency target)",
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class LatencyCounts:
+    """Received -> confirmed latency of every confirmed event, counted in fixed millisecond
+    buckets (the status file shows them; a benchmark takes two snapshots and reads any
+    percentile of the window between them, to the bucket). ``counts[i]`` holds events with
+    latency <= ``EDGES_MS[i]`` and above the previous edge; the last bucket is everything slower."""
+
+    EDGES_MS = (0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100, 150,
+                200, 300, 500, 750, 1000, 2000, 5000, 10000)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.EDGES_MS) + 1)
+
+    def add(self, ms: float) -> None:
+        self.counts[bisect_left(self.EDGES_MS, ms)] += 1
+
+    def doc(self) -> dict:
+        return {"edges_ms": list(self.EDGES_MS), "counts": list(self.counts)}
+
+
+def percentile_ms(before: dict | None, after: dict, p: float) -> float | None:
+    """The bucket edge under which ``p`` % of the events between two ``LatencyCounts.doc()``
+    snapshots were confirmed (an upper bound; None without events, inf past the last edge)."""
+    counts = [a - (before["counts"][i] if before else 0) for i, a in enumerate(after["counts"])]
+    total = sum(counts)
+    if not total:
+        return None
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= p / 100 * total:
+            return after["edges_ms"][i] if i < len(after["edges_ms"]) else float("inf")
+    return float("inf")
 
 
 class Tally:

@@ -48,6 +48,7 @@ class Service:
         self.s = settings
         self.max_envelopes = max_envelopes
         self.tally = metrics.Tally()
+        self.latency = metrics.LatencyCounts()   # received -> confirmed, every event
         self.pipeline = Pipeline()
         self.spool_dir = settings.run_dir / "spool"
         self.spool = Spool(self.spool_dir / "publisher.spool")
@@ -180,17 +181,23 @@ class Service:
     def _on_confirm(self, settled: list[tuple[Event, float]], ok: bool, now: float) -> None:
         spooled = 0
         if ok:
-            confirmed = self.tally.confirmed
+            confirmed, add, now_ns = self.tally.confirmed, self.latency.add, time.time_ns()
             for ev, _t0 in settled:
                 confirmed[ev.event_class] += 1
+                if ev.recv_ns:
+                    add((now_ns - ev.recv_ns) / 1e6)
                 if ev.extra and ev.extra.get("spool"):
                     spooled += 1
-            # Every LATENCY_SAMPLE-th confirmed event feeds the histogram: an observation
-            # costs more than the rest of the confirm handling.
+            # Every LATENCY_SAMPLE-th confirmed event feeds the Prometheus histograms: an
+            # observation costs more than the rest of the confirm handling.
             observe, k = metrics.CONFIRM_LATENCY.observe, LATENCY_SAMPLE
+            observe_rc = metrics.RECEIVED_TO_CONFIRMED.observe
             base = self._confirm_n
             for i in range((-base) % k, len(settled), k):
-                observe(now - settled[i][1])
+                ev, t0 = settled[i]
+                observe(now - t0)
+                if ev.recv_ns:
+                    observe_rc((now_ns - ev.recv_ns) / 1e9)
             self._confirm_n = base + len(settled)
         else:
             for ev, _ in settled:

@@ -31,5 +31,6 @@ def status_doc(svc) -> dict:
         "ticker_delta_without_snapshot": svc.pipeline.counts["ticker_delta_no_snapshot"],
         "republished": t.republished, "retention": svc.retention, "intake_open": svc.intake_open,
         "account_queue_depths": svc.queue_depths,
+        "received_to_confirmed_ms": svc.latency.doc(),
     }
 

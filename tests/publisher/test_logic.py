@@ -8,6 +8,7 @@ import orjson
 from common.envelope import Envelope
 from publisher.events import system_event
 from publisher.gaps import GapTracker
+from publisher.metrics import LatencyCounts, percentile_ms
 from publisher.outbox import Outbox, Spool
 from publisher.pipeline import Pipeline
 
@@ -180,3 +181,20 @@ def test_outbox_is_bounded_in_bytes_too(tmp_path):
     while box.pop() is not None:
         drained += 1
     assert box.bytes == 0 and drained == box.in_memory + drained
+
+
+def test_latency_counts_percentiles_over_a_window():
+    lat = LatencyCounts()
+    for ms in (0.2, 0.5, 3.0, 3.5):          # an edge belongs to the bucket it closes
+        lat.add(ms)
+    before = lat.doc()
+    assert before["counts"][:2] == [2, 0] and sum(before["counts"]) == 4
+    for ms in [0.7] * 97 + [9.0, 11.0, 60_000.0]:
+        lat.add(ms)
+    after = lat.doc()
+    assert percentile_ms(before, after, 50) == 1        # only the window between the snapshots
+    assert percentile_ms(before, after, 98) == 9
+    assert percentile_ms(before, after, 99) == 12.5
+    assert percentile_ms(before, after, 100) == float("inf")
+    assert percentile_ms(after, after, 99) is None
+    assert percentile_ms(None, before, 100) == 4

@@ -11,6 +11,7 @@ import pytest
 
 from common import classify
 from common.envelope import json_envelope
+from publisher.metrics import percentile_ms
 from tests.conftest import rabbitmqctl
 from tests.helpers import wait_for
 from tests.publisher.conftest import account_env, market_env
@@ -110,6 +111,11 @@ def test_twelve_consumers_each_get_every_event(publisher, broker):
         ids = {body["event_id"] for _m, _p, body in broker.drain(queues[0], n)}
         assert len(ids) == n
         assert pub.status()["returned"] == {}
+        # received -> confirmed latency: every confirmed event counted once (DESIGN's target metric)
+        wait_for(lambda: sum(pub.status()["received_to_confirmed_ms"]["counts"]) == n, timeout=5,
+                 message="every confirmed event in the latency counts")
+        lat = pub.status()["received_to_confirmed_ms"]
+        assert 0 < percentile_ms(None, lat, 50) <= percentile_ms(None, lat, 100) < float("inf")
     finally:
         for q in queues:
             broker.ch.queue_delete(q)
