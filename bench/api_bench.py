@@ -15,7 +15,7 @@ master and workers, PostgreSQL backends of the bench database, the fake ingest, 
 generator), read from /proc before and after.
 
     .venv/bin/python bench/api_bench.py [--clients 50] [--requests 3000] [--client wrk|python]
-                                         [--rate 0] [--only POST] [--repeat 1]
+                                         [--rate 0] [--only post] [--repeat 1] [--gunicorn-args ...]
 
 ``--rate`` paces the whole client pool to that many requests per second (0: as fast as
 the clients can go, each sending its next request when the last one is answered).
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -285,6 +286,41 @@ class _Backends:
         return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
+class _Sampler(threading.Thread):
+    """During a scenario, every 0.5 s: the CPU of each PostgreSQL backend (so one that
+    closes mid-run still counts up to its last sample) and, once every client is connected,
+    how the connections are split over the gunicorn workers (a closed-loop client's latency
+    grows with the number of connections its worker serves)."""
+
+    def __init__(self, backends: _Backends, server: psutil.Process, port: int, clients: int):
+        super().__init__(daemon=True)
+        self.backends, self.server, self.port, self.clients = backends, server, port, clients
+        self.seen: dict[int, float] = {}
+        self.split: list[int] | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            for pid, cpu in self.backends.snapshot().items():
+                self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+            if self.split is None:
+                counts = []
+                for worker in self.server.children():
+                    try:
+                        counts.append(sum(1 for c in worker.net_connections(kind="tcp")
+                                          if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port))
+                    except psutil.Error:
+                        pass
+                if sum(counts) >= self.clients:
+                    self.split = sorted(counts, reverse=True)
+
+    def finish(self) -> dict[int, float]:
+        self.done.set()
+        self.join()
+        after = self.backends.snapshot()
+        return {pid: max(after.get(pid, 0.0), self.seen.get(pid, 0.0)) for pid in after.keys() | self.seen.keys()}
+
+
 # ----- the run --------------------------------------------------------------------------
 
 SCENARIOS = (("GET /health", "health"), ("GET /api/v1/subscriptions?limit=20", "list"),
@@ -411,8 +447,11 @@ def _run(args, url: str) -> int:
                 if only and kind not in only:
                     continue
                 s0, b0, i0 = _cpu(server), backends.snapshot(), _cpu(ingest_p, with_children=False)
+                sampler = _Sampler(backends, server, port, args.clients)
+                sampler.start()
                 res, gen_cpu = drive(kind, args.requests)
-                s1, b1, i1 = _cpu(server), backends.snapshot(), _cpu(ingest_p, with_children=False)
+                b1 = sampler.finish()
+                s1, i1 = _cpu(server), _cpu(ingest_p, with_children=False)
                 n = res["requests"] or 1
                 per = lambda sec: sec / n * 1e6   # noqa: E731
                 p95 = res["p95"] / 1000
@@ -424,6 +463,8 @@ def _run(args, url: str) -> int:
                 errors = {k: v for k, v in res.get("errors", {}).items() if v}
                 if errors:
                     codes["errors"] = errors
+                if sampler.split:
+                    codes["connections per worker"] = "/".join(map(str, sampler.split))
                 print(f"{label:36} {n / (res['duration_us'] / 1e6):6.0f} {res['p50'] / 1000:7.2f} {p95:7.2f} "
                       f"{res['p99'] / 1000:7.2f} {res['max'] / 1000:7.2f}   {per(s1 - s0):15.0f} "
                       f"{per(_Backends.spent(b0, b1)):5.0f} {per(i1 - i0):6.0f} {per(gen_cpu):6.0f}  {codes}",
