@@ -26,5 +26,6 @@ for _cls in sorted(_MARKET):
         DROPPED.labels(_downstream, _cls)
 for _endpoint in ("spot", "linear", "inverse", "option", "private"):
     BAD_FRAMES.labels(_endpoint)
+    SUB_FAILURES.labels(_endpoint)
 for _result in ("done", "failed"):
     RECONCILIATIONS.labels(_result)

@@ -14,6 +14,12 @@ CRASHES = Counter("wsgw_process_crashes_total",
 # mostrecent: the last value any listener wrote wins, so a restarted listener carries on.
 UP = Gauge("wsgw_process_up", "1 while supervisord reports the program RUNNING, else 0", ["program"],
            multiprocess_mode="mostrecent")
+# Zero series for the gateway's programs, so "increase(...) >= 3" alerts and the restart
+# panels read 0, not "no data", before the first incident.
+for _program in ("ingest", "publisher", "persister", "api"):
+    CRASHES.labels(_program)
+    RESTARTS.labels(_program, "EXITED")
+
 EVENTS = Counter("wsgw_ops_events_total", "supervisord events received by the eventlistener", ["event"])
 BAD_EVENTS = Counter("wsgw_ops_bad_events_total", "Events the eventlistener could not parse")
 SYSTEM_EVENTS = Counter("wsgw_ops_system_events_total",

@@ -26,6 +26,9 @@ DB_OUTAGES = Counter("wsgw_persister_db_outages_total", "Times the database beca
 SCHEMA_WAITS = Counter("wsgw_persister_schema_waits_total",
                        "Connection attempts that found migrations pending")
 
-# Zero series for dead letters, so dashboards and alerts see 0 rather than no data.
+# Zero series for dead letters and bad input, so dashboards and alerts see 0 rather than no data.
 for _table in ("balances", "orders", "executions", "positions"):
     DEAD_LETTERS.labels(_table)
+for _reason in ("bad_envelope", "bad_json", "not_private", "unexpected_kind", "bad_rest", "bad_sub_status",
+                "bad_activity"):   # persister.intake.BadInput reasons
+    BAD_INPUT.labels(_reason)

@@ -103,11 +103,13 @@ class Tally:
 
 
 def _zero_series() -> None:
-    """Zero series for drops, so dashboards and alerts see 0 rather than no data."""
+    """Zero series for drops and bad input, so dashboards and alerts see 0 rather than no data."""
     from common.classify import MARKET_CLASSES
 
     for cls in sorted(MARKET_CLASSES):
         DROPPED.labels(cls)
+    for reason in ("envelope", "unknown_topic", "bad_frame"):     # the reasons service.handle counts
+        BAD_INPUT.labels(reason)
 
 
 _zero_series()

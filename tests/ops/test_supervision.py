@@ -173,7 +173,8 @@ def test_dashboard_and_alert_metrics_exist_in_live_metrics(gw):
     wait_for(lambda: any(n == "wsgw_ingest_reconnects_total" for n, _ in metric_samples(gw)), 20,
              message="reconnect counted")
     live = {name for name, _ in metric_samples(gw)}
-    assert sorted(wanted - live) == []
+    missing = sorted(wanted - live)
+    assert missing == [], missing
     # every role is represented on the dashboard
     assert {n.split("_")[1] for n in wanted} >= {"ingest", "publisher", "persister", "api", "process", "ops"}
 
