@@ -19,6 +19,7 @@ SUB_STATUS = "sub_status"  # subscription status change for PostgreSQL (active /
 ACTIVITY = "activity"      # last event time per topic, for PostgreSQL and status
 REST = "rest"              # account state fetched over REST by reconciliation
 KINDS = (FRAME, SYSTEM, SUB_STATUS, ACTIVITY, REST)
+_MAX_INT = 2 ** 63
 
 
 def dumps(obj, **kw) -> bytes:
@@ -68,9 +69,21 @@ class Envelope:
             raise EnvelopeError(f"bad header: {exc}") from None
         if kind not in KINDS:
             raise EnvelopeError(f"unknown kind {kind!r}")
-        return cls(kind=kind, payload=bytes(parts[2]), endpoint=h.get("e", ""), topic=h.get("t", ""),
-                   recv_ns=h.get("r", 0), stream_seq=h.get("s", 0), epoch=h.get("p", ""),
-                   conn_id=h.get("c", ""), trace_id=h.get("tr", ""), extra=h.get("x") or {})
+        get = h.get
+        env = cls(kind=kind, payload=bytes(parts[2]), endpoint=get("e", ""), topic=get("t", ""),
+                  recv_ns=get("r", 0), stream_seq=get("s", 0), epoch=get("p", ""),
+                  conn_id=get("c", ""), trace_id=get("tr", ""), extra=get("x") or {})
+        # Every field has one type, checked here once, so no reader meets a wrong one later.
+        for name in ("endpoint", "topic", "epoch", "conn_id", "trace_id"):
+            if getattr(env, name).__class__ is not str:
+                raise EnvelopeError(f"header field {name}: expected a string, got {getattr(env, name)!r:.60}")
+        for name in ("recv_ns", "stream_seq"):
+            v = getattr(env, name)
+            if v.__class__ is not int or not 0 <= v < _MAX_INT:
+                raise EnvelopeError(f"header field {name}: expected an integer in [0, 2^63), got {v!r:.60}")
+        if env.extra.__class__ is not dict:
+            raise EnvelopeError(f"header field extra: expected an object, got {env.extra!r:.60}")
+        return env
 
     def json(self):
         """The payload parsed as JSON."""

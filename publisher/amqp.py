@@ -327,7 +327,7 @@ class Broker:
     # -- publishing -----------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.state == READY and self._ch is not None
+        return self.state == READY and self._ch is not None and self._ch.is_open
 
     def cork(self) -> None:
         if self._conn is not None:

@@ -108,7 +108,7 @@ def _zero_series() -> None:
 
     for cls in sorted(MARKET_CLASSES):
         DROPPED.labels(cls)
-    for reason in ("envelope", "unknown_topic", "bad_frame"):     # the reasons service.handle counts
+    for reason in ("envelope", "unknown_topic", "bad_frame", "unpublishable", "internal_error"):   # service.py
         BAD_INPUT.labels(reason)
 
 

@@ -15,6 +15,7 @@ import signal
 import time
 
 import orjson
+import pika.exceptions
 import zmq
 
 from common import addresses, classify
@@ -112,8 +113,13 @@ class Service:
         recv, handle, n = self._sock.recv_multipart, self.handle, 0
         try:
             while n < DRAIN_BATCH:
-                handle(recv(zmq.NOBLOCK))
+                parts = recv(zmq.NOBLOCK)
                 n += 1
+                try:
+                    handle(parts)
+                except Exception as exc:    # a bug must cost one envelope, never the intake
+                    self.tally.bad_input["internal_error"] += 1
+                    self.rl("error", "envelope not handled", error=repr(exc), exc_info=True)
         except zmq.Again:
             pass
         if n:
@@ -154,7 +160,20 @@ class Service:
                 ev = pop()
                 if ev is None:
                     break
-                publish(ev)
+                try:
+                    publish(ev)
+                except pika.exceptions.AMQPError as exc:
+                    # the channel or connection is going away (its close callback follows): keep the
+                    # event, first in line for the next channel
+                    self.outbox.requeue([ev])
+                    self.rl("warning", "publish refused by a closing channel; event kept", error=repr(exc))
+                    break
+                except (TypeError, ValueError) as exc:
+                    # can never be encoded (a bug upstream): retrying would block every event behind it
+                    self.tally.bad_input["unpublishable"] += 1
+                    self.rl("error", "event cannot be encoded; not published", event_id=ev.event_id,
+                            event_class=ev.event_class, error=repr(exc))
+                    continue
                 published[ev.event_class] += 1
         finally:
             b.uncork()

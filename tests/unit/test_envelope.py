@@ -1,3 +1,4 @@
+import orjson
 import pytest
 
 from common.envelope import FRAME, Envelope, EnvelopeError, json_envelope
@@ -27,6 +28,22 @@ def test_json_envelope():
 def test_bad_envelopes_raise(parts):
     with pytest.raises(EnvelopeError):
         Envelope.decode(parts)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("e", 5), ("e", None), ("t", ["publicTrade.BTCUSDT"]), ("p", {}), ("c", 1.5), ("tr", True),
+    ("r", -1), ("r", "1785000000"), ("r", True), ("r", 2**63), ("r", 1.5),
+    ("s", -3), ("s", None), ("x", [1]),
+])
+def test_wrong_typed_header_fields_are_refused_with_the_field_named(field, value):
+    """Found by fuzzing the publisher: an int endpoint reached str methods deep in the pipeline
+    (AttributeError) and a negative receive time broke the AMQP encoder (struct.error)."""
+    header = {"k": "frame", "e": "linear", "t": "publicTrade.BTCUSDT", "r": 1, "s": 1, "p": "ep", "c": "",
+              "tr": "", field: value}
+    names = {"e": "endpoint", "t": "topic", "p": "epoch", "c": "conn_id", "tr": "trace_id", "r": "recv_ns",
+             "s": "stream_seq", "x": "extra"}
+    with pytest.raises(EnvelopeError, match=names[field]):
+        Envelope.decode([b"gw1", orjson.dumps(header), b"{}"])
 
 
 def test_kept_envelopes_cost_their_size_not_orjsons_buffer():
