@@ -67,7 +67,8 @@ class Seen:
         t = _ms(rec.get("updatedTime"))
         if t is not None and (self.order_ms is None or t > self.order_ms):
             self.order_ms = t
-        if rec.get("orderStatus") in OPEN_STATUSES:
+        status = rec.get("orderStatus")
+        if isinstance(status, str) and status in OPEN_STATUSES:
             self.open_orders[oid] = category
         else:
             self.open_orders.pop(oid, None)

@@ -319,7 +319,11 @@ class Connection:
                     continue
                 topic = obj.get("topic")
                 if topic is not None:
-                    mgr.on_data(self, session, obj, topic, raw, recv_ns)
+                    try:
+                        mgr.on_data(self, session, obj, topic, raw, recv_ns)
+                    except Exception as exc:   # one frame we cannot handle must not drop the connection
+                        self._bad("error", "frame_not_handled", conn=self.id, error=repr(exc), exc_info=True)
+                        mgr.bad_frame(self, f"internal error: {exc!r}", raw)
                     continue
                 ctl = parse.classify_control(obj)
                 if ctl.kind == parse.PONG:

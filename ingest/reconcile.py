@@ -91,7 +91,10 @@ class Reconciler:
 
     def take(self, topic: str, cls: str, obj: dict, raw: bytes, recv_ns: int, conn_id: str) -> bool:
         """Every private push passes here: noted, and held (True) while a reconciliation runs."""
-        self.seen.observe(topic, obj)
+        try:
+            self.seen.observe(topic, obj)
+        except Exception:   # bookkeeping only: a push it cannot read must still be handed off
+            log.exception("seen_observe_failed", topic=topic)
         if not self.holding:
             return False
         if len(self._held) >= HOLD_MAX:

@@ -112,6 +112,25 @@ def test_seen_tracks_open_orders_newest_fill_and_open_positions():
     assert seen.known().orders == {} and seen.known().positions == set()
 
 
+def test_seen_ignores_wrong_typed_fields_of_any_push():
+    """Found by fuzzing: a list orderStatus raised TypeError (unhashable) inside ingest's reader,
+    which dropped the private connection and never handed the push off."""
+    import copy
+    import random
+
+    rng = random.Random(7)
+    values = [None, 0, -1, 1.5, "", [], {}, [1], {"a": 1}, True, [None], [{}]]
+    for name in ("order", "execution", "position", "wallet"):
+        base = frame(name)
+        for _ in range(300):
+            f = copy.deepcopy(base)
+            rec = f["data"][0] if isinstance(f.get("data"), list) else f
+            rec[rng.choice(sorted(rec))] = rng.choice(values)
+            if rng.random() < 0.2:
+                f["data"] = rng.choice(values)
+            Seen().observe(base["topic"], f)       # must not raise
+
+
 def test_exec_start_is_the_newest_known_fill_or_loss_start_minus_a_margin():
     now = 1785000100000
     assert exec_start_ms(None, None, now) is None
