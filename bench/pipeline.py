@@ -69,16 +69,18 @@ def consumer(url: str, queue: str, expected: int, idle_s: float, ready, out) -> 
         seqs.add(doc["stream_seq"])
         state["n"] += 1
         state["last"] = time.monotonic()
-        if state["n"] % 500 == 0:
-            ch.basic_ack(method.delivery_tag, multiple=True)
         state["tag"] = method.delivery_tag
+        if state["n"] % 200 == 0:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+            state["tag"] = 0
 
     ch.basic_consume(queue, on_message)
     ready.set()
     while len(seqs) < expected and time.monotonic() - state["last"] < idle_s:
-        conn.process_data_events(time_limit=0.1)
-    if state["tag"]:
-        ch.basic_ack(state["tag"], multiple=True)
+        conn.process_data_events(time_limit=0.05)
+        if state["tag"]:               # ack what this poll took (as bench/_consumer.py does)
+            ch.basic_ack(state["tag"], multiple=True)
+            state["tag"] = 0
     conn.close()
     out.put({"received": len(seqs), "messages": state["n"], "lat": lat})
 

@@ -215,7 +215,9 @@ class SimServer:
             while due <= now and n < MAX_BURST:
                 sim.book_frame_faults(conn, topic, stream)
                 batch.append(orjson.dumps(stream.next(ts)))
-                due += interval
+                # Jittered gaps (mean = interval): topics drift out of phase, so frames arrive
+                # spread out as from an exchange, not as one burst of every topic per period.
+                due += interval * (0.5 + sim.pace_rng.random())
                 n += 1
             if due < now - 1.0:
                 due = now                   # more than a second behind: skip, do not burst

@@ -7,6 +7,7 @@ one entry point of the control API (HTTP ``/__sim/{op}``, ``SimControl`` and the
 """
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections import Counter, deque
@@ -37,6 +38,7 @@ class Simulator:
     def __init__(self, opts: SimOptions):
         self.opts = opts
         self.rate = opts.rate
+        self.pace_rng = random.Random(opts.seed)    # frame spacing jitter (server._public_pass)
         self.account_rate = opts.account_rate
         self.symbols = Symbols(opts.symbols)
         self.market = Market(opts.seed)
@@ -197,7 +199,8 @@ class Simulator:
         for conn in self.conns.values():
             now = time.monotonic()
             for topic in conn.due:
-                conn.due[topic] = min(conn.due[topic], now + (1 / self.rate if self.rate else 0))
+                # staggered, so topics do not all fire together after a rate change
+                conn.due[topic] = min(conn.due[topic], now + self.pace_rng.random() * (1 / self.rate if self.rate else 0))
             conn.wake()
         return {"ok": True, "rate": self.rate, "account_rate": self.account_rate}
 
