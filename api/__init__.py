@@ -21,7 +21,7 @@ from . import account, db, errors, ops, subscriptions
 from .control import ControlClient
 from .errors import ApiError
 from .models import ErrorBody
-from .metrics import LATENCY, REQUESTS
+from .metrics import LATENCY, REQUESTS, child
 
 __version__ = "1.0.0"
 MAX_BODY_BYTES = 16 * 1024
@@ -149,21 +149,9 @@ def _finish(response):
     return response
 
 
-# Labelled metric children by label values: prometheus_client's labels() validates and
-# looks them up under a lock on every call. Routes are the URL rules, so the keys are few.
-_REQUEST_CHILDREN: dict[tuple[str, str, int], object] = {}
-_LATENCY_CHILDREN: dict[str, object] = {}
-
-
 def _observe(method: str, route: str, status: int, elapsed: float) -> None:
-    counter = _REQUEST_CHILDREN.get((method, route, status))
-    if counter is None:
-        counter = _REQUEST_CHILDREN.setdefault((method, route, status), REQUESTS.labels(method, route, str(status)))
-    counter.inc()
-    histogram = _LATENCY_CHILDREN.get(route)
-    if histogram is None:
-        histogram = _LATENCY_CHILDREN.setdefault(route, LATENCY.labels(route))
-    histogram.observe(elapsed)
+    child(REQUESTS, method, route, str(status)).inc()
+    child(LATENCY, route).observe(elapsed)
 
 
 def _teardown(_exc=None):

@@ -15,7 +15,7 @@ from . import store
 from .control import ControlUnavailable
 from .db import get_db, transaction
 from .errors import ApiError, topic_error
-from .metrics import CONTROL_REQUESTS
+from .metrics import CONTROL_REQUESTS, child
 from .models import (API_KEY_SECURITY, V1_ERRORS, DeleteQuery, ErrorBody, Subscription, SubscriptionChange,
                      SubscriptionCreate, SubscriptionPage, SubscriptionPath, SubscriptionQuery)
 
@@ -37,28 +37,17 @@ def _control_payload(row: dict) -> dict:
         "id": str(row["id"])}
 
 
-_CONTROL_CHILDREN: dict[tuple[str, str], object] = {}
-
-
-def _control_counter(op: str, result: str):
-    """CONTROL_REQUESTS{op, result}, the labelled child looked up once (labels() locks)."""
-    child = _CONTROL_CHILDREN.get((op, result))
-    if child is None:
-        child = _CONTROL_CHILDREN.setdefault((op, result), CONTROL_REQUESTS.labels(op=op, result=result))
-    return child
-
-
 def _tell_ingest(op: str, row: dict) -> tuple[str, str | None]:
     """Send ``op`` for ``row``; return (accepted|refused|unreachable, refusal reason)."""
     client = current_app.extensions["control"]
     try:
         reply = client.request(op, _control_payload(row), g.request_id)
     except ControlUnavailable as exc:
-        _control_counter(op, "unreachable").inc()
+        child(CONTROL_REQUESTS, op, "unreachable").inc()
         log.warning("ingest_unreachable", op=op, topic=row["topic"], endpoint=row["endpoint"], reason=str(exc))
         return "unreachable", None
     result = "accepted" if reply.ok else "refused"
-    _control_counter(op, result).inc()
+    child(CONTROL_REQUESTS, op, result).inc()
     if not reply.ok:
         log.info("ingest_refused", op=op, topic=row["topic"], endpoint=row["endpoint"], reason=reply.error)
     return result, reply.error or ("refused by ingest" if not reply.ok else None)
