@@ -43,8 +43,8 @@ class CorkedConnection(AsyncioConnection):
       error) goes through pika's own write path, which handles it as before.
     - Basic.Ack/Basic.Nack frames of the confirm channel go straight to one handler
       (``on_confirm_frames``), not through pika's generic callback registry, which
-      costs more than the rest of the confirm handling (tests/publisher/
-      test_amqp_encoding.py checks both shortcuts against a real broker).
+      costs more than the rest of the confirm handling (tests/publisher/test_transport.py
+      checks both of these shortcuts against the real broker).
     """
 
     _cork: list | None = None

@@ -110,16 +110,11 @@ class Service:
         next loop turn (after pika's reads, writes and timers) instead of waiting for it.
         """
         self._more = None
-        recv, handle, n = self._sock.recv_multipart, self.handle, 0
+        recv, take, n = self._sock.recv_multipart, self._take, 0
         try:
             while n < DRAIN_BATCH:
-                parts = recv(zmq.NOBLOCK)
+                take(recv(zmq.NOBLOCK))
                 n += 1
-                try:
-                    handle(parts)
-                except Exception as exc:    # a bug must cost one envelope, never the intake
-                    self.tally.bad_input["internal_error"] += 1
-                    self.rl("error", "envelope not handled", error=repr(exc), exc_info=True)
         except zmq.Again:
             pass
         if n:
@@ -143,9 +138,16 @@ class Service:
         """Take what already sits in our receive queue before closing (it would be lost)."""
         while True:
             try:
-                self.handle(self._sock.recv_multipart(zmq.NOBLOCK))
+                self._take(self._sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
+
+    def _take(self, parts: list[bytes]) -> None:
+        try:
+            self.handle(parts)
+        except Exception as exc:    # a bug must cost one envelope, never the intake (or the stop)
+            self.tally.bad_input["internal_error"] += 1
+            self.rl("error", "envelope not handled", error=repr(exc), exc_info=True)
 
     # -- output -----------------------------------------------------------------
     def pump(self) -> None:
