@@ -91,6 +91,7 @@ def test_status_reports_processes_connections_topics_and_dependencies(status_cli
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
+        ch.queue_delete("ws-gateway.balances")      # absent, whatever earlier tests declared here
         ch.queue_declare("ws-gateway.trades", durable=True)
         for _ in range(3):
             ch.basic_publish("", "ws-gateway.trades", b"x")

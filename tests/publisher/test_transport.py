@@ -15,7 +15,6 @@ import pika.spec
 from common import classify
 from publisher.amqp import READY, Broker
 from publisher.events import Event
-from tests.publisher.conftest import Broker as Inspector
 
 
 def _event(i: int, body_size: int) -> Event:
@@ -64,8 +63,10 @@ async def _publish_all(url: str, events: list[Event]) -> dict:
     return out
 
 
-def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_confirmed(amqp_url):
-    inspector = Inspector(amqp_url)
+def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_confirmed(amqp_url, broker):
+    # ``broker`` purges the gateway's queues before and after: the Broker under test declares
+    # them, and ws-gateway.trades (bound trades.#) gets a copy of every event sent here.
+    inspector = broker
     queue = "wsgw-transport-test"
     try:
         # 3,000 events of ~8 KB: 24 MB in one write, far beyond a loopback socket's send buffer,
@@ -87,4 +88,3 @@ def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_confirmed(amqp_
         assert all(len(m[2]["pad"]) == 8_000 for m in got)
     finally:
         inspector.ch.queue_delete(queue)
-        inspector.close()
