@@ -73,21 +73,30 @@ class Envelope:
         env = cls(kind=kind, payload=bytes(parts[2]), endpoint=get("e", ""), topic=get("t", ""),
                   recv_ns=get("r", 0), stream_seq=get("s", 0), epoch=get("p", ""),
                   conn_id=get("c", ""), trace_id=get("tr", ""), extra=get("x") or {})
-        # Every field has one type, checked here once, so no reader meets a wrong one later.
-        for name in ("endpoint", "topic", "epoch", "conn_id", "trace_id"):
-            if getattr(env, name).__class__ is not str:
-                raise EnvelopeError(f"header field {name}: expected a string, got {getattr(env, name)!r:.60}")
-        for name in ("recv_ns", "stream_seq"):
-            v = getattr(env, name)
-            if v.__class__ is not int or not 0 <= v < _MAX_INT:
-                raise EnvelopeError(f"header field {name}: expected an integer in [0, 2^63), got {v!r:.60}")
-        if env.extra.__class__ is not dict:
-            raise EnvelopeError(f"header field extra: expected an object, got {env.extra!r:.60}")
+        # Every field has one type, checked here once, so no reader meets a wrong one later
+        # (one expression on the hot path; the loop below only names the culprit).
+        if not (env.endpoint.__class__ is str and env.topic.__class__ is str and env.epoch.__class__ is str
+                and env.conn_id.__class__ is str and env.trace_id.__class__ is str
+                and env.recv_ns.__class__ is int and 0 <= env.recv_ns < _MAX_INT
+                and env.stream_seq.__class__ is int and 0 <= env.stream_seq < _MAX_INT
+                and env.extra.__class__ is dict):
+            _refuse(env)
         return env
 
     def json(self):
         """The payload parsed as JSON."""
         return orjson.loads(self.payload)
+
+
+def _refuse(env: Envelope) -> None:
+    for name in ("endpoint", "topic", "epoch", "conn_id", "trace_id"):
+        if getattr(env, name).__class__ is not str:
+            raise EnvelopeError(f"header field {name}: expected a string, got {getattr(env, name)!r:.60}")
+    for name in ("recv_ns", "stream_seq"):
+        v = getattr(env, name)
+        if v.__class__ is not int or not 0 <= v < _MAX_INT:
+            raise EnvelopeError(f"header field {name}: expected an integer in [0, 2^63), got {v!r:.60}")
+    raise EnvelopeError(f"header field extra: expected an object, got {env.extra!r:.60}")
 
 
 def json_envelope(kind: str, body: dict, **kw) -> Envelope:
