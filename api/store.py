@@ -177,7 +177,7 @@ def list_page(conn, filters: dict, limit: int, offset: int) -> tuple[list[dict],
             _run(cur, f"sub_count_{combo}", ", ".join(["text"] * n), f"SELECT count(*) FROM subscriptions{where}",
                  tuple(args))
             total = cur.fetchone()[0]
-    return [dict(zip(_COLUMNS, v)) for v in values], total
+    return [_row(v) for v in values], total
 
 
 def live_rows(conn) -> list[dict]:
