@@ -70,6 +70,26 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
+# gthread gives every new connection a pool thread, which waits up to 5 s for its first bytes
+# before handing the connection back to the poller (gunicorn's DEFAULT_WORKER_DATA_TIMEOUT, not
+# a setting). Connections that open and stay silent (pre-connecting client pools, TCP probes, a
+# port scan) therefore hold the 4 threads of a worker: 20 of them stalled a /health call for
+# 14.8 s (measured on gunicorn 27.0.1). A request's first bytes follow its connect within a
+# round trip, so 20 ms is plenty; a slower client waits on the poller, holding no thread.
+# tests/api/test_gunicorn.py holds this (idle connections do not stall /health).
+FIRST_BYTES_WAIT_S = 0.02
+
+
+def post_worker_init(worker):
+    from gunicorn.workers import gthread
+
+    if getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", None) is None:
+        worker.log.warning("gunicorn's gthread has no DEFAULT_WORKER_DATA_TIMEOUT: silent connections "
+                           "may hold worker threads for seconds")
+        return
+    gthread.DEFAULT_WORKER_DATA_TIMEOUT = FIRST_BYTES_WAIT_S
+
+
 def post_fork(server, worker):
     """Workers die with their master. After a kill -9 of the master, orphaned workers would
     otherwise keep serving (and holding keep-alive connections) until they notice their new

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,3 +75,23 @@ def test_python_m_api_serves_and_stops_on_sigterm(served_api, fake_ingest):
     lines = log_path.read_text().splitlines()
     assert lines and all(line.startswith("{") for line in lines), lines[:5]
     assert any('"trace_id":"gun-1"' in line for line in lines)
+
+
+@pytest.mark.timeout(60)
+def test_silent_connections_do_not_stall_requests(served_api):
+    """Connections that open and send nothing (client pools connecting ahead, TCP probes)
+    must not hold the workers' threads: with gunicorn's default a new connection holds a
+    thread for up to 5 s, and 20 of them stalled /health for 14.8 s."""
+    _proc, base, _log = served_api
+    port = int(base.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(10):          # new connections each time: spread over both workers
+                started = time.monotonic()
+                assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+                assert time.monotonic() - started < 1.0, "a request waited behind silent connections"
+            assert http.get("/health").status_code == 200
+    finally:
+        for sock in silent:
+            sock.close()
