@@ -14,8 +14,14 @@ prints which one it used, and per scenario the CPU each side spent per request (
 master and workers, PostgreSQL backends of the bench database, the fake ingest, the load
 generator), read from /proc before and after.
 
+With ``--capacity`` it then runs the same 50 clients with think time (each waits a random
+pause between an answer and its next request) at rising rates, and prints the highest rate at
+which p95 stays under 20 ms per scenario. The closed loop is the saturated end of that curve:
+there, latency is the number of clients times the CPU a request costs, shared by two cores.
+
     .venv/bin/python bench/api_bench.py [--clients 50] [--requests 3000] [--client wrk|python]
                                          [--rate 0] [--only post] [--repeat 1] [--gunicorn-args ...]
+                                         [--capacity [--capacity-seconds 4]]
 
 ``--rate`` paces the whole client pool to that many requests per second (0: as fast as
 the clients can go, each sending its next request when the last one is answered).
@@ -185,6 +191,7 @@ function request()
     return wrk.format("POST", "/api/v1/subscriptions", hdr_json, body)
   end
 end
+%(delay)s
 function response(status, headers, body)
   answered = answered + 1
   codes[status] = (codes[status] or 0) + 1
@@ -221,11 +228,21 @@ def _wrk_available(install: bool) -> str | None:
     return shutil.which("wrk")
 
 
+# Think time: each connection waits a random time (exponential, mean ``think_ms``) between
+# an answer and its next request, as 50 independent clients would. wrk counts latency from
+# the moment a request is written, so the wait is not in the figures.
+_WRK_DELAY = r"""
+local think_ms = %f
+function delay() return math.floor(-math.log(1 - math.random()) * think_ms + 0.5) end
+"""
+
+
 def _drive_wrk(wrk: str, base: str, clients: int, total: int, kind: str, ids: list[str], symbols: list[str],
-               run_dir: Path) -> dict:
+               run_dir: Path, think_ms: float = 0.0) -> dict:
     script = run_dir / f"{kind}.lua"
     quote = lambda items: ",".join(f'"{i}"' for i in items)   # noqa: E731
-    script.write_text(_WRK_LUA % {"kind": kind, "total": total, "ids": quote(ids), "syms": quote(symbols)})
+    script.write_text(_WRK_LUA % {"kind": kind, "total": total, "ids": quote(ids), "syms": quote(symbols),
+                                  "delay": _WRK_DELAY % think_ms if think_ms > 0 else ""})
     # -d is only a safety bound: the script stops the thread after ``total`` answers.
     proc = subprocess.Popen([wrk, "-t1", f"-c{clients}", "-d120s", "--timeout", "10s", "-s", str(script), base],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -321,6 +338,41 @@ class _Sampler(threading.Thread):
         return {pid: max(after.get(pid, 0.0), self.seen.get(pid, 0.0)) for pid in after.keys() | self.seen.keys()}
 
 
+# ----- capacity: the same 50 clients, each pausing between requests --------------------
+
+CAPACITY_RATES = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000)
+TARGET_P95_MS = 20.0
+
+
+def _capacity(args, drive, only: set[str]) -> None:
+    """For each scenario, step the rate the 50 clients offer (each waits a random think time
+    of mean clients/rate between an answer and its next request) until p95 reaches the target
+    or the API no longer keeps up (answered rate under 90% of the offered one). Prints the
+    highest answered rate with p95 under the target: the load at which the target holds on
+    this machine, the closed-loop run above being the saturated end of the same curve."""
+    print(f"\ncapacity: {args.clients} clients with think time (exponential, mean clients/rate), "
+          f"about {args.capacity_seconds:.0f} s per step; p95 target < {TARGET_P95_MS:.0f} ms")
+    print(f"{'scenario':36} {'offered':>7} {'req/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}")
+    summary = []
+    for label, kind in SCENARIOS:
+        if kind == "health" or (only and kind not in only):
+            continue
+        best, latency_ms = None, 0.0
+        for rate in CAPACITY_RATES:
+            # A client's cycle is its think time plus the answer's latency (the last step's p50).
+            think_ms = max(0.0, args.clients / rate * 1000 - latency_ms)
+            res, _gen = drive(kind, max(500, int(rate * args.capacity_seconds)), think_ms)
+            answered = res["requests"] / (res["duration_us"] / 1e6)
+            p95 = res["p95"] / 1000
+            print(f"{label:36} {rate:7d} {answered:6.0f} {res['p50'] / 1000:7.2f} {p95:7.2f} "
+                  f"{res['p99'] / 1000:7.2f}", flush=True)
+            if p95 >= TARGET_P95_MS or answered < 0.9 * rate:
+                break
+            best, latency_ms = answered, res["p50"] / 1000
+        summary.append(f"{kind} {best:.0f}" if best else f"{kind} below {CAPACITY_RATES[0]}")
+    print(f"highest rate with p95 < {TARGET_P95_MS:.0f} ms at {args.clients} clients (req/s): " + ", ".join(summary))
+
+
 # ----- the run --------------------------------------------------------------------------
 
 SCENARIOS = (("GET /health", "health"), ("GET /api/v1/subscriptions?limit=20", "list"),
@@ -337,6 +389,9 @@ def main() -> int:
                     help="load generator (default: wrk when available or installable, else python)")
     ap.add_argument("--only", default="", help="comma-separated scenario kinds: health,list,one,post")
     ap.add_argument("--repeat", type=int, default=1, help="run every scenario this many times")
+    ap.add_argument("--capacity", action="store_true",
+                    help="then step the offered rate (clients with think time) to find where p95 reaches 20 ms")
+    ap.add_argument("--capacity-seconds", type=float, default=4.0, help="length of each capacity step")
     ap.add_argument("--log-level", default="info", help="GW_LOG_LEVEL of the API (default: info, as deployed)")
     ap.add_argument("--gunicorn-args", default="", help="GUNICORN_CMD_ARGS for experiments, e.g. '--threads 8' "
                     "(default: the project's api/gunicorn_conf.py alone)")
@@ -400,11 +455,11 @@ def _run(args, url: str) -> int:
                 "requested_by": f"svc-{n % 5}"}),
         }
 
-        def drive(kind: str, total: int) -> tuple[dict, float]:
+        def drive(kind: str, total: int, think_ms: float = 0.0) -> tuple[dict, float]:
             """One scenario: its figures and the generator's CPU seconds."""
             if wrk:
                 before = os.times()
-                res = _drive_wrk(wrk, base, args.clients, total, kind, ids, symbols, run_dir)
+                res = _drive_wrk(wrk, base, args.clients, total, kind, ids, symbols, run_dir, think_ms)
                 after = os.times()
                 gen = (after.children_user - before.children_user) + (after.children_system - before.children_system)
                 return res, gen
@@ -474,6 +529,10 @@ def _run(args, url: str) -> int:
         print(f"gunicorn workers RSS MB after the warm-up: {rss0}; at the end: {workers_rss()}")
         print(f"worst p95 over the API scenarios: {worst_p95:.2f} ms (target < 20 ms): "
               f"{'MET' if worst_p95 < 20 else 'NOT MET'}")
+        if args.capacity and wrk:
+            _capacity(args, drive, only)
+        elif args.capacity:
+            print("\ncapacity: needs wrk (think time per connection); not run")
         return 0
     finally:
         if proc is not None and proc.poll() is None:
