@@ -95,3 +95,40 @@ def test_silent_connections_do_not_stall_requests(served_api):
     finally:
         for sock in silent:
             sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_huge_body_through_gunicorn_is_a_json_413(served_api):
+    """A body past the 16 KB limit is refused with the JSON error, over a real socket: the
+    rest of the body is drained or the connection closed after the answer, never reset
+    before it."""
+    _proc, base, _log = served_api
+    huge = b'{"channel":"trades","category":"linear","symbol":"' + b"A" * (2 * 1024 * 1024) + b'"}'
+    with httpx.Client(base_url=base, timeout=10) as http:
+        for _ in range(3):
+            resp = http.post("/api/v1/subscriptions", content=huge, headers={"Content-Type": "application/json"})
+            assert resp.status_code == 413
+            assert resp.json()["error"]["code"] == "body_too_large"
+            assert resp.headers["connection"] == "close"     # not reused: the body was never read
+        assert http.get("/health").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_chunked_bodies_through_gunicorn(served_api):
+    """A chunked body (no Content-Length) is read up to the limit: a small one is served, a
+    huge one is a 413 (not a 400 for JSON cut at the limit), and the client can go on."""
+    _proc, base, _log = served_api
+
+    def chunks(data: bytes):
+        for i in range(0, len(data), 8192):
+            yield data[i:i + 8192]
+
+    small = b'{"channel":"trades","category":"linear","symbol":"CHUNKUSDT","requested_by":"svc-c"}'
+    huge = b'{"channel":"trades","category":"linear","symbol":"' + b"A" * (2 * 1024 * 1024) + b'"}'
+    with httpx.Client(base_url=base, timeout=10) as http:
+        created = http.post("/api/v1/subscriptions", content=chunks(small), headers={"Content-Type": "application/json"})
+        assert created.status_code == 201 and created.json()["topic"] == "publicTrade.CHUNKUSDT"
+        refused = http.post("/api/v1/subscriptions", content=chunks(huge), headers={"Content-Type": "application/json"})
+        assert refused.status_code == 413
+        assert refused.json()["error"]["code"] == "body_too_large"
+        assert http.get("/health").status_code == 200
