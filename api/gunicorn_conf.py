@@ -80,9 +80,33 @@ def child_exit(server, worker):
 FIRST_BYTES_WAIT_S = 0.02
 
 
+# Requests gunicorn refuses before the app sees them (request line over 4094 bytes, headers too
+# large, malformed HTTP) get gunicorn's HTML page; clients of this API parse one error shape,
+# so they get it here too: {"error": {"code", "message", "details"}}, with gunicorn's status,
+# reason and message. gunicorn has no setting for this; its one writer of these pages is
+# gunicorn.util.write_error(sock, status, reason, message), replaced in each worker.
+# tests/api/test_gunicorn.py holds this (a 9 KB URL, 9 KB of headers, a garbage request line).
+_PROTOCOL_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long",
+                         417: "expectation_failed", 431: "header_fields_too_large",
+                         500: "internal_error", 501: "not_implemented"}
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    import orjson
+    from gunicorn import util
+
+    body = orjson.dumps({"error": {"code": _PROTOCOL_ERROR_CODES.get(status_int, "http_error"),
+                                   "message": f"{reason}: {mesg}" if mesg else reason, "details": None}})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
 def post_worker_init(worker):
+    from gunicorn import util
     from gunicorn.workers import gthread
 
+    util.write_error = write_json_error
     if getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", None) is None:
         worker.log.warning("gunicorn's gthread has no DEFAULT_WORKER_DATA_TIMEOUT: silent connections "
                            "may hold worker threads for seconds")

@@ -1,6 +1,7 @@
 """The API as supervisord runs it: ``python -m api`` (gunicorn, 2 gthread workers)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -132,3 +133,32 @@ def test_chunked_bodies_through_gunicorn(served_api):
         assert refused.status_code == 413
         assert refused.json()["error"]["code"] == "body_too_large"
         assert http.get("/health").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_requests_gunicorn_refuses_get_the_json_error_shape(served_api):
+    """What gunicorn refuses before the app runs (request line or headers too large, a
+    request line that is not HTTP) is answered in the API's one error shape, not HTML."""
+    _proc, base, _log = served_api
+    port = int(base.rsplit(":", 1)[1])
+    with httpx.Client(base_url=base, timeout=10) as http:
+        long_url = http.get("/api/v1/subscriptions", params={"symbol": "A" * 9000})
+        big_header = http.get("/health", headers={"X-Filler": "b" * 9000})
+    answers = [(long_url.status_code, long_url.headers["content-type"], long_url.json()),
+               (big_header.status_code, big_header.headers["content-type"], big_header.json())]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    answers.append((int(head.split()[1]), "application/json" if b"application/json" in head else head.decode(),
+                    json.loads(body)))
+    assert [(status, ctype, err["error"]["code"]) for status, ctype, err in answers] == [
+        (414, "application/json", "uri_too_long"), (431, "application/json", "header_fields_too_large"),
+        (400, "application/json", "bad_request")]
+    assert all(set(err["error"]) == {"code", "message", "details"} and err["error"]["message"]
+               for _s, _c, err in answers)
