@@ -4,14 +4,21 @@ Orders are placed, partly filled, filled and cancelled (one event per ``step``);
 event yields consistent order / execution / position / wallet records in exactly the
 shapes of tests/frames/{order,execution,execution_fast,position,wallet}.json, computed
 with Decimal and sent as strings. The account keeps the ground truth (every order's
-latest state, every execution, every position, the balance, and every private push
-sent on each connection) in this one object, so REST endpoints can serve it later.
+latest state, every execution, every position, the balance) in this one object, so REST
+endpoints can serve it later, plus a log of the recent private pushes (``PushLog``).
+
+What grows: orders and executions, about 1.6 KB of Python objects per account event
+(the whole history is the ground truth the loss checks compare against: 4,500 events,
+15 min at 5/s, hold ~7 MB). The push log is a window: the frames as sent (bytes), kept
+``push_window_s`` and at most ``max_pushes`` frames, whoever they were sent to.
 """
 from __future__ import annotations
 
 import random
 from collections import deque
 from decimal import Decimal
+
+import orjson
 
 from .market import Market, rng_uuid, stable_hash
 
@@ -32,8 +39,50 @@ def _m(value: Decimal, places: str = "0.0001") -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+class PushLog:
+    """The private frames sent, oldest first, as (sent at ms, connection id, the bytes sent).
+
+    Bounded by age (``window_s``) and count (``max_frames``), whatever the number of
+    connections: a closed connection's frames leave with the window, nothing is kept per
+    connection. Kept as the bytes written (~1 KB a frame), not as the frame dicts
+    (~2.6 KB with their records); ``frames()`` decodes them.
+    """
+
+    def __init__(self, max_frames: int = 100_000, window_s: float = 300.0):
+        if max_frames < 1 or not window_s > 0:
+            raise ValueError("max_frames must be >= 1 and window_s > 0")
+        self.max_frames, self.window_ms = max_frames, int(window_s * 1000)
+        self._log: deque[tuple[int, str, bytes]] = deque()
+        self.recorded = 0          # every frame ever recorded
+        self.evicted = 0           # of which no longer kept
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    def record(self, conn_id: str, payload: bytes, at_ms: int) -> None:
+        self._log.append((at_ms, conn_id, payload))
+        self.recorded += 1
+        self.prune(at_ms)
+
+    def prune(self, now_ms: int) -> None:
+        log, oldest = self._log, now_ms - self.window_ms
+        while log and (len(log) > self.max_frames or log[0][0] < oldest):
+            log.popleft()
+            self.evicted += 1
+
+    def frames(self) -> tuple[list[dict], dict[str, list[dict]]]:
+        """(every kept frame in order, the same frames by connection id)."""
+        everything, by_conn = [], {}
+        for _, conn_id, payload in self._log:
+            frame = orjson.loads(payload)
+            everything.append(frame)
+            by_conn.setdefault(conn_id, []).append(frame)
+        return everything, by_conn
+
+
 class Account:
-    def __init__(self, market: Market, seed: int, symbols, max_pushes_per_conn: int = 100_000):
+    def __init__(self, market: Market, seed: int, symbols, max_pushes: int = 100_000,
+                 push_window_s: float = 300.0):
         self.market = market
         self.rng = random.Random(stable_hash(seed, "account"))
         self.symbols = tuple(symbols)
@@ -45,9 +94,7 @@ class Account:
         self.wallet_balance = Decimal("20000")
         self.cum_realised = ZERO
         self.wallet: dict | None = None
-        self.pushes: dict[str, deque] = {}        # connection id -> frames sent on it
-        self.all_pushes: deque = deque(maxlen=max_pushes_per_conn)   # every frame sent, in order
-        self.max_pushes = max_pushes_per_conn
+        self.push_log = PushLog(max_pushes, push_window_s)   # recent frames sent, every connection
         self.seq = 412_345_680_000
         self.n_orders = 0
         self.events = 0
@@ -239,19 +286,27 @@ class Account:
                 out.append((topic, frame))
         return out
 
-    def record_push(self, conn_id: str, frame: dict) -> None:
-        self.pushes.setdefault(conn_id, deque(maxlen=self.max_pushes)).append(frame)
-        self.all_pushes.append(frame)
+    def record_push(self, conn_id: str, payload: bytes, at_ms: int) -> None:
+        """One frame written to ``conn_id`` (``payload``: the bytes sent)."""
+        self.push_log.record(conn_id, payload, at_ms)
 
-    def ground_truth(self) -> dict:
+    def ground_truth(self, now_ms: int | None = None) -> dict:
+        """Everything, with the push log's window: ``pushes`` (and ``pushes_by_conn``) are the
+        frames sent in the last ``push_window_s``, at most ``max_pushes``; ``pushes_evicted``
+        counts the older ones no longer there."""
+        if now_ms is not None:
+            self.push_log.prune(now_ms)
+        pushes, by_conn = self.push_log.frames()
         return {
             "orders": list(self.orders.values()),
             "open_order_ids": list(self.open),
             "executions": list(self.executions),
             "positions": list(self.positions.values()),
             "balances": self.wallet or self._wallet(0),
-            "pushes": list(self.all_pushes),
-            "pushes_by_conn": {cid: list(frames) for cid, frames in self.pushes.items()},
+            "pushes": pushes,
+            "pushes_by_conn": by_conn,
+            "pushes_recorded": self.push_log.recorded,
+            "pushes_evicted": self.push_log.evicted,
             "events": self.events,
         }
 

@@ -24,11 +24,14 @@ class SimOptions:
     seed: int = 0                     # frames are reproducible from the seed and the timestamps
     reject_mode: str = "whole"
     account_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    max_pushes_per_conn: int = 100_000
+    max_pushes: int = 100_000         # the private push log (ground truth "pushes"): at most this many frames
+    push_window_s: float = 300.0      # ... sent in the last this many seconds
 
     def __post_init__(self):
         if self.rate < 0 or self.account_rate < 0:
             raise ConfigError("rate and account_rate must be >= 0")
+        if self.max_pushes < 1 or not self.push_window_s > 0:
+            raise ConfigError("max_pushes must be >= 1 and push_window_s > 0")
         if self.reject_mode not in REJECT_MODES:
             raise ConfigError(f"reject_mode must be one of {REJECT_MODES}, got {self.reject_mode!r}")
         try:

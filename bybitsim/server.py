@@ -184,12 +184,14 @@ class SimServer:
             timeout = None
             if not conn.stalled:
                 if conn.pushes:
-                    pushes = list(conn.pushes)
+                    topics = [topic for topic, _ in conn.pushes]
+                    payloads = [orjson.dumps(frame) for _, frame in conn.pushes]
                     conn.pushes.clear()
-                    await self._write(conn, [orjson.dumps(frame) for _, frame in pushes])
-                    for topic, frame in pushes:
+                    await self._write(conn, payloads)
+                    at_ms = now_ms()
+                    for topic, payload in zip(topics, payloads):
                         sim.sent(conn, topic)
-                        sim.account.record_push(conn.id, frame)
+                        sim.account.record_push(conn.id, payload, at_ms)   # the bytes sent, not the dicts
                 if sim.rate > 0 and conn.due:
                     await self._public_pass(conn, 1.0 / sim.rate)
                     if conn.due:

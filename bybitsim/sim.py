@@ -43,7 +43,7 @@ class Simulator:
         self.symbols = Symbols(opts.symbols)
         self.market = Market(opts.seed)
         self.faults = Faults(reject_mode=opts.reject_mode)
-        self.account = Account(self.market, opts.seed, opts.account_symbols, opts.max_pushes_per_conn)
+        self.account = Account(self.market, opts.seed, opts.account_symbols, opts.max_pushes, opts.push_window_s)
         self.conns: dict[str, Conn] = {}
         self.connections_opened = Counter({e: 0 for e in ENDPOINTS})
         self.pings = Counter({e: 0 for e in ENDPOINTS})
@@ -235,7 +235,7 @@ class Simulator:
         return {"ok": True, "close_private_after_s": self.faults.close_private_after_s}
 
     def op_account(self, payload: dict) -> dict:
-        return self.account.ground_truth()
+        return self.account.ground_truth(now_ms())
 
     def op_account_step(self, payload: dict) -> dict:
         """Advance the account by ``n`` events now (pushed to whoever is connected, if anyone)."""

@@ -1,0 +1,108 @@
+"""What the simulator keeps stays bounded however many frames, reconnects and faults go by.
+
+The private push log used to keep every frame as a dict, once overall and once per
+connection id, closed connections included: ~2.6 KB per frame, 65 MB over a 15-minute
+soak. It is now a window (age and count) of the bytes sent, shared by all connections.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import bybitsim
+from bybitsim.account import PushLog
+from tests.helpers import wait_for
+from tests.sim.conftest import KEY, SECRET, Client
+
+PRIVATE_TOPICS = ("order", "execution", "position", "wallet")
+
+
+def test_push_log_keeps_a_window_by_age_and_count():
+    log = PushLog(max_frames=50, window_s=1.0)
+    for i in range(1000):                       # one frame every 10 ms: 10 s of pushes
+        log.record(f"conn-{i // 100}", b'{"i":%d}' % i, at_ms=i * 10)
+        assert len(log) <= 50
+    assert (log.recorded, log.evicted, len(log)) == (1000, 950, 50)
+    frames, by_conn = log.frames()
+    assert [f["i"] for f in frames] == list(range(950, 1000))
+    assert set(by_conn) == {"conn-9"}           # closed connections leave with their frames
+
+    log = PushLog(max_frames=10_000, window_s=1.0)
+    for i in range(1000):
+        log.record("c", b"{}", at_ms=i * 10)
+    assert len(log) == 101                      # at_ms 8990..9990: the last second only
+    log.prune(now_ms=20_000)                    # nothing sent for a while: all of it ages out
+    assert len(log) == 0 and log.evicted == 1000
+
+
+@pytest.fixture
+def small_sim():
+    with bybitsim.run_in_thread(rate=0, api_key=KEY, api_secret=SECRET, account_rate=0, seed=3,
+                                max_pushes=300, push_window_s=60.0) as handle:
+        yield handle
+
+
+def _private(sim) -> Client:
+    c = Client(sim.ws_private_url)
+    assert c.auth()["success"] is True
+    assert c.subscribe(*PRIVATE_TOPICS)["success"] is True
+    return c
+
+
+def _tasks(sim) -> int:
+    return sim.run(lambda: len(asyncio.all_tasks()))
+
+
+@pytest.mark.timeout(60)
+def test_push_log_and_connections_stay_bounded_over_reconnects(small_sim):
+    sim = small_sim
+    idle_tasks = _tasks(sim)
+    received, conn_ids = 0, []
+    for round_ in range(8):                     # a private client reconnecting, 8 times
+        c = _private(sim)
+        try:
+            events = sim.account_step(100)["events"]
+            seen = []
+            # Every event ends with a wallet push: wait for this round's last one.
+            c.recv_until(lambda m: seen.append(m) or (m.get("topic") == "wallet"
+                                                      and m["id"].endswith(f"-{events}")), timeout=10)
+            received += len(seen)
+            conn_ids.append(sim.state()["connections"][0]["id"])
+        finally:
+            c.close()
+        wait_for(lambda: not sim.state()["connections"], 5, message=f"connection {round_} closed")
+
+    truth = sim.account()
+    assert received > 8 * 300                   # far more frames went out than the log keeps
+    assert truth["pushes_recorded"] == received
+    assert len(truth["pushes"]) == 300 and truth["pushes_evicted"] == received - 300
+    assert sum(len(frames) for frames in truth["pushes_by_conn"].values()) <= 300
+    assert set(truth["pushes_by_conn"]) <= set(conn_ids[-2:])    # the old connections are gone
+    assert truth["pushes_by_conn"][conn_ids[-1]] == truth["pushes"][-len(truth["pushes_by_conn"][conn_ids[-1]]):]
+    assert sim.run(lambda: len(sim.sim.account.push_log)) == 300
+    # no connection state or task left behind by the closed connections
+    assert sim.run(lambda: len(sim.sim.conns)) == 0
+    wait_for(lambda: _tasks(sim) == idle_tasks, 5, message="connection tasks collected")
+
+
+@pytest.mark.timeout(60)
+def test_push_log_forgets_frames_older_than_the_window():
+    with bybitsim.run_in_thread(rate=0, api_key=KEY, api_secret=SECRET, account_rate=0, seed=3,
+                                push_window_s=0.5) as sim:
+        c = _private(sim)
+        try:
+            first = sim.account_step(20)["events"]
+            c.recv_until(lambda m: m.get("topic") == "wallet" and m["id"].endswith(f"-{first}"), timeout=10)
+            assert sim.account()["pushes_recorded"] > 0
+
+            def aged_out():
+                sim.account_step(1)                   # the account keeps moving ...
+                truth = sim.account()
+                return truth if truth["pushes_evicted"] > 0 and all(
+                    int(p["id"].rsplit("-", 1)[1]) > first for p in truth["pushes"]) else None
+
+            truth = wait_for(aged_out, 10, interval=0.1, message="the first events' pushes aged out")
+            assert len(truth["pushes"]) < truth["pushes_recorded"]
+        finally:
+            c.close()
