@@ -45,7 +45,9 @@ class PushLog:
     Bounded by age (``window_s``) and count (``max_frames``), whatever the number of
     connections: a closed connection's frames leave with the window, nothing is kept per
     connection. Kept as the bytes written (~1 KB a frame), not as the frame dicts
-    (~2.6 KB with their records); ``frames()`` decodes them.
+    (~2.6 KB with their records); ``frames()`` decodes them. ``record`` copies the bytes:
+    an ``orjson.dumps`` result sits in orjson's ~16 KB output buffer, which it does not
+    shrink, so keeping it would cost 16 times the frame.
     """
 
     def __init__(self, max_frames: int = 100_000, window_s: float = 300.0):
@@ -60,7 +62,7 @@ class PushLog:
         return len(self._log)
 
     def record(self, conn_id: str, payload: bytes, at_ms: int) -> None:
-        self._log.append((at_ms, conn_id, payload))
+        self._log.append((at_ms, conn_id, bytes(memoryview(payload))))    # an exact-size copy
         self.recorded += 1
         self.prune(at_ms)
 
@@ -70,11 +72,14 @@ class PushLog:
             log.popleft()
             self.evicted += 1
 
-    def frames(self) -> tuple[list[dict], dict[str, list[dict]]]:
-        """(every kept frame in order, the same frames by connection id)."""
+    def frames(self, raw: bool = False) -> tuple[list, dict[str, list]]:
+        """(every kept frame in order, the same frames by connection id); ``raw``: as
+        ``orjson.Fragment`` (for a JSON answer: the bytes go out as they are, nothing is
+        decoded and encoded again), else decoded."""
         everything, by_conn = [], {}
+        decode = orjson.Fragment if raw else orjson.loads
         for _, conn_id, payload in self._log:
-            frame = orjson.loads(payload)
+            frame = decode(payload)
             everything.append(frame)
             by_conn.setdefault(conn_id, []).append(frame)
         return everything, by_conn
@@ -290,13 +295,13 @@ class Account:
         """One frame written to ``conn_id`` (``payload``: the bytes sent)."""
         self.push_log.record(conn_id, payload, at_ms)
 
-    def ground_truth(self, now_ms: int | None = None) -> dict:
+    def ground_truth(self, now_ms: int | None = None, raw_pushes: bool = False) -> dict:
         """Everything, with the push log's window: ``pushes`` (and ``pushes_by_conn``) are the
         frames sent in the last ``push_window_s``, at most ``max_pushes``; ``pushes_evicted``
-        counts the older ones no longer there."""
+        counts the older ones no longer there. ``raw_pushes``: frames as ``orjson.Fragment``."""
         if now_ms is not None:
             self.push_log.prune(now_ms)
-        pushes, by_conn = self.push_log.frames()
+        pushes, by_conn = self.push_log.frames(raw_pushes)
         return {
             "orders": list(self.orders.values()),
             "open_order_ids": list(self.open),

@@ -61,6 +61,8 @@ def _control(sim: Simulator, method: str, path: str, body: bytes) -> tuple[int, 
         payload = orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
         return 400, {"error": f"body is not JSON: {exc}"}
+    if op == "account" and isinstance(payload, dict):
+        payload = {**payload, "raw": True}      # the answer is JSON anyway: frames go out as sent
     try:
         return 200, sim.control(op, payload)
     except KeyError:

@@ -235,7 +235,9 @@ class Simulator:
         return {"ok": True, "close_private_after_s": self.faults.close_private_after_s}
 
     def op_account(self, payload: dict) -> dict:
-        return self.account.ground_truth(now_ms())
+        """The ground truth; ``{"raw": true}`` (the HTTP API): pushes as orjson fragments of the
+        bytes sent, so a JSON answer does not decode and re-encode thousands of frames."""
+        return self.account.ground_truth(now_ms(), raw_pushes=self._bool(payload, "raw", False))
 
     def op_account_step(self, payload: dict) -> dict:
         """Advance the account by ``n`` events now (pushed to whoever is connected, if anyone)."""

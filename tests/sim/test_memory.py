@@ -7,7 +7,10 @@ soak. It is now a window (age and count) of the bytes sent, shared by all connec
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
+import httpx
+import orjson
 import pytest
 
 import bybitsim
@@ -34,6 +37,24 @@ def test_push_log_keeps_a_window_by_age_and_count():
     assert len(log) == 101                      # at_ms 8990..9990: the last second only
     log.prune(now_ms=20_000)                    # nothing sent for a while: all of it ages out
     assert len(log) == 0 and log.evicted == 1000
+
+
+def test_push_log_keeps_each_frame_at_its_size():
+    """orjson.dumps returns its ~16 KB output buffer unshrunk: the log must keep a copy."""
+    record = {f"field{i}": f"{i * 1234.5678:.4f}" for i in range(40)}
+    log = PushLog(max_frames=1000, window_s=60.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000):
+            payload = orjson.dumps({"topic": "position", "creationTime": i, "data": [record]})
+            log.record("c", payload, at_ms=i)
+        del payload
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    size = sum(len(p) for _, _, p in log._log)
+    assert size > 1000 * 900 and grown < 1.5 * size, (grown, size)
 
 
 @pytest.fixture
@@ -81,6 +102,8 @@ def test_push_log_and_connections_stay_bounded_over_reconnects(small_sim):
     assert set(truth["pushes_by_conn"]) <= set(conn_ids[-2:])    # the old connections are gone
     assert truth["pushes_by_conn"][conn_ids[-1]] == truth["pushes"][-len(truth["pushes_by_conn"][conn_ids[-1]]):]
     assert sim.run(lambda: len(sim.sim.account.push_log)) == 300
+    over_http = httpx.get(f"{sim.rest_url}/__sim/account", timeout=10).json()   # fragments of the bytes sent
+    assert over_http["pushes"] == truth["pushes"] and over_http["pushes_by_conn"] == truth["pushes_by_conn"]
     # no connection state or task left behind by the closed connections
     assert sim.run(lambda: len(sim.sim.conns)) == 0
     wait_for(lambda: _tasks(sim) == idle_tasks, 5, message="connection tasks collected")
