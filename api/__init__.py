@@ -101,7 +101,7 @@ def _start():
     # Hot path (every request): the request and g are dereferenced once, each LocalProxy
     # access costs about a microsecond. Behaviour: tests/api/test_errors.py.
     req, ctx = request._get_current_object(), g._get_current_object()
-    given = req.environ.get("HTTP_X_REQUEST_ID")
+    given = req.headers.get("X-Request-ID")
     ctx.request_id = given if given and _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
     ctx.started = time.perf_counter()
     structlog.contextvars.bind_contextvars(trace_id=ctx.request_id)
