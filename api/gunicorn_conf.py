@@ -102,6 +102,32 @@ def write_json_error(sock, status_int, reason, mesg):
     util.write_nonblock(sock, head.encode("latin1") + body)
 
 
+# A pool thread reads a request and writes its answer on a blocking socket with no timeout: a
+# client that stops mid-request (crashed, network gone) held that thread for good, and 12 such
+# connections left no thread to answer /health (measured: every call timed out). A kernel
+# timeout on the listening socket, inherited by every accepted one, ends such a read or write
+# after 5 s (EAGAIN: gunicorn logs "Socket error processing request" and closes the
+# connection, lingering up to 2 s in its main loop). It never applies between requests:
+# kept-alive connections wait on the poller.
+# A client trickling a byte every few seconds defeats it; exposed beyond a trusted network the
+# API belongs behind a buffering proxy, as gunicorn's documentation says.
+SOCKET_IO_TIMEOUT_S = 5
+
+
+def _set_io_timeouts(worker) -> None:
+    """On the worker's listening sockets (its own: reuse_port). Set at fork, before the app
+    loads: the socket listens from then on, and a connection takes the options of the
+    listener as they are when its handshake completes."""
+    import socket
+    import struct
+
+    timeval = struct.pack("ll", SOCKET_IO_TIMEOUT_S, 0)
+    for listener in worker.sockets:
+        sock = getattr(listener, "sock", listener)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 def post_worker_init(worker):
     from gunicorn import util
     from gunicorn.workers import gthread
@@ -138,6 +164,8 @@ def post_fork(server, worker):
     parent; the kernel tells them at once instead (Linux PR_SET_PDEATHSIG)."""
     import ctypes
     import signal
+
+    _set_io_timeouts(worker)
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -162,3 +162,45 @@ def test_requests_gunicorn_refuses_get_the_json_error_shape(served_api):
         (400, "application/json", "bad_request")]
     assert all(set(err["error"]) == {"code", "message", "details"} and err["error"]["message"]
                for _s, _c, err in answers)
+
+
+@pytest.mark.timeout(240)
+def test_clients_that_stop_mid_request_do_not_freeze_the_api(served_api):
+    """A client that sends part of a request and goes quiet holds a pool thread only until
+    the socket timeout (5 s): with more of them than the workers have threads, /health is
+    late but answered."""
+    _proc, base, _log = served_api
+    port = int(base.rsplit(":", 1)[1])
+    stalled = []
+    try:
+        for _ in range(9):                   # more than the 2 x 4 threads
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")      # the rest never comes
+            stalled.append(sock)
+        # Each stalled connection costs a pool thread 5 s, then gunicorn's main loop up to 2 s
+        # (its lingering close); with 9 on one worker that is 30 s or more. Without the timeout
+        # no call was ever answered.
+        assert httpx.get(f"{base}/health", timeout=90).status_code == 200
+
+        released: set[int] = set()
+
+        def all_released() -> bool:        # the server closed every stalled connection
+            for i, sock in enumerate(stalled):
+                if i in released:
+                    continue
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1) == b"":
+                        released.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:                 # reset: closed as well
+                    released.add(i)
+            return len(released) == len(stalled)
+
+        wait_for(all_released, timeout=90, message="every stalled connection closed by the API")
+        with httpx.Client(base_url=base, timeout=5) as http:
+            assert all(http.get("/health").status_code == 200 for _ in range(5))
+    finally:
+        for sock in stalled:
+            sock.close()
