@@ -12,11 +12,14 @@ from common.topics import TopicError
 
 log = get_logger("api.errors")
 
-# Status -> default code for werkzeug's own exceptions (routing, size limit...).
-_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    500: "internal_error", 503: "service_unavailable",
+# Status -> default code for the errors neither a view nor a model names: werkzeug's own
+# (routing, size limit...) and gunicorn's (request line or headers too large, not HTTP:
+# api/gunicorn_conf.py, write_json_error).
+STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    417: "expectation_failed", 422: "validation_error", 431: "header_fields_too_large",
+    500: "internal_error", 501: "not_implemented", 503: "service_unavailable",
 }
 
 
@@ -71,7 +74,7 @@ def register(app: Flask) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)
         message = exc.description if status < 500 else "internal error"
-        return error_response(status, _CODES.get(status, "http_error"), message, None, headers)
+        return error_response(status, STATUS_CODES.get(status, "http_error"), message, None, headers)
 
     @app.errorhandler(psycopg2.OperationalError)
     @app.errorhandler(psycopg2.pool.PoolError)

@@ -86,16 +86,15 @@ FIRST_BYTES_WAIT_S = 0.02
 # reason and message. gunicorn has no setting for this; its one writer of these pages is
 # gunicorn.util.write_error(sock, status, reason, message), replaced in each worker.
 # tests/api/test_gunicorn.py holds this (a 9 KB URL, 9 KB of headers, a garbage request line).
-_PROTOCOL_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long",
-                         417: "expectation_failed", 431: "header_fields_too_large",
-                         500: "internal_error", 501: "not_implemented"}
-
-
+# Runs in a worker, where the app (api.errors with it) is already loaded; the master never
+# imports the app, so HUP still loads new code.
 def write_json_error(sock, status_int, reason, mesg):
     import orjson
     from gunicorn import util
 
-    body = orjson.dumps({"error": {"code": _PROTOCOL_ERROR_CODES.get(status_int, "http_error"),
+    from api.errors import STATUS_CODES
+
+    body = orjson.dumps({"error": {"code": STATUS_CODES.get(status_int, "http_error"),
                                    "message": f"{reason}: {mesg}" if mesg else reason, "details": None}})
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
