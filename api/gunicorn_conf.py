@@ -131,7 +131,12 @@ def post_worker_init(worker):
     from gunicorn import util
     from gunicorn.workers import gthread
 
+    from api.closer import LingeringCloser
+
     util.write_error = write_json_error
+    # Lingering closes (RFC 9112 9.6) in a thread of their own, not in the main loop that
+    # dispatches requests: see api/closer.py.
+    util.close_graceful = LingeringCloser().close
     if getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", None) is None:
         worker.log.warning("gunicorn's gthread has no DEFAULT_WORKER_DATA_TIMEOUT: silent connections "
                            "may hold worker threads for seconds")
