@@ -26,12 +26,15 @@ class SimOptions:
     account_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     max_pushes: int = 100_000         # the private push log (ground truth "pushes"): at most this many frames
     push_window_s: float = 300.0      # ... sent in the last this many seconds
+    max_stalled_pushes: int = 10_000  # pushes a stalled private connection may queue; past it, dropped
 
     def __post_init__(self):
         if self.rate < 0 or self.account_rate < 0:
             raise ConfigError("rate and account_rate must be >= 0")
         if self.max_pushes < 1 or not self.push_window_s > 0:
             raise ConfigError("max_pushes must be >= 1 and push_window_s > 0")
+        if self.max_stalled_pushes < 1:
+            raise ConfigError("max_stalled_pushes must be >= 1")
         if self.reject_mode not in REJECT_MODES:
             raise ConfigError(f"reject_mode must be one of {REJECT_MODES}, got {self.reject_mode!r}")
         try:

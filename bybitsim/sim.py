@@ -113,7 +113,24 @@ class Simulator:
                 frames = self.account.frames_for(conn.topics, pushes, now_ms())
                 if frames:
                     conn.pushes.extend(frames)
+                    if conn.stalled and len(conn.pushes) > self.opts.max_stalled_pushes:
+                        self._drop_stalled(conn)
                     conn.wake()
+
+    def _drop_stalled(self, conn: Conn) -> None:
+        """A stalled connection's unsent pushes are bounded: an exchange does not buffer for
+        a link that stopped reading, it drops the link. The connection is aborted (the
+        client sees it reset, as after a dead link) and its queue freed. Without this a
+        stalled connection whose client went away kept every push for good (its reading is
+        paused, so it never saw the close)."""
+        dropped = len(conn.pushes)
+        conn.pushes.clear()
+        conn.closing = True
+        self.count("stalled_connections_dropped")
+        self.count("stalled_pushes_dropped", dropped)
+        log.warning("stalled_connection_dropped", conn_id=conn.id, endpoint=conn.endpoint, pushes=dropped,
+                    limit=self.opts.max_stalled_pushes)
+        conn.ws.transport.abort()
 
     # -- control API -------------------------------------------------------------------
 

@@ -129,3 +129,46 @@ def test_push_log_forgets_frames_older_than_the_window():
             assert len(truth["pushes"]) < truth["pushes_recorded"]
         finally:
             c.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_private_connection_queues_a_bounded_backlog():
+    """While a private connection is stalled its pushes wait for it; past
+    ``max_stalled_pushes`` the simulator drops the link (as an exchange drops a reader that
+    stopped reading) instead of keeping every push for good. Below the limit, releasing
+    the stall delivers everything queued, in order."""
+    from websockets.exceptions import ConnectionClosed
+
+    with bybitsim.run_in_thread(rate=0, api_key=KEY, api_secret=SECRET, account_rate=0, seed=5,
+                                max_stalled_pushes=200) as sim:
+        below = _private(sim)
+        try:
+            sim.stall("private", enabled=True)
+            events = sim.account_step(5)["events"]           # a few pushes: kept for the link
+            queued = sim.run(lambda: sum(len(c.pushes) for c in sim.sim.conns.values()))
+            assert 0 < queued <= 200
+            sim.stall("private", enabled=False)
+            got = []
+            below.recv_until(lambda m: got.append(m) or (m.get("topic") == "wallet"
+                                                         and m["id"].endswith(f"-{events}")), timeout=10)
+            assert len(got) == queued
+        finally:
+            below.close()
+        wait_for(lambda: not sim.state()["connections"], 5, message="first connection closed")
+
+        over = _private(sim)
+        try:
+            sim.stall("private", enabled=True)
+            sim.account_step(200)                            # far more pushes than the limit
+            wait_for(lambda: not sim.state()["connections"], 5, message="the stalled link dropped")
+            counters = sim.state()["counters"]
+            assert counters["stalled_connections_dropped"] == 1
+            assert counters["stalled_pushes_dropped"] > 200
+            assert sim.run(lambda: len(sim.sim.conns)) == 0
+            with pytest.raises((ConnectionClosed, OSError)):
+                while True:                                  # nothing of the backlog ever comes
+                    msg = over.recv(5)
+                    assert "topic" not in msg, msg
+        finally:
+            over.close()
+            sim.stall("private", enabled=False)
