@@ -3,6 +3,7 @@ gunicorn as ``api:create_app()``. Contract: DESIGN.md, contract 2."""
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import re
 import time
@@ -138,6 +139,34 @@ def _check_json_body():
         raise ApiError(400, "invalid_json", "the body is not valid JSON", {"reason": str(exc)[:200]}) from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    duplicate = _duplicate_key(raw)
+    if duplicate is not None:
+        # {"channel": "trades", ..., "channel": "tickers"}: parsers disagree on which one counts
+        # (orjson and pydantic keep the last, others the first), so the request is ambiguous.
+        raise ApiError(400, "invalid_json", f"the key {duplicate!r} appears more than once in an object",
+                       {"key": duplicate})
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs):
+    seen = set()
+    for key, _value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen.add(key)
+    return None                 # the value is not used: only the check matters
+
+
+def _duplicate_key(raw: bytes) -> str | None:
+    """The first key repeated within one object of ``raw`` (already known to be valid JSON)."""
+    try:
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _Duplicate as dup:
+        return str(dup.args[0])[:100]
+    return None
 
 
 def _finish(response):

@@ -84,6 +84,20 @@ def test_bad_body_is_400(client, clean_db, data, content_type, code):
     assert count(clean_db) == 0
 
 
+@pytest.mark.parametrize("raw, key", [
+    ('{"channel":"trades","category":"linear","symbol":"BTCUSDT","channel":"tickers"}', "channel"),
+    ('{"channel":"trades","category":"linear","symbol":"BTCUSDT","requested_by":"a","requested_by":"b"}',
+     "requested_by"),
+    ('{"channel":"trades","category":"linear","symbol":"BTCUSDT","extra":{"k":1,"k":2}}', "k"),
+])
+def test_duplicate_keys_are_400_naming_the_key(client, clean_db, fake_ingest, raw, key):
+    """Which of two equal keys counts depends on the parser (orjson and pydantic: the last;
+    others: the first), so a body with one is ambiguous and refused before anything is written."""
+    err = error_of(client.post("/api/v1/subscriptions", data=raw, content_type="application/json"), 400)
+    assert err["code"] == "invalid_json" and err["details"] == {"key": key} and key in err["message"]
+    assert count(clean_db) == 0 and fake_ingest.requests == []
+
+
 def test_huge_body_is_413(client, clean_db):
     body = json.dumps({**BOOK, "requested_by": "a" * 20_000})
     err = error_of(client.post("/api/v1/subscriptions", data=body, content_type="application/json"), 413)
