@@ -74,6 +74,9 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
         doc_url="/openapi.json",
     )
     app.json = OrjsonProvider(app)
+    # /api//v1/... is a 404 in the error shape, not werkzeug's 308 redirect with an HTML page
+    # (Flask hands routing redirects past the error handlers).
+    app.url_map.merge_slashes = False
     app.config.from_mapping(
         SETTINGS=settings,
         DATABASE_URL=settings.database_url,

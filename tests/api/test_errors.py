@@ -208,3 +208,12 @@ def test_unexpected_error_is_500_without_internals(app, monkeypatch):
     monkeypatch.setattr(store, "list_page", boom)
     err = error_of(app.test_client().get("/api/v1/subscriptions"), 500)
     assert err["code"] == "internal_error" and "secret" not in err["message"]
+
+
+def test_doubled_slashes_are_a_json_404_not_an_html_redirect(client):
+    """werkzeug answered /api//v1/... with a 308 and an HTML page (Flask passes routing
+    redirects by the error handlers); a client of this API gets its one error shape."""
+    for path in ("/api//v1/subscriptions", "/api/v1//subscriptions", "/api/v1/subscriptions//x"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and resp.is_json, (path, resp.status_code, resp.data[:80])
+        assert resp.get_json()["error"]["code"] == "not_found"
