@@ -101,7 +101,9 @@ class Subscription(BaseModel):
 class SubscriptionChange(Subscription):
     ingest: IngestResult = Field(description="What ingest said to the change: accepted; refused "
                                  "(the row is failed, see last_error); unreachable (the change waits "
-                                 "in PostgreSQL and ingest applies it when it starts); not_needed.")
+                                 "in PostgreSQL and ingest applies it when it starts); not_needed (nothing "
+                                 "changes at Bybit: a requester joined an active subscription, or one "
+                                 "of several holders let go).")
 
 
 class SubscriptionPath(_Strict):

@@ -102,7 +102,10 @@ def request_topic(conn, topic: Topic, requester: str, trace_id: str) -> Upsert:
               requester, trace_id))
         values = cur.fetchone()
     row = _row(values)
-    return Upsert(row, created=bool(values[-1]), needs_add=True)
+    created = bool(values[-1])
+    # An active row is one ingest already holds at Bybit: a new requester changes nothing there.
+    # Pending or failed (just reset to pending): tell ingest again, it may have missed it.
+    return Upsert(row, created=created, needs_add=created or row["status"] != "active")
 
 
 _GET = f"SELECT {COLUMNS} FROM subscriptions WHERE id = $1"

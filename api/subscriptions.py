@@ -57,7 +57,8 @@ def _tell_ingest(op: str, row: dict) -> tuple[str, str | None]:
          summary="Subscribe to a topic (or join an existing subscription)")
 def create(body: SubscriptionCreate):
     """201 when the topic is new, 200 when it already had a live subscription (the
-    requester is added to its holders). The row is written before ingest is told."""
+    requester is added to its holders). The row is written before ingest is told; joining
+    an active subscription does not ask ingest (``ingest: not_needed``)."""
     try:
         topic = build_topic(body.channel, body.category, body.symbol, body.depth, body.interval)
     except TopicError as exc:
@@ -65,7 +66,12 @@ def create(body: SubscriptionCreate):
     result = store.request_topic(get_db(), topic, body.requested_by, g.request_id)   # one upsert
     row = result.row
     log.info("subscription_requested", id=str(row["id"]), topic=topic.name, endpoint=topic.endpoint,
-             requester=body.requested_by, created=result.created)
+             requester=body.requested_by, created=result.created, tell_ingest=result.needs_add)
+    if not result.needs_add:
+        # Joining a subscription already active at Bybit: no round trip to ingest, so the answer
+        # does not wait on ingest's loop (busy with the market) nor, while ingest restarts, on
+        # the control timeout. Ingest converges to the table anyway (at start and every 30 s).
+        return _out(row) | {"ingest": "not_needed"}, 200
     ingest, reason = _tell_ingest("add", row)
     if ingest == "refused":
         row = store.mark_failed(get_db(), row["id"], reason) or row   # one statement: autocommit

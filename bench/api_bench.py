@@ -2,7 +2,8 @@
 
 Starts ``python -m api`` on a free port (the project's gunicorn config, the default log
 level) against a throwaway PostgreSQL database (all migrations applied, dropped
-afterwards) with a fake ingest answering control requests on a real ZeroMQ ROUTER, then
+afterwards) with a fake ingest answering control requests on a real ZeroMQ ROUTER (and
+marking added subscriptions active, as ingest and the persister do after Bybit's ack), then
 drives it with 50 keep-alive connections, closed loop: each client sends its next request
 when the last one is answered. Target: p95 < 20 ms.
 
@@ -55,15 +56,35 @@ sys.path.insert(0, str(ROOT))
 from common.addresses import ingest_control  # noqa: E402
 from tests.conftest import throwaway_database  # noqa: E402
 
-def _fake_ingest(address: str, stop) -> None:
+def _fake_ingest(address: str, stop, database_url: str) -> None:
+    """Answers every control request "ok", as ingest does, and marks each added subscription
+    active within about 50 ms, as ingest and the persister do once Bybit acknowledges it: later
+    requesters then join an active subscription, as in a running gateway."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(address)
+    db = psycopg2.connect(database_url)
+    db.autocommit = True
+    added: list[str] = []
+    flush_at = None
     while not stop.is_set():
-        if sock.poll(100):
+        if sock.poll(50):
             ident, payload = sock.recv_multipart()
-            sock.send_multipart([ident, orjson.dumps({"id": orjson.loads(payload)["id"], "ok": True})])
+            request = orjson.loads(payload)
+            sock.send_multipart([ident, orjson.dumps({"id": request["id"], "ok": True})])
+            if request.get("op") == "add":
+                added.append(request["subscription"]["id"])
+                flush_at = flush_at or time.monotonic() + 0.05
+            if flush_at is None or time.monotonic() < flush_at:
+                continue
+        if added:
+            flush_at = None
+            with db.cursor() as cur:
+                cur.execute("UPDATE subscriptions SET status = 'active', status_at = now() "
+                            "WHERE id = ANY(%s::uuid[]) AND status = 'pending'", (added,))
+            added.clear()
+    db.close()
     sock.close(linger=0)
     ctx.term()
 
@@ -414,7 +435,8 @@ def _run(args, url: str) -> int:
             raise SystemExit("wrk is not installed and could not be installed")
     try:
         # Its own process, so its replies do not wait on the load generator's GIL.
-        ingest = multiprocessing.Process(target=_fake_ingest, args=(ingest_control(run_dir), stop), daemon=True)
+        ingest = multiprocessing.Process(target=_fake_ingest, args=(ingest_control(run_dir), stop, url),
+                                         daemon=True)
         ingest.start()
         port = _free_port()
         (run_dir / "metrics").mkdir()

@@ -261,3 +261,27 @@ def test_responses_are_the_models_serialization(client, clean_db, fake_ingest):
     assert b'"last_event_at":"2026-01-02T03:04:05Z"' in one.data and b'.000123Z"' in one.data
     assert orjson.loads(client.get("/api/v1/subscriptions").data)["items"] == expected
     assert set(names) == set(Subscription.model_fields)
+
+
+def test_joining_an_active_subscription_does_not_ask_ingest(client, clean_db, fake_ingest):
+    """Active means ingest holds the topic at Bybit: a new requester is recorded and answered
+    at once, even with ingest silent (no wait for the control timeout). Pending or failed
+    rows still go to ingest."""
+    first = post(client, BTC_BOOK | {"requested_by": "svc-a"}).get_json()
+    with clean_db.cursor() as cur:
+        cur.execute("UPDATE subscriptions SET status = 'active' WHERE id = %s", (first["id"],))
+    clean_db.commit()
+    fake_ingest.mode = "silent"
+    joined = post(client, BTC_BOOK | {"requested_by": "svc-b"})
+    assert joined.status_code == 200
+    body = joined.get_json()
+    assert body["ingest"] == "not_needed" and body["status"] == "active"
+    assert body["requesters"] == ["svc-a", "svc-b"] and body["id"] == first["id"]
+    assert [op for op, _ in fake_ingest.ops()] == ["add"]              # only the first request
+    with clean_db.cursor() as cur:
+        cur.execute("UPDATE subscriptions SET status = 'failed', last_error = 'x' WHERE id = %s", (first["id"],))
+    clean_db.commit()
+    fake_ingest.mode = "ack"
+    retried = post(client, BTC_BOOK | {"requested_by": "svc-c"}).get_json()
+    assert retried["status"] == "pending" and retried["ingest"] == "accepted"
+    assert [op for op, _ in fake_ingest.ops()] == ["add", "add"]
