@@ -32,6 +32,7 @@ from _results import table  # noqa: E402
 TRADE_TOPICS, BOOK = 20, "orderbook.50.B0USDT"
 # How quickly a dead link is noticed is a setting: the run uses a short ping so it stays short.
 GATEWAY_ENV = {"GW_PING_INTERVAL_S": "2", "GW_DEAD_AFTER_S": "6", "GW_BACKOFF_MAX_S": "30",
+               "PUBLISHER_BACKOFF_MAX_S": os.environ.get("PUBLISHER_BACKOFF_MAX_S", "5"),
                "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0", "GW_LOG_LEVEL": "info"}
 
 

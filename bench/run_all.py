@@ -98,7 +98,8 @@ def gateway_phase(args) -> dict:
     with stores() as (pg_url, amqp_url, _):
         # production link settings (the e2e harness's 1 s / 3 s would call a busy link dead)
         gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning",
-                          GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30")
+                          GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30",
+                          PUBLISHER_BACKOFF_MAX_S="5")
         consumer = None
         try:
             gw.start()

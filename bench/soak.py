@@ -43,6 +43,7 @@ RSS_BOUND_MB = 150.0
 GROWTH_BOUND_MB = 30.0      # last fifth vs first fifth (after warm-up), per process
 FAULT_QUIET_S = 20.0        # windows this long after a fault are not steady state
 GATEWAY_ENV = {"GW_PING_INTERVAL_S": "5", "GW_DEAD_AFTER_S": "15", "GW_BACKOFF_MAX_S": "30",
+               "PUBLISHER_BACKOFF_MAX_S": "5",
                "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0",
                "GW_LOG_LEVEL": "info", "GW_LOG_MAXBYTES": "20MB"}
 

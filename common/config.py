@@ -84,6 +84,7 @@ class Settings:
     confirm_window: int = 2000
     publisher_buffer: int = 200_000
     publisher_buffer_mb: int = 48
+    publisher_backoff_max_s: float = 5.0
     # persister
     batch_rows: int = 1000
     batch_ms: int = 200
@@ -251,6 +252,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         confirm_window=e.int("PUBLISHER_CONFIRM_WINDOW", 2000, 1, 100_000),
         publisher_buffer=e.int("PUBLISHER_BUFFER", 200_000, 100),
         publisher_buffer_mb=e.int("PUBLISHER_BUFFER_MB", 48, 1, 4096),
+        publisher_backoff_max_s=e.float("PUBLISHER_BACKOFF_MAX_S", 5.0, 0.1, 30.0),
         rabbitmq_management_url=(e.url("RABBITMQ_MANAGEMENT_URL", "", ("http", "https"))
                                  if e.str("RABBITMQ_MANAGEMENT_URL", "") else ""),
         batch_rows=e.int("PERSISTER_BATCH_ROWS", 1000, 1, 100_000),

@@ -28,7 +28,7 @@ def gateway_env(run_dir: Path, pg_url: str, amqp_url: str, **overrides) -> dict[
         "BYBIT_ENV": "sim", "SIM_PORT": str(free_port()), "SIM_RATE": "20",
         "DATABASE_URL": pg_url, "RABBITMQ_URL": amqp_url,
         "API_BIND": f"127.0.0.1:{free_port()}",
-        "GW_PING_INTERVAL_S": "1", "GW_DEAD_AFTER_S": "3", "GW_BACKOFF_MAX_S": "2",
+        "GW_PING_INTERVAL_S": "1", "GW_DEAD_AFTER_S": "3", "GW_BACKOFF_MAX_S": "2", "PUBLISHER_BACKOFF_MAX_S": "2",
         "GW_LOG_LEVEL": "info",
         # the simulator's account and the gateway's private stream share a test key
         "SIM_API_KEY": E2E_KEY, "SIM_API_SECRET": E2E_SECRET,

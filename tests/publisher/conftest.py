@@ -33,7 +33,7 @@ class PublisherProc:
     def __init__(self, run_dir: Path, amqp_url: str, extra_env: dict | None = None):
         self.run_dir = run_dir
         self.env = {**os.environ, "GW_ENV_FILE": "", "RABBITMQ_URL": amqp_url, "GW_RUN_DIR": str(run_dir),
-                    "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "GW_BACKOFF_MAX_S": "1",
+                    "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "GW_BACKOFF_MAX_S": "1", "PUBLISHER_BACKOFF_MAX_S": "1",
                     "PYTHONPATH": str(ROOT), **(extra_env or {})}
         (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.log_path = run_dir / f"publisher-{time.monotonic_ns()}.log"

@@ -44,6 +44,8 @@ def test_url_overrides_win():
     ({"GW_LOG_LEVEL": "loud"}, "GW_LOG_LEVEL"),
     ({"API_BIND": "no port"}, "API_BIND"),
     ({"GW_BACKOFF_MAX_S": "60"}, "GW_BACKOFF_MAX_S"),
+    ({"PUBLISHER_BACKOFF_MAX_S": "0"}, "PUBLISHER_BACKOFF_MAX_S"),
+    ({"PUBLISHER_BACKOFF_MAX_S": "31"}, "PUBLISHER_BACKOFF_MAX_S"),
 ])
 def test_bad_settings_are_named(env, setting):
     with pytest.raises(ConfigError) as err:
