@@ -21,6 +21,10 @@ import threading
 import time
 from collections import deque
 
+from common.logs import get_logger
+
+log = get_logger("api.closer")
+
 DRAIN_CHUNK = 4096
 
 
@@ -58,17 +62,25 @@ class LingeringCloser:
 
     def _run(self) -> None:
         while True:
-            timeout = None
-            if self._lingering:
-                timeout = max(0.0, min(entry[0] for entry in self._lingering.values()) - time.monotonic())
-            for key, _events in self._selector.select(timeout):
-                if key.fileobj is self._wake_r:
-                    self._take_incoming()
-                else:
-                    self._drain(key.fileobj)
-            now = time.monotonic()
-            for sock in [s for s, entry in self._lingering.items() if entry[0] <= now]:
-                self._finish(sock)
+            try:
+                self._pass()
+            except Exception:           # never let the thread die: closes would pile up unclosed
+                log.exception("lingering_closer_error")
+                time.sleep(0.01)
+
+    def _pass(self) -> None:
+        """Wait for a wake-up, a client's bytes or FIN, or the nearest deadline; act on it."""
+        timeout = None
+        if self._lingering:
+            timeout = max(0.0, min(entry[0] for entry in self._lingering.values()) - time.monotonic())
+        for key, _events in self._selector.select(timeout):
+            if key.fileobj is self._wake_r:
+                self._take_incoming()
+            else:
+                self._drain(key.fileobj)
+        now = time.monotonic()
+        for sock in [s for s, entry in self._lingering.items() if entry[0] <= now]:
+            self._finish(sock)
 
     def _take_incoming(self) -> None:
         try:
