@@ -85,6 +85,8 @@ class Settings:
     publisher_buffer: int = 200_000
     publisher_buffer_mb: int = 48
     publisher_backoff_max_s: float = 5.0
+    # ops: a program whose status file stops moving for this long is restarted
+    stall_after_s: float = 20.0
     # persister
     batch_rows: int = 1000
     batch_ms: int = 200
@@ -255,6 +257,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         publisher_backoff_max_s=e.float("PUBLISHER_BACKOFF_MAX_S", 5.0, 0.1, 30.0),
         rabbitmq_management_url=(e.url("RABBITMQ_MANAGEMENT_URL", "", ("http", "https"))
                                  if e.str("RABBITMQ_MANAGEMENT_URL", "") else ""),
+        stall_after_s=e.float("GW_STALL_AFTER_S", 20.0, 2.0, 600.0),
         batch_rows=e.int("PERSISTER_BATCH_ROWS", 1000, 1, 100_000),
         batch_ms=e.int("PERSISTER_BATCH_MS", 200, 1, 60_000),
         reconcile_interval_s=e.float("GW_RECONCILE_INTERVAL_S", 300.0, 1.0),
