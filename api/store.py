@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg2.extensions
 
-from common.topics import Topic
+from common.topics import PRIVATE, Topic
 
 _COLUMNS = ("id", "channel", "category", "symbol", "depth", "interval", "topic", "endpoint", "status",
             "last_error", "requesters", "created_at", "updated_at", "last_event_at")
@@ -106,6 +106,34 @@ def request_topic(conn, topic: Topic, requester: str, trace_id: str) -> Upsert:
     # An active row is one ingest already holds at Bybit: a new requester changes nothing there.
     # Pending or failed (just reset to pending): tell ingest again, it may have missed it.
     return Upsert(row, created=created, needs_add=created or row["status"] != "active")
+
+
+# Bybit refuses an all-in-one private topic (order) and a category-scoped one (order.linear)
+# in the same subscribe request, and both held would push every order twice: one form per channel.
+MIXABLE_PRIVATE_CHANNELS = ("order", "execution", "position")
+
+
+def mixes_private_forms(topic: Topic) -> bool:
+    """Whether ``topic`` is a private channel with both an all-in-one and category-scoped form."""
+    return topic.endpoint == PRIVATE and topic.channel in MIXABLE_PRIVATE_CHANNELS
+
+
+def lock_private_channel(conn, channel: str) -> None:
+    """Serialise requests for one private channel until the transaction ends, so two requests
+    for its two forms cannot both find the other absent."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"wsgw:subscriptions:private:{channel}",))
+
+
+def conflicting_form(conn, topic: Topic) -> dict | None:
+    """The oldest pending or active row of ``topic``'s channel in the other form (all-in-one vs
+    category-scoped), or None."""
+    with conn.cursor() as cur:
+        cur.execute(f"""SELECT {COLUMNS} FROM subscriptions
+                        WHERE endpoint = %s AND channel = %s AND status IN ('pending', 'active')
+                          AND (category IS NULL) <> %s
+                        ORDER BY created_at, id LIMIT 1""", (PRIVATE, topic.channel, topic.category is None))
+        return _row(cur.fetchone())
 
 
 _GET = f"SELECT {COLUMNS} FROM subscriptions WHERE id = $1"

@@ -53,17 +53,28 @@ def _tell_ingest(op: str, row: dict) -> tuple[str, str | None]:
     return result, reply.error or ("refused by ingest" if not reply.ok else None)
 
 
-@bp.post("", responses={201: SubscriptionChange, 200: SubscriptionChange}, operation_id="create_subscription",
+@bp.post("", responses={201: SubscriptionChange, 200: SubscriptionChange, 409: ErrorBody},
+         operation_id="create_subscription",
          summary="Subscribe to a topic (or join an existing subscription)")
 def create(body: SubscriptionCreate):
     """201 when the topic is new, 200 when it already had a live subscription (the
     requester is added to its holders). The row is written before ingest is told; joining
-    an active subscription does not ask ingest (``ingest: not_needed``)."""
+    an active subscription does not ask ingest (``ingest: not_needed``). 409
+    ``conflicting_subscription`` when the other form of a private channel is pending or active
+    (``order`` with ``order.linear``, and the same for execution and position)."""
     try:
         topic = build_topic(body.channel, body.category, body.symbol, body.depth, body.interval)
     except TopicError as exc:
         raise topic_error(exc) from None
-    result = store.request_topic(get_db(), topic, body.requested_by, g.request_id)   # one upsert
+    if store.mixes_private_forms(topic):
+        with transaction() as conn:
+            store.lock_private_channel(conn, topic.channel)
+            other = store.conflicting_form(conn, topic)
+            if other is not None:
+                raise _conflict(topic.name, other)
+            result = store.request_topic(conn, topic, body.requested_by, g.request_id)
+    else:
+        result = store.request_topic(get_db(), topic, body.requested_by, g.request_id)   # one upsert
     row = result.row
     log.info("subscription_requested", id=str(row["id"]), topic=topic.name, endpoint=topic.endpoint,
              requester=body.requested_by, created=result.created, tell_ingest=result.needs_add)
@@ -121,6 +132,16 @@ def delete(path: SubscriptionPath, query: DeleteQuery):
     log.info("subscription_removed", id=str(path.id), topic=row["topic"], endpoint=row["endpoint"], requester=who)
     ingest, _reason = _tell_ingest("remove", row)
     return _out(row) | {"ingest": ingest}
+
+
+def _conflict(name: str, other: dict) -> ApiError:
+    log.info("subscription_conflict", topic=name, conflicts_with=str(other["id"]), other_topic=other["topic"])
+    form = "all-in-one" if other["category"] is None else "category-scoped"
+    return ApiError(409, "conflicting_subscription",
+                    f"{name} cannot be held together with the {form} {other['topic']} (subscription "
+                    f"{other['id']}, {other['status']}): Bybit refuses the two forms of a private channel in one "
+                    f"request and would push each event under both; remove it first or use it",
+                    {"conflicts_with": str(other["id"]), "topic": other["topic"]})
 
 
 def _holder_to_release(holders: list[str], named: str | None) -> str | None:
