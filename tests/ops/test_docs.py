@@ -1,5 +1,5 @@
-"""README and env.example stay true: env.example lists every setting the code reads (and
-nothing else), README's configuration table lists the same settings with the same
+"""Settings documentation stays true: env.example lists every setting the code reads (and
+nothing else), docs/configuration.md's table lists the same settings with the same
 defaults, and every value in env.example is accepted by the strict parsers."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from bybitsim.options import options_from_env
 from common.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read by the code but set by the scripts (run.sh, the entrypoint, the tests), not by operators.
-INTERNAL = {"GW_HOME", "GW_PYTHON", "GW_SIM_AUTOSTART", "PROMETHEUS_MULTIPROC_DIR"}
+# Read by the code but set by the scripts (run.sh, the entrypoint, the tests) or by supervisord
+# for its children (SUPERVISOR_SERVER_URL), not by operators.
+INTERNAL = {"GW_HOME", "GW_PYTHON", "GW_SIM_AUTOSTART", "PROMETHEUS_MULTIPROC_DIR", "SUPERVISOR_SERVER_URL"}
 READS = re.compile(r"""(?:\b(?:e|env)\.(?:str|int|float|choice|url)\(|\benv\.get\(|environ\.get\(|environ\[|"""
                    r"""_float\(env,\s*|_int\(env,\s*|getenv\()\s*["']([A-Z][A-Z0-9_]+)["']""")
 
@@ -33,10 +34,13 @@ def env_example() -> tuple[dict[str, str], dict[str, str]]:
     return active, env_only
 
 
-def readme_table() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| (.*?) \|", section, re.M)
+def configuration_table() -> dict[str, str]:
+    """{setting: default} from every table row of docs/configuration.md that names a setting.
+    A setting listed twice would hide one of its rows: refused."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| (.*?) \|", text, re.M)
+    names = [name for name, _ in rows]
+    assert len(names) == len(set(names)), f"listed twice: {sorted({n for n in names if names.count(n) > 1})}"
     return {name: "" if default == "(empty)" else default.strip("`") for name, default in rows}
 
 
@@ -51,9 +55,9 @@ def test_env_example_lists_every_setting_the_code_reads_and_no_other():
         assert name in active
 
 
-def test_readme_table_matches_env_example():
+def test_configuration_table_matches_env_example():
     active, env_only = env_example()
-    assert readme_table() == {**active, **env_only}
+    assert configuration_table() == {**active, **env_only}
 
 
 def test_env_example_values_are_accepted():
@@ -65,10 +69,10 @@ def test_env_example_values_are_accepted():
     assert re.fullmatch(r"\d+(KB|MB|GB)?", active["GW_LOG_MAXBYTES"]) and active["GW_LOG_BACKUPS"].isdigit()
 
 
-def test_quick_start_is_the_two_commands():
+def test_quick_start_is_run_demo_test():
     text = (ROOT / "README.md").read_text()
     quick = text.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
-    assert [line.split("#")[0].strip() for line in quick.strip().splitlines()] == ["make run", "make test"]
+    assert [line.split("#")[0].strip() for line in quick.strip().splitlines()] == ["make run", "make demo", "make test"]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^run: bootstrap\n\t@scripts/run.sh$", makefile, re.M)
     assert re.search(r"^demo: bootstrap\n\t@BYBIT_ENV=sim scripts/run.sh$", makefile, re.M)

@@ -180,8 +180,8 @@ def test_dashboard_and_alert_metrics_exist_in_live_metrics(gw):
 
 
 def readme_curls() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## REST API", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
     return [line.split("  #")[0].strip() for block in re.findall(r"```sh\n(.*?)```", section, re.S)
             for line in block.splitlines() if line.startswith("curl ")]
 
