@@ -20,6 +20,7 @@ from decimal import Decimal
 
 import orjson
 
+from . import facts
 from .market import Market, rng_uuid, stable_hash
 
 ZERO = Decimal(0)
@@ -27,7 +28,6 @@ LEVERAGE = Decimal(10)
 FEE_RATE = Decimal("0.0002")
 MM_RATE = Decimal("0.005")
 TERMINAL = ("Filled", "Cancelled")
-ALL_IN_ONE = ("order", "execution", "execution.fast", "position", "wallet", "greeks")
 FAST_KEYS = ("category", "symbol", "execId", "execPrice", "execQty", "orderId", "isMaker",
              "orderLinkId", "side", "execTime", "seq")
 
@@ -276,7 +276,7 @@ class Account:
         """The frames one connection subscribed to ``topics`` gets for ``pushes``."""
         out = []
         for topic in topics:
-            base, cat = (topic, None) if topic in ALL_IN_ONE else topic.rsplit(".", 1)
+            base, cat = facts.private_parts(topic) or (topic, None)
             for kind, records in pushes:
                 if kind != base:
                     continue

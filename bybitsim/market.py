@@ -12,6 +12,8 @@ import zlib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from . import facts
+
 _BASE_PRICES = {
     "BTC": "118000", "ETH": "3500", "SOL": "180", "BNB": "650", "XRP": "2.5", "DOGE": "0.2",
     "ADA": "0.8", "LTC": "95", "TON": "5.5", "AVAX": "35", "LINK": "18", "DOT": "7",
@@ -31,11 +33,10 @@ def base_coin(symbol: str) -> str:
 
 
 def option_parts(symbol: str) -> tuple[str, Decimal, str] | None:
-    """``BTC-31JUL26-120000-C(-USDT)`` -> (base, strike, "C"|"P"); None if not an option symbol."""
-    parts = symbol.split("-")
-    if len(parts) >= 4 and parts[2].isdigit() and parts[3] in ("C", "P"):
-        return parts[0], Decimal(parts[2]), parts[3]
-    return None
+    """``BTC-31JUL26-120000-C(-USDT)`` -> (base, strike, "C"|"P"); None if not an option symbol.
+    Strikes may have decimals (``XRP-30OCT26-0.4-P-USDT``)."""
+    m = facts.OPTION_SYMBOL_RE.fullmatch(symbol)
+    return (m["base"], Decimal(m["strike"]), m["kind"]) if m else None
 
 
 def default_option_symbol(base: str) -> str:
@@ -107,7 +108,8 @@ class Market:
             # A rough call/put premium: intrinsic value plus some time value.
             _, strike, kind = opt
             intrinsic = max(Decimal(0), spot - strike if kind == "C" else strike - spot)
-            ref, tick, step = intrinsic + spot * Decimal("0.02"), Decimal("5"), Decimal("0.01")
+            ref, step = intrinsic + spot * Decimal("0.02"), Decimal("0.01")
+            tick = Decimal("5") if ref >= 100 else _tick(ref)   # a cheap option is not priced in 5s
         elif category == "inverse":
             ref, tick, step = spot, Decimal("0.50") if spot >= 1000 else _tick(spot), Decimal("1")
         else:

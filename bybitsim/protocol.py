@@ -1,7 +1,7 @@
 """Bybit v5 control frames, pure: topic checks, subscribe planning, acks, pongs, auth.
 
-Every reply shape follows PROTOCOL.md sections 2-4 and 8 and the recorded frames in
-tests/frames/. Nothing here does I/O or reads the clock; callers pass ``now_ms``.
+Every reply has the shape of Bybit's recorded control frames; what is accepted comes
+from ``facts``. Nothing here does I/O or reads the clock; callers pass ``now_ms``.
 """
 from __future__ import annotations
 
@@ -10,23 +10,12 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from common.topics import PUBLIC_CATEGORIES, SYMBOL_RE, TopicError, topic_from_name
+from . import facts
+from .facts import ENDPOINTS, PRIVATE, PUBLIC_CATEGORIES, handler_not_found
 
-PRIVATE = "private"
-ENDPOINTS = (*PUBLIC_CATEGORIES, PRIVATE)
-SPOT_MAX_ARGS = 10
-OPTION_MAX_TOPICS = 2000
-
-_CATEGORISED = {
-    "order": PUBLIC_CATEGORIES,
-    "execution": PUBLIC_CATEGORIES,
-    "execution.fast": PUBLIC_CATEGORIES,
-    "position": ("linear", "inverse", "option"),
-}
-PRIVATE_TOPICS = frozenset(
-    {"order", "execution", "execution.fast", "position", "wallet", "greeks"}
-    | {f"{base}.{cat}" for base, cats in _CATEGORISED.items() for cat in cats}
-)
+__all__ = ["ENDPOINTS", "PRIVATE", "PUBLIC_CATEGORIES", "Symbols", "SubscribePlan", "handler_not_found",
+           "public_topic_error", "private_topic_error", "plan_subscribe", "sub_ack", "pong",
+           "error_reply", "sign", "auth_ok", "auth_reply", "parse_max_active_time"]
 
 
 class Symbols:
@@ -44,8 +33,11 @@ class Symbols:
             cat, _, sym = raw.rpartition(":")
             if cat and cat not in PUBLIC_CATEGORIES:
                 raise ValueError(f"SIM_SYMBOLS: unknown category {cat!r} in {raw!r}")
-            if not SYMBOL_RE.fullmatch(sym):
-                raise ValueError(f"SIM_SYMBOLS: {sym!r} is not an upper-case Bybit symbol")
+            shaped = facts.symbol_ok(cat, sym) if cat else (
+                facts.PLAIN_SYMBOL_RE.fullmatch(sym) is not None or facts.is_option_symbol(sym))
+            if not shaped:
+                raise ValueError(f"SIM_SYMBOLS: {sym!r} is not an upper-case Bybit symbol"
+                                 + (f" of {cat}" if cat else ""))
             (self.per[cat] if cat else self.any).add(sym)
 
     @property
@@ -64,35 +56,22 @@ class Symbols:
         return symbol in known
 
 
-def handler_not_found(topic) -> str:
-    return f"error:handler not found,topic:{topic}"
-
-
 def public_topic_error(endpoint: str, topic, symbols: Symbols) -> str | None:
     """None when ``topic`` exists on the ``endpoint`` socket, else Bybit's error text."""
-    if not isinstance(topic, str):
+    parsed = facts.parse_public(endpoint, topic)
+    if parsed is None:
         return handler_not_found(topic)
-    try:
-        parsed = topic_from_name(endpoint, topic)
-    except (TopicError, IndexError, ValueError):
-        return handler_not_found(topic)
-    parts = topic.split(".")
-    if parsed.channel == "trades":
-        sym = parts[1]
-        ok = (len(parts) == 2 and SYMBOL_RE.fullmatch(sym) is not None
-              and (endpoint != "option" or "-" not in sym)
-              and symbols.allows(endpoint, sym, base_coin=endpoint == "option"))
-        return None if ok else handler_not_found(topic)
-    if parsed.name != topic or not symbols.allows(endpoint, parsed.symbol or ""):
-        return handler_not_found(topic)
-    return None
+    if parsed.kind in ("insurance", "adlAlert"):
+        return None                                   # pools exist whatever symbols are listed
+    base_coin = parsed.kind == "publicTrade" and endpoint == "option"
+    return None if symbols.allows(endpoint, parsed.symbol, base_coin=base_coin) else handler_not_found(topic)
 
 
 def private_topic_error(topic, authenticated: bool) -> str | None:
-    if not isinstance(topic, str) or topic not in PRIVATE_TOPICS:
+    if not isinstance(topic, str) or facts.private_parts(topic) is None:
         return handler_not_found(topic)
     if not authenticated:
-        return f"error:topic:{topic} needs auth first"
+        return facts.needs_auth(topic)
     return None
 
 
@@ -112,22 +91,32 @@ def plan_subscribe(endpoint: str, args, existing, topic_error, mode: str) -> Sub
     """
     if not isinstance(args, list) or not args:
         return SubscribePlan((), tuple(args) if isinstance(args, list) else (), "error:args invalid")
-    if endpoint == "spot" and len(args) > SPOT_MAX_ARGS:
-        return SubscribePlan((), tuple(args), "args size >10")
+    max_args = facts.MAX_ARGS_PER_REQUEST.get(endpoint)
+    if max_args is not None and len(args) > max_args:
+        return SubscribePlan((), tuple(args), facts.args_size_exceeded(max_args))
+    if endpoint == PRIVATE:
+        pair = facts.mixed_private_pair(args)
+        if pair is not None:
+            return SubscribePlan((), tuple(str(t) for t in args), facts.mixed_private_request(*pair))
     good: list[str] = []
     bad: list[tuple[str, str]] = []
     seen = set(existing)
     for topic in args:
         err = topic_error(topic)
         if err is None and topic in seen:
-            err = f"error:already subscribed,topic:{topic}"
+            err = facts.already_subscribed(topic)
         if err is None:
             good.append(topic)
             seen.add(topic)
         else:
             bad.append((topic, err))
-    if endpoint == "option" and len(existing) + len(good) > OPTION_MAX_TOPICS:
-        return SubscribePlan((), tuple(args), f"error:topics exceed {OPTION_MAX_TOPICS}")
+    max_topics = facts.MAX_TOPICS_PER_CONNECTION.get(endpoint)
+    if max_topics is not None and len(existing) + len(good) > max_topics:
+        return SubscribePlan((), tuple(args), facts.topics_exceeded(max_topics))
+    if endpoint != PRIVATE:
+        chars = sum(len(t) for t in existing) + sum(len(t) for t in good)
+        if chars > facts.MAX_TOPIC_CHARS_PER_CONNECTION:
+            return SubscribePlan((), tuple(args), facts.topic_chars_exceeded(facts.MAX_TOPIC_CHARS_PER_CONNECTION))
     if not bad:
         return SubscribePlan(tuple(good), (), None)
     if mode == "partial":
@@ -137,7 +126,7 @@ def plan_subscribe(endpoint: str, args, existing, topic_error, mode: str) -> Sub
 
 def sub_ack(endpoint: str, op: str, conn_id: str, req_id, plan: SubscribePlan,
             requested=()) -> dict:
-    """The (un)subscribe ack in the endpoint's shape (PROTOCOL.md 4.2)."""
+    """The (un)subscribe ack in the endpoint's shape."""
     ok = plan.error is None
     if endpoint == "option":
         frame = {"success": ok, "conn_id": conn_id}
@@ -164,7 +153,7 @@ def sub_ack(endpoint: str, op: str, conn_id: str, req_id, plan: SubscribePlan,
 
 
 def pong(endpoint: str, conn_id: str, req_id, now_ms: int) -> dict:
-    """The reply to a JSON ``{"op":"ping"}`` (PROTOCOL.md 3.3)."""
+    """The reply to a JSON ``{"op":"ping"}``: its shape differs per endpoint."""
     if endpoint == "option":
         frame = {"args": [str(now_ms)], "op": "pong"}
         if req_id is not None:
@@ -191,7 +180,7 @@ def error_reply(endpoint: str, conn_id: str, req_id, op, ret_msg: str) -> dict:
 
 
 def sign(secret: str, expires: int) -> str:
-    """PROTOCOL.md 2.2: lowercase hex HMAC-SHA256 of ``GET/realtime{expires}``."""
+    """Lowercase hex HMAC-SHA256 of ``GET/realtime{expires}``."""
     return hmac.new(secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256).hexdigest()
 
 

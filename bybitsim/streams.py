@@ -10,6 +10,7 @@ import random
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from . import facts
 from .market import Instrument, Market, default_option_symbol, rng_uuid, stable_hash
 
 _TICK_DIR = {1: "PlusTick", 0: "ZeroPlusTick", -1: "MinusTick"}
@@ -20,10 +21,10 @@ def _s(value: Decimal) -> str:
 
 
 class Stream:
-    def __init__(self, market: Market, category: str, topic: str, seed: int):
+    def __init__(self, market: Market, category: str, topic: str, seed: int, parsed: facts.PublicTopic):
         self.market, self.category, self.topic = market, category, topic
         self.rng = random.Random(stable_hash(seed, category, topic))
-        self.symbol = topic.rsplit(".", 1)[-1]
+        self.symbol = parsed.symbol       # symbols may hold dots (option strikes): never split the topic
         self.inst: Instrument = market.instrument(category, self.symbol)
         self.seq = 400_000_000_000 + self.rng.randrange(10**9)
 
@@ -40,13 +41,14 @@ class Stream:
 class TradeStream(Stream):
     """``publicTrade.{symbol}``; on option ``publicTrade.{base}`` with option trades."""
 
-    def __init__(self, market, category, topic, seed):
+    def __init__(self, market, category, topic, seed, parsed):
         if category == "option":
-            topic_symbol = topic.rsplit(".", 1)[-1]
-            super().__init__(market, category, f"publicTrade.{default_option_symbol(topic_symbol)}", seed)
-            self.topic, self.base = topic, topic_symbol
+            option = default_option_symbol(parsed.symbol)
+            super().__init__(market, category, f"publicTrade.{option}", seed,
+                             facts.PublicTopic(parsed.kind, option))
+            self.topic, self.base = topic, parsed.symbol
         else:
-            super().__init__(market, category, topic, seed)
+            super().__init__(market, category, topic, seed, parsed)
         self.last: Decimal | None = None
         self.last_dir = 0
         self.n = 0
@@ -85,9 +87,9 @@ class TradeStream(Stream):
 class BookStream(Stream):
     """``orderbook.{depth}.{symbol}``: a snapshot, then deltas with ``u`` +1 (depth 1: snapshots)."""
 
-    def __init__(self, market, category, topic, seed):
-        super().__init__(market, category, topic, seed)
-        self.depth = int(topic.split(".")[1])
+    def __init__(self, market, category, topic, seed, parsed):
+        super().__init__(market, category, topic, seed, parsed)
+        self.depth = parsed.depth or facts.RPI_DEPTH
         self.u = self.rng.randint(1_000_000, 90_000_000)
         self.bids: dict[Decimal, Decimal] = {}
         self.asks: dict[Decimal, Decimal] = {}
@@ -154,8 +156,8 @@ class TickerStream(Stream):
     """``tickers.{symbol}``: linear/inverse snapshot then changed-field deltas; spot and
     option full snapshots in their own field sets."""
 
-    def __init__(self, market, category, topic, seed):
-        super().__init__(market, category, topic, seed)
+    def __init__(self, market, category, topic, seed, parsed):
+        super().__init__(market, category, topic, seed, parsed)
         self.fields: dict[str, str] | None = None
         self.n = 0
         p = self.inst.ref_price
@@ -256,9 +258,9 @@ def candle_bounds(interval: str, ts_ms: int) -> tuple[int, int]:
 class KlineStream(Stream):
     """``kline.{interval}.{symbol}``: the forming candle; a closed one is sent with confirm true."""
 
-    def __init__(self, market, category, topic, seed):
-        super().__init__(market, category, topic, seed)
-        self.interval = topic.split(".")[1]
+    def __init__(self, market, category, topic, seed, parsed):
+        super().__init__(market, category, topic, seed, parsed)
+        self.interval = parsed.interval
         self.candle: dict | None = None
 
     def next(self, ts_ms: int) -> dict:
@@ -298,10 +300,70 @@ class LiquidationStream(Stream):
         return {"topic": self.topic, "type": "snapshot", "ts": ts_ms, "data": items}
 
 
-_KINDS = {"publicTrade": TradeStream, "orderbook": BookStream, "tickers": TickerStream,
-          "kline": KlineStream, "allLiquidation": LiquidationStream}
+class RpiBookStream(BookStream):
+    """``orderbook.rpi.{symbol}``: 50 levels of ``[price, nonRpiSize, rpiSize]``; a level is
+    deleted when its non-RPI size is "0", so the RPI size rides along with it."""
+
+    def _frame(self, kind, ts_ms, bids, asks, ordered=True) -> dict:
+        frame = super()._frame(kind, ts_ms, bids, asks, ordered)
+        for side in (frame["data"]["b"], frame["data"]["a"]):
+            for level in side:
+                level.append("0" if level[1] == "0" else _s(self._rpi(level[0])))
+        return frame
+
+    def _rpi(self, price: str) -> Decimal:
+        return self.inst.qty_step * (stable_hash(self.topic, price) % 4)
+
+
+class PriceLimitStream(Stream):
+    """``priceLimit.{symbol}``: the highest buy and lowest sell price allowed now; no ``type``."""
+
+    def next(self, ts_ms: int) -> dict:
+        mid = self.mid(ts_ms)
+        band = mid * Decimal("0.02")
+        return {"topic": self.topic, "data": {"symbol": self.inst.symbol,
+                                              "buyLmt": _s(self.inst.q_price(mid + band)),
+                                              "sellLmt": _s(self.inst.q_price(mid - band))}, "ts": ts_ms}
+
+
+# The isolated fund pushed per pool (shared pools are never pushed): (coin, its one contract).
+_POOL_FUND = {"USDT": ("USDT", "FOOUSDT"), "USDC": ("USDC", "FOOPERP"), "inverse": ("FOO", "FOOUSD")}
+
+
+class PoolStream:
+    """``insurance.{pool}`` and ``adlAlert.{pool}`` (pool USDT, USDC or inverse): per pool, not
+    per symbol. Insurance sends a snapshot, then a delta each time the fund's balance moves."""
+
+    def __init__(self, market: Market, category: str, topic: str, seed: int, parsed: facts.PublicTopic):
+        self.category, self.topic, self.kind = category, topic, parsed.kind
+        self.rng = random.Random(stable_hash(seed, category, topic))
+        self.coin, self.contract = _POOL_FUND[parsed.symbol]
+        self.balance = Decimal(self.rng.randint(10_000_00, 9_000_000_00)) / 100
+        self.started = False
+
+    def next(self, ts_ms: int) -> dict:
+        if self.started:
+            self.balance += Decimal(self.rng.choice((-1, 1)) * self.rng.randint(1, 50_000)) / 100
+        kind, self.started = ("delta" if self.started else "snapshot"), True
+        if self.kind == "adlAlert":
+            # Numbers, as Bybit's example sends them (its field table says strings).
+            ratio = round(self.rng.uniform(-0.2, 0.0), 4)
+            item = {"c": self.coin, "s": self.contract, "b": float(self.balance), "mb": float(self.balance),
+                    "i_pr": ratio, "pr": ratio, "adl_tt": -0.3, "adl_sr": -0.25}
+            return {"topic": self.topic, "type": "snapshot", "ts": ts_ms, "data": [item]}
+        return {"topic": self.topic, "type": kind, "ts": ts_ms,
+                "data": [{"coin": self.coin, "symbols": self.contract, "balance": _s(self.balance),
+                          "updateTime": str(ts_ms)}]}
+
+
+_KINDS = {"publicTrade": TradeStream, "orderbook": BookStream, "orderbook.rpi": RpiBookStream,
+          "tickers": TickerStream, "kline": KlineStream, "allLiquidation": LiquidationStream,
+          "priceLimit": PriceLimitStream, "insurance": PoolStream, "adlAlert": PoolStream}
 
 
 def make_stream(market: Market, category: str, topic: str, seed: int) -> Stream:
-    """The stream for a (validated) public topic."""
-    return _KINDS[topic.split(".", 1)[0]](market, category, topic, seed)
+    """The stream for a public topic the ``category`` socket accepts; ValueError otherwise."""
+    parsed = facts.parse_public(category, topic)
+    if parsed is None:
+        raise ValueError(f"no {topic!r} on the {category} socket")
+    return _KINDS[parsed.kind](market, category, topic, seed, parsed)

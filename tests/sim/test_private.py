@@ -61,11 +61,39 @@ def test_private_topics_need_auth_first(client):
     assert c.subscribe("position.spot")["ret_msg"] == "error:handler not found,topic:position.spot"
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("args,pair", [
+    (["order", "order.linear"], "order and order.linear"),
+    (["wallet", "execution.spot", "execution"], "execution and execution.spot"),
+    (["position.option", "execution.fast", "position"], "position and position.option"),
+    (["execution.fast", "execution.fast.inverse"], "execution.fast and execution.fast.inverse"),
+])
+def test_all_in_one_and_categorised_topic_in_one_request_subscribes_nothing(client, sim, args, pair):
+    c = client("private")
+    c.auth()
+    ack = c.subscribe(*args, req_id="sub-mix")
+    assert ack["success"] is False and ack["req_id"] == "sub-mix"
+    assert ack["ret_msg"].endswith(pair)
+    assert sim.state()["subscribed"]["private"] == []
+    for topic in args:                           # each alone is fine, in either order
+        assert c.subscribe(topic)["success"] is True
+
+
+@pytest.mark.timeout(20)
+def test_other_families_mix_in_one_request(client):
+    c = client("private")
+    c.auth()
+    ack = c.subscribe("order", "execution.linear", "execution.fast", "position.inverse", "wallet", "greeks",
+                      "dcp.future", "strategy", "spread.order", "spread.execution")
+    assert ack["success"] is True
+
+
 @pytest.mark.timeout(30)
 def test_account_pushes_match_the_ground_truth(client, sim):
     c = client("private")
     c.auth()
-    c.subscribe("order", "execution", "execution.fast", "position", "wallet", "order.linear")
+    assert c.subscribe("order", "execution", "execution.fast", "position", "wallet")["success"] is True
+    assert c.subscribe("order.linear")["success"] is True      # not with "order": separate requests
     sim.rate(account_rate=200)
     wait_for(lambda: sim.account()["events"] >= 150, 10, message="account events")
     sim.rate(account_rate=0)
