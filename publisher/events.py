@@ -1,4 +1,4 @@
-"""Gateway events built from ingest's envelopes (DESIGN.md contract 1).
+"""Gateway events built from ingest's envelopes (the message contract in docs/events.md).
 
 Pure functions: an envelope (and its parsed payload) goes in, ``Event`` records
 come out, ready to publish. No I/O, no clock: the receive time comes from the
@@ -6,20 +6,23 @@ envelope. Unknown topics raise ``UnknownTopic``; malformed frames raise
 ``FrameError``; the caller counts and logs both.
 
 Body fields, in order: event_id, event_class, source, category, topic, symbol,
-type, exchange_ts, received_at, stream_seq, trace_id, data. Merged ticker deltas
-add ``changed_keys`` (see publisher/README.md).
+type, exchange_ts, received_at, stream_seq, stream_epoch, version (account events),
+trace_id, data. Merged ticker deltas add ``changed_keys``. An account event holds one
+record (``data`` is a one-element list) so that its id can be the record's own.
 """
 from __future__ import annotations
 
-import hashlib
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
 
 from common import classify
 from common.envelope import Envelope, dumps
+from common.identity import IdentityError, account_event_id, account_version, derive_id, digest, uuid8
 from common.topics import PUBLIC_CATEGORIES
+from publisher.shapes import ws_shape
 
 SOURCE_BYBIT, SOURCE_GATEWAY, SOURCE_REST = "bybit", "gateway", "bybit-rest"
 
@@ -71,46 +74,65 @@ def iso_utc(ns: int) -> str:
     return f"{_second[1]}.{rem // 1000:06d}Z"
 
 
-def _uuid8(prefix: bytes, payload: bytes = b"") -> str:
-    h = hashlib.blake2b(prefix, digest_size=16)
-    if payload:
-        h.update(b"|")
-        h.update(payload)
-    d = bytearray(h.digest())
-    d[6] = (d[6] & 0x0F) | 0x80      # version 8
-    d[8] = (d[8] & 0x3F) | 0x80      # RFC 4122 variant
-    x = d.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+class StreamNumbers:
+    """``stream_seq`` per routing key: +1 per event a consumer bound to that key receives.
 
-
-def derive_id(*parts: object, payload: bytes = b"") -> str:
-    """A deterministic UUID (RFC 9562 version 8, BLAKE2b-128) of identifying content.
-
-    Same role as uuid5 but one hash instead of two (uuid5 over a digest) on the hot path.
+    Numbers are given when an event is made, so an event dropped later (buffer full, too
+    old) leaves a gap the consumer sees. ``epoch`` names this run of the numbering: after a
+    publisher restart numbers start again at 1 under a new epoch, never mistaken for repeats.
     """
-    return _uuid8("|".join(str(p) for p in parts).encode(), payload)
+
+    __slots__ = ("epoch", "_last")
+
+    def __init__(self, epoch: str | None = None) -> None:
+        self.epoch = epoch or uuid.uuid4().hex[:12]
+        self._last: dict[str, int] = {}
+
+    def next(self, key: str) -> int:
+        n = self._last.get(key, 0) + 1
+        self._last[key] = n
+        return n
+
+    def skip(self, key: str, count: int) -> tuple[int, int]:
+        """Leave ``count`` numbers unused (events lost before they were made): the range skipped."""
+        first = self._last.get(key, 0) + 1
+        self._last[key] = first + count - 1
+        return first, first + count - 1
+
+    def last(self, key: str) -> int:
+        return self._last.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._last)
 
 
-def digest(payload: bytes) -> str:
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+NUMBERS = StreamNumbers()     # this process's numbering; tests make their own
 
 
 def make_event(*, event_id: str, event_class: str, source: str, category: str | None, topic: str,
-               symbol: str | None, type_: str, exchange_ts: int | None, recv_ns: int, stream_seq: int,
-               trace_id: str, data, routing_key: str, stream: str = "",
-               changed_keys: list[str] | None = None) -> Event:
+               symbol: str | None, type_: str, exchange_ts: int | None, recv_ns: int,
+               trace_id: str, data, routing_key: str, numbers: StreamNumbers | None = None,
+               version: int | None = None, changed_keys: list[str] | None = None) -> Event:
+    """One event, numbered in its routing key's stream (``numbers``, default this process's)."""
+    numbers = NUMBERS if numbers is None else numbers
+    stream_seq = numbers.next(routing_key)
     body = {"event_id": event_id, "event_class": event_class, "source": source, "category": category,
             "topic": topic, "symbol": symbol, "type": type_, "exchange_ts": exchange_ts,
-            "received_at": iso_utc(recv_ns), "stream_seq": stream_seq, "trace_id": trace_id, "data": data}
+            "received_at": iso_utc(recv_ns), "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
     headers = {"event_class": event_class, "category": category or "", "symbol": symbol or "",
-               "trace_id": trace_id, "stream_seq": stream_seq}
+               "trace_id": trace_id, "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
+    if version is not None:
+        body["version"] = version
+        headers["version"] = version
+    body["trace_id"] = trace_id
+    body["data"] = data
     if changed_keys is not None:
         body["changed_keys"] = changed_keys
         headers["changed_keys"] = ",".join(changed_keys)
     persistent = event_class in classify.ACCOUNT_CLASSES or event_class == "system"
     return Event(event_id=event_id, event_class=event_class, routing_key=routing_key,
                  body=dumps(body), headers=headers, persistent=persistent,
-                 timestamp=int(recv_ns) // 1_000_000_000, stream=stream, stream_seq=stream_seq,
+                 timestamp=int(recv_ns) // 1_000_000_000, stream=routing_key, stream_seq=stream_seq,
                  recv_ns=int(recv_ns))
 
 
@@ -141,7 +163,7 @@ def _route(endpoint: str, topic: str) -> tuple[str, str | None, str, str, bytes]
 
 
 def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = None,
-                 changed_keys: list[str] | None = None) -> Event:
+                 changed_keys: list[str] | None = None, numbers: StreamNumbers | None = None) -> Event:
     """A public push -> one event. ``data``/``type_`` override the frame's (merged tickers)."""
     topic = frame.get("topic")
     if not isinstance(topic, str):
@@ -149,36 +171,54 @@ def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = N
     category = env.endpoint
     if not category:
         raise FrameError("envelope has no endpoint")
-    cls, symbol, routing_key, stream, prefix = _route(category, topic)
+    cls, symbol, routing_key, _stream, prefix = _route(category, topic)
     if "data" not in frame:
         raise FrameError(f"{topic}: frame has no data")
-    return make_event(event_id=_uuid8(prefix, env.payload), event_class=cls, source=SOURCE_BYBIT,
+    return make_event(event_id=uuid8(prefix, env.payload), event_class=cls, source=SOURCE_BYBIT,
                       category=category, topic=topic, symbol=symbol, type_=type_ or frame.get("type") or "snapshot",
-                      exchange_ts=_int(frame.get("ts"), "ts"), recv_ns=env.recv_ns, stream_seq=env.stream_seq,
+                      exchange_ts=_int(frame.get("ts"), "ts"), recv_ns=env.recv_ns,
                       trace_id=env.trace_id, data=frame["data"] if data is None else data,
-                      routing_key=routing_key, stream=stream, changed_keys=changed_keys)
+                      routing_key=routing_key, numbers=numbers, changed_keys=changed_keys)
 
 
-def _account_groups(cls: str, topic: str, items) -> list[tuple[str, list]]:
-    """Split a private push's data by category (accountType for wallet), keeping order."""
-    if not isinstance(items, list):
-        raise FrameError(f"{topic}: data is not a list")
+def market_routing_key(endpoint: str, topic: str) -> str:
+    """The routing key a public topic's events go out under."""
+    return _route(endpoint, topic)[2]
+
+
+def _group_of(cls: str, topic: str, item) -> str:
+    """A private record's category (its accountType for wallet records)."""
+    if not isinstance(item, dict):
+        raise FrameError(f"{topic}: data element is not an object")
     key = "accountType" if cls == "balances" else "category"
-    last = topic.rsplit(".", 1)[-1]
-    fallback = last if last in PUBLIC_CATEGORIES else None     # order.linear -> linear
-    groups: dict[str, list] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            raise FrameError(f"{topic}: data element is not an object")
-        group = item.get(key) or fallback
-        if not isinstance(group, str) or not group:
-            raise FrameError(f"{topic}: data element has no {key}")
-        groups.setdefault(group, []).append(item)
-    return list(groups.items())
+    group = item.get(key)
+    if not group:
+        last = topic.rsplit(".", 1)[-1]
+        group = last if last in PUBLIC_CATEGORIES else None     # order.linear -> linear
+    if not isinstance(group, str) or not group:
+        raise FrameError(f"{topic}: data element has no {key}")
+    return group
 
 
-def account_events(env: Envelope, frame: dict) -> list[Event]:
-    """A private push -> one event per category (per accountType for wallet)."""
+def _account_event(cls: str, topic: str, record: dict, group: str, *, source: str, stamped_ms: int,
+                   env: Envelope, numbers: StreamNumbers | None) -> Event:
+    try:
+        event_id = account_event_id(cls, record, stamped_ms)
+    except IdentityError as exc:
+        raise FrameError(f"{topic}: {exc}") from None
+    return make_event(event_id=event_id, event_class=cls, source=source, category=group, topic=topic,
+                      symbol=record.get("symbol") if isinstance(record.get("symbol"), str) else None,
+                      type_="snapshot", exchange_ts=stamped_ms, recv_ns=env.recv_ns, trace_id=env.trace_id,
+                      data=[record], routing_key=classify.routing_key(cls, group), numbers=numbers,
+                      version=account_version(cls, record, stamped_ms))
+
+
+def account_events(env: Envelope, frame: dict, numbers: StreamNumbers | None = None) -> list[Event]:
+    """A private push -> one event per record, identified by Bybit's business keys.
+
+    A fill pushed here and fetched again by a reconciliation gets the same id (see
+    common/identity.py), so a consumer de-duplicating on ``message_id`` counts it once.
+    """
     topic = frame.get("topic")
     if not isinstance(topic, str):
         raise FrameError("frame has no topic")
@@ -186,20 +226,27 @@ def account_events(env: Envelope, frame: dict) -> list[Event]:
     if cls not in classify.ACCOUNT_CLASSES:
         raise FrameError(f"market topic {topic!r} on the private endpoint")
     ts = _int(frame.get("creationTime"), "creationTime")
-    # Bybit's message id identifies the push; execution.fast has none, so hash the bytes.
-    ident = frame.get("id") or digest(env.payload)
-    out = []
-    for category, items in _account_groups(cls, topic, frame.get("data")):
-        out.append(make_event(
-            event_id=derive_id(env.endpoint, topic, ident, category), event_class=cls, source=SOURCE_BYBIT,
-            category=category, topic=topic, symbol=None, type_="snapshot", exchange_ts=ts,
-            recv_ns=env.recv_ns, stream_seq=env.stream_seq, trace_id=env.trace_id, data=items,
-            routing_key=classify.routing_key(cls, category), stream=f"{env.endpoint}:{topic}"))
-    return out
+    items = frame.get("data")
+    if not isinstance(items, list):
+        raise FrameError(f"{topic}: data is not a list")
+    # Every record is checked before any event is made: a bad record refuses the whole push
+    # rather than leaving numbers used by events that were never published.
+    groups = [_group_of(cls, topic, item) for item in items]
+    for item in items:
+        try:
+            account_event_id(cls, item, ts)
+        except IdentityError as exc:
+            raise FrameError(f"{topic}: {exc}") from None
+    return [_account_event(cls, topic, item, group, source=SOURCE_BYBIT, stamped_ms=ts, env=env, numbers=numbers)
+            for item, group in zip(items, groups)]
 
 
-def rest_events(env: Envelope, payload: dict) -> list[Event]:
-    """Reconciled account state (kind ``rest``): ``{"topic", "category", "list", "fetched_at_ms"}``."""
+def rest_events(env: Envelope, payload: dict, numbers: StreamNumbers | None = None) -> list[Event]:
+    """Reconciled account state (kind ``rest``): ``{"topic", "category", "list", "fetched_at_ms"}``.
+
+    Each REST record becomes one event in the shape of the WebSocket push of its class
+    (publisher/shapes.py), with the id that push would have had.
+    """
     if not isinstance(payload, dict):
         raise FrameError("rest payload is not an object")
     topic = payload.get("topic") or env.topic
@@ -209,24 +256,28 @@ def rest_events(env: Envelope, payload: dict) -> list[Event]:
     if cls not in classify.ACCOUNT_CLASSES:
         raise FrameError(f"rest payload for non-account topic {topic!r}")
     items = payload.get("list", payload.get("data"))
+    if not isinstance(items, list):
+        raise FrameError(f"{topic}: rest list is not a list")
     fetched = payload.get("fetched_at_ms")
-    exchange_ts = _int(fetched, "fetched_at_ms") if fetched is not None else env.recv_ns // 1_000_000
+    stamped = _int(fetched, "fetched_at_ms") if fetched is not None else env.recv_ns // 1_000_000
     category = payload.get("category")
-    if cls != "balances" and isinstance(category, str) and category and isinstance(items, list):
-        groups = [(category, items)]
-    else:
-        groups = _account_groups(cls, topic, items)
-    ident = digest(env.payload)
-    return [make_event(
-        event_id=derive_id("rest", topic, ident, group), event_class=cls, source=SOURCE_REST,
-        category=group, topic=topic, symbol=None, type_="snapshot", exchange_ts=exchange_ts,
-        recv_ns=env.recv_ns, stream_seq=env.stream_seq, trace_id=env.trace_id, data=part,
-        routing_key=classify.routing_key(cls, group), stream=f"rest:{topic}")
-        for group, part in groups]
+    category = category if cls != "balances" and isinstance(category, str) and category else None
+    records = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise FrameError(f"{topic}: rest record is not an object")
+        record = ws_shape(topic, item, category)
+        try:
+            account_event_id(cls, record, stamped)
+        except IdentityError as exc:
+            raise FrameError(f"{topic}: {exc}") from None
+        records.append((record, _group_of(cls, topic, record)))
+    return [_account_event(cls, topic, record, group, source=SOURCE_REST, stamped_ms=stamped, env=env,
+                           numbers=numbers) for record, group in records]
 
 
 def system_event(kind: str, details: dict, *, recv_ns: int, category: str | None = None,
-                 trace_id: str = "", event_id: str | None = None, stream_seq: int = 0) -> Event:
+                 trace_id: str = "", event_id: str | None = None, numbers: StreamNumbers | None = None) -> Event:
     """A gateway event for ``ws-gateway.system`` (routing key ``system.{kind}``)."""
     if not kind or "." in kind or "#" in kind or "*" in kind:
         raise FrameError(f"bad system event kind {kind!r}")
@@ -234,11 +285,11 @@ def system_event(kind: str, details: dict, *, recv_ns: int, category: str | None
         event_id = derive_id("system", kind, recv_ns, digest(orjson.dumps(details, default=str)))
     return make_event(event_id=event_id, event_class="system", source=SOURCE_GATEWAY, category=category,
                       topic=kind, symbol=symbol if isinstance(symbol := details.get("symbol"), str) else None,
-                      type_="event", exchange_ts=None, recv_ns=recv_ns, stream_seq=stream_seq,
-                      trace_id=trace_id, data=details, routing_key=f"system.{kind}", stream=f"system:{kind}")
+                      type_="event", exchange_ts=None, recv_ns=recv_ns, numbers=numbers,
+                      trace_id=trace_id, data=details, routing_key=f"system.{kind}")
 
 
-def envelope_system_event(env: Envelope) -> Event:
+def envelope_system_event(env: Envelope, numbers: StreamNumbers | None = None) -> Event:
     """A ``system`` envelope from ingest, published as it is."""
     try:
         details = orjson.loads(env.payload)
@@ -247,5 +298,5 @@ def envelope_system_event(env: Envelope) -> Event:
     if not isinstance(details, dict):
         raise FrameError("system payload is not an object")
     return system_event(env.topic, details, recv_ns=env.recv_ns, category=env.endpoint or None,
-                        trace_id=env.trace_id, stream_seq=env.stream_seq,
+                        trace_id=env.trace_id, numbers=numbers,
                         event_id=derive_id("system", env.epoch, env.topic, env.recv_ns, digest(env.payload)))

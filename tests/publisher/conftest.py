@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import orjson
@@ -162,6 +163,12 @@ def broker(amqp_url):
         b.close()
 
 
+def frame_seq(body: dict, name: str) -> int:
+    """Which ``market_env``/``account_env`` seq an event was made from (its exchange_ts tells)."""
+    frame = orjson.loads(frame_bytes(name))
+    return body["exchange_ts"] - frame.get("ts", frame.get("creationTime"))
+
+
 def market_env(seq: int, name: str = "public_trade", endpoint: str = "linear", epoch: str = "ep1",
                payload: bytes | None = None) -> Envelope:
     """A public frame envelope; the payload is made unique per seq (distinct event ids)."""
@@ -172,7 +179,15 @@ def market_env(seq: int, name: str = "public_trade", endpoint: str = "linear", e
 
 
 def account_env(seq: int, name: str = "order", epoch: str = "ep1") -> Envelope:
+    """A private push of a new account fact per (epoch, seq): a new fill, order or position
+    state (``updatedTime``), or wallet version (``creationTime``), so each has its own id."""
     frame = orjson.loads(frame_bytes(name))
     frame["id"] = f"acct-{epoch}-{seq}"
+    frame["creationTime"] += seq
+    for rec in frame["data"]:
+        if "execId" in rec:
+            rec["execId"] = f"{rec['execId']}-{epoch}-{seq}"
+        if "updatedTime" in rec:
+            rec["updatedTime"] = str(int(rec["updatedTime"]) + seq + 1000 * (zlib.crc32(epoch.encode()) % 1000))
     return Envelope("frame", orjson.dumps(frame), endpoint="private", topic=frame["topic"],
                     recv_ns=time.time_ns(), stream_seq=seq, epoch=epoch, trace_id=f"a{seq}")

@@ -12,8 +12,8 @@ from common import classify
 from common.classify import UnknownTopic
 from common.envelope import Envelope, json_envelope
 from publisher import events
-from publisher.events import FrameError
-from publisher.pipeline import Pipeline
+from publisher.events import FrameError, StreamNumbers
+from publisher.pipeline import Pipeline as _Pipeline
 
 FRAMES = Path(__file__).resolve().parent.parent / "frames"
 RECV_NS = 1_785_000_010_123_456_789
@@ -40,7 +40,13 @@ NOT_PUSHES = {"auth_fail", "auth_ok", "pong_private", "pong_public", "pong_publi
               "subscribe_fail_spot_args", "subscribe_ok", "subscribe_ok_option", "subscribe_ok_private",
               "subscribe_ok_spot", "trade_auth_ok"}
 BODY_KEYS = ["event_id", "event_class", "source", "category", "topic", "symbol", "type", "exchange_ts",
-             "received_at", "stream_seq", "trace_id", "data"]
+             "received_at", "stream_seq", "stream_epoch", "trace_id", "data"]
+ACCOUNT_BODY_KEYS = BODY_KEYS[:11] + ["version"] + BODY_KEYS[11:]
+
+
+def Pipeline() -> _Pipeline:
+    """A pipeline with its own numbering, so each test's stream_seq starts at 1."""
+    return _Pipeline(StreamNumbers("ep-test"))
 
 
 def raw(name: str) -> bytes:
@@ -71,11 +77,12 @@ def test_market_event_body_and_properties(name):
     assert body["source"] == "bybit" and body["category"] == endpoint and body["symbol"] == symbol
     assert body["topic"] == frame["topic"] and body["type"] == frame.get("type", "snapshot")
     assert body["exchange_ts"] == frame["ts"]
-    assert body["received_at"] == ISO and body["stream_seq"] == 7 and body["trace_id"] == "tr-1"
+    assert body["received_at"] == ISO and body["stream_seq"] == 1 and body["trace_id"] == "tr-1"
+    assert body["stream_epoch"] == "ep-test"
     assert body["data"] == frame["data"]
     assert ev.routing_key == f"{cls}.{endpoint}.{symbol}"
     assert ev.headers == {"event_class": cls, "category": endpoint, "symbol": symbol, "trace_id": "tr-1",
-                          "stream_seq": 7}
+                          "stream_seq": 1, "stream_epoch": "ep-test"}
     assert ev.persistent is False and ev.timestamp == RECV_NS // 10**9
     assert str(uuid.UUID(body["event_id"])) == ev.event_id and uuid.UUID(ev.event_id).version == 8
 
@@ -87,24 +94,26 @@ def test_account_event_body_and_properties(name):
     body = orjson.loads(ev.body)
     cls = ACCOUNT[name]
     group = "UNIFIED" if cls == "balances" else "linear"
-    assert list(body) == BODY_KEYS
+    assert list(body) == ACCOUNT_BODY_KEYS
     assert body["event_class"] == cls and body["source"] == "bybit" and body["type"] == "snapshot"
-    assert body["category"] == group and body["symbol"] is None
+    assert body["category"] == group and body["symbol"] == frame["data"][0].get("symbol")
     assert body["exchange_ts"] == frame["creationTime"] and body["data"] == frame["data"]
     assert ev.routing_key == f"{cls}.{group}" and ev.persistent is True
-    assert ev.headers["event_class"] == cls and ev.headers["stream_seq"] == 7
+    assert ev.headers["event_class"] == cls and ev.headers["stream_seq"] == 1
 
 
-def test_private_push_with_several_categories_splits_per_category():
+def test_private_push_with_several_records_makes_one_event_per_record_numbered_per_routing_key():
     frame = orjson.loads(raw("order"))
     linear = frame["data"][0]
     spot = dict(linear, category="spot", orderId="s-1")
     frame["data"] = [linear, spot, dict(linear, orderId="l-2")]
     env = Envelope("frame", orjson.dumps(frame), endpoint="private", topic="order", recv_ns=RECV_NS, stream_seq=3)
-    evs = events.account_events(env, frame)
-    assert [e.routing_key for e in evs] == ["order_status.linear", "order_status.spot"]
-    assert [len(orjson.loads(e.body)["data"]) for e in evs] == [2, 1]
-    assert len({e.event_id for e in evs}) == 2
+    evs = events.account_events(env, frame, StreamNumbers("e"))
+    assert [e.routing_key for e in evs] == ["order_status.linear", "order_status.spot", "order_status.linear"]
+    assert [orjson.loads(e.body)["data"] for e in evs] == [[r] for r in frame["data"]]
+    # A consumer bound to order_status.linear sees 1, 2; one bound to order_status.spot sees 1.
+    assert [orjson.loads(e.body)["stream_seq"] for e in evs] == [1, 1, 2]
+    assert len({e.event_id for e in evs}) == 3
 
 
 @pytest.mark.parametrize("name", sorted(UNCLASSIFIED))
@@ -147,7 +156,7 @@ def test_rest_payload_source_and_routing():
     [ev] = Pipeline().process(env)
     body = orjson.loads(ev.body)
     assert body["source"] == "bybit-rest" and ev.routing_key == "order_status.linear"
-    assert body["data"] == listing and body["exchange_ts"] == 1785000009000
+    assert body["data"][0]["orderId"] == listing[0]["orderId"] and body["exchange_ts"] == 1785000009000
 
 
 def test_bad_frames_raise_frame_error():
@@ -176,4 +185,4 @@ def test_rest_wallet_without_category_routes_by_account_type():
                         endpoint="private", topic="wallet", recv_ns=RECV_NS)
     [ev] = Pipeline().process(env)
     assert ev.routing_key == f"balances.{coins[0]['accountType']}" and ev.persistent
-    assert orjson.loads(ev.body)["data"] == coins
+    assert orjson.loads(ev.body)["data"] == coins and orjson.loads(ev.body)["version"] == 1785000009000

@@ -14,13 +14,14 @@ import zmq
 
 from tests.conftest import rabbitmqctl
 from tests.helpers import free_port, wait_for
-from tests.publisher.conftest import Broker, PublisherProc, account_env, market_env
+from tests.publisher.conftest import Broker, PublisherProc, account_env, frame_seq, market_env
 
 
-def _ids_by_seq(messages) -> dict[int, set[str]]:
+def _ids_by_seq(messages, name: str = "") -> dict[int, set[str]]:
+    """message ids per seq: the consumer's ``stream_seq`` or, with ``name``, the frame each came from."""
     out: dict[int, set[str]] = {}
     for _m, props, body in messages:
-        out.setdefault(body["stream_seq"], set()).add(props.message_id)
+        out.setdefault(frame_seq(body, name) if name else body["stream_seq"], set()).add(props.message_id)
     return out
 
 
@@ -86,7 +87,8 @@ def test_broker_outage_keeps_account_events_and_counts_market_drops(publisher, b
     outage = [b for m, _p, b in system if m.routing_key == "system.broker_outage"]
     assert outage, [m.routing_key for m, _p, _b in system]
     assert outage[0]["data"]["dropped"] == {"trades": dropped}
-    ranges = outage[0]["data"]["dropped_streams"]["linear:publicTrade.BTCUSDT"]
+    # named as the consumer sees the stream: its routing key and its stream_seq numbers
+    ranges = outage[0]["data"]["dropped_streams"]["trades.linear.BTCUSDT"]
     missing = set(range(1, m_seq + 1)) - set(got_m)
     assert ranges["count"] == dropped and min(missing) >= ranges["from_seq"] and max(missing) <= ranges["to_seq"]
     assert pub.stop() == 0
@@ -139,15 +141,15 @@ def test_kill9_under_load_never_changes_an_event_id(publisher, broker, short_tmp
     system = broker.drain("ws-gateway.system", None, timeout=5)
 
     # No event is ever re-published under a different message_id.
-    for got in (_ids_by_seq(trades), _ids_by_seq(orders)):
+    for got in (_ids_by_seq(trades, "public_trade"), _ids_by_seq(orders, "order")):
         assert all(len(ids) == 1 for ids in got.values())
     # Whatever is missing lies inside a stream_gap range B published.
     gaps: dict[str, list[tuple[int, int]]] = {}
     for m, _p, b in system:
         if m.routing_key == "system.stream_gap" and "missing_from" in b["data"]:
             gaps.setdefault(b["data"]["stream"], []).append((b["data"]["missing_from"], b["data"]["missing_to"]))
-    for stream, got, total in (("linear:publicTrade.BTCUSDT", _ids_by_seq(trades), counts["market"]),
-                               ("private:order", _ids_by_seq(orders), counts["account"])):
+    for stream, got, total in (("linear:publicTrade.BTCUSDT", _ids_by_seq(trades, "public_trade"), counts["market"]),
+                               ("private:order", _ids_by_seq(orders, "order"), counts["account"])):
         missing = set(range(1, total + 1)) - set(got)
         uncovered = {s for s in missing if not any(a <= s <= z for a, z in gaps.get(stream, []))}
         assert not uncovered, (stream, sorted(uncovered)[:10])
