@@ -74,6 +74,10 @@ class Manager:
         """Start holding ``topic``; returns why not when it can't be held."""
         if topic.endpoint == PRIVATE and not self.settings.has_private:
             return "private stream not configured: set BYBIT_API_KEY and BYBIT_API_SECRET"
+        clash = plan.private_form_clash(topic.endpoint, topic.name, lambda name: (
+            (other := self.topics.get(f"{PRIVATE}:{name}")) is not None and other.status != FAILED))
+        if clash:
+            return clash
         st = self.topics.get(topic.key)
         if st is not None:
             if st.status == FAILED:          # asked again: try again

@@ -10,16 +10,51 @@ from __future__ import annotations
 import collections
 import time
 
-from common.topics import MAX_ARGS_PER_REQUEST, MAX_TOPIC_CHARS_PER_CONNECTION, MAX_TOPICS_PER_CONNECTION, PRIVATE
+from common.topics import (MAX_ARGS_PER_REQUEST, MAX_TOPIC_CHARS_PER_CONNECTION, MAX_TOPICS_PER_CONNECTION, PRIVATE,
+                           PRIVATE_CATEGORIES)
 
 # Requests on other endpoints have no documented arg limit; keep them modest anyway so
 # one bad topic costs a small retry and acks come back quickly.
 DEFAULT_ARGS_PER_REQUEST = 50
 
 
+# Private channels with an all-in-one topic (order) and category-scoped ones (order.linear):
+# Bybit refuses the two forms in one subscribe request, and both held would push each event twice.
+TWO_FORM_CHANNELS = ("order", "execution", "position")
+
+
 def batches(endpoint: str, topics: list[str]) -> list[list[str]]:
+    """Subscribe requests for ``topics``: within the endpoint's arg limit, and on the private
+    stream all-in-one topics never in the same request as category-scoped ones."""
     size = MAX_ARGS_PER_REQUEST.get(endpoint, DEFAULT_ARGS_PER_REQUEST)
-    return [topics[i:i + size] for i in range(0, len(topics), size)]
+    groups = [topics]
+    if endpoint == PRIVATE:
+        whole = [t for t in topics if t in TWO_FORM_CHANNELS]
+        groups = [whole, [t for t in topics if t not in TWO_FORM_CHANNELS]]
+    return [group[i:i + size] for group in groups for i in range(0, len(group), size)]
+
+
+def other_private_forms(name: str) -> list[str]:
+    """The topics of the other form of a two-form private channel: ``order`` -> ``order.spot`` ...
+    ``order.option``; ``order.linear`` -> ``order``; anything else -> []."""
+    channel, _, category = name.partition(".")
+    if channel not in TWO_FORM_CHANNELS:
+        return []
+    if not category:
+        return [f"{channel}.{c}" for c in PRIVATE_CATEGORIES[channel]]
+    return [channel] if category in PRIVATE_CATEGORIES[channel] else []
+
+
+def private_form_clash(endpoint: str, name: str, is_held) -> str | None:
+    """Why ``name`` cannot be held while ``is_held(other)`` says a topic of the other form of its
+    channel is; None when it can."""
+    if endpoint != PRIVATE:
+        return None
+    held = [other for other in other_private_forms(name) if is_held(other)]
+    if not held:
+        return None
+    return (f"{name} conflicts with {', '.join(held)}, already held: Bybit refuses an all-in-one private topic "
+            f"and a category-scoped one together and would push each event under both; remove one")
 
 
 def has_room(endpoint: str, topics: list[str] | set[str], new_topic: str) -> bool:
