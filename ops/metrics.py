@@ -25,3 +25,12 @@ BAD_EVENTS = Counter("wsgw_ops_bad_events_total", "Events the eventlistener coul
 SYSTEM_EVENTS = Counter("wsgw_ops_system_events_total",
                         "system events handed to the publisher's socket, by kind and result",
                         ["kind", "result"])
+LIVENESS_CHECKS = Counter("wsgw_ops_liveness_checks_total",
+                          "Liveness checks (one per supervisord TICK), by result (done, supervisor_unreachable)",
+                          ["result"])
+STALLS = Counter("wsgw_process_stalls_total",
+                 "Stalls: a RUNNING program's status file stopped moving for GW_STALL_AFTER_S, by program",
+                 ["program"])
+STALL_RESTARTS = Counter("wsgw_process_stall_restarts_total",
+                         "Signals sent through supervisord to restart a stalled program (TERM, then KILL "
+                         "after its stopwaitsecs), by program and signal", ["program", "signal"])
