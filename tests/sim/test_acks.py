@@ -57,6 +57,11 @@ def test_unsubscribe_acks_and_data_stops(client, sim):
     ("option", "kline.1.BTC-31JUL26-120000-C"),
     ("linear", "nonsense"),
     ("private", "publicTrade.BTCUSDT"),        # public topic on the private socket
+    ("private", "position.spot"),              # position has no spot variant
+    ("inverse", "insurance.USDT"),             # the USDT pool is on linear
+    ("spot", "orderbook.100.BTCUSDT"),         # an option depth
+    ("option", "orderbook.50.XRP-30OCT26-0.4-P-USDT"),
+    ("linear", "tickers.BTC-31JUL26-120000-C"),  # an option symbol on linear
 ])
 def test_handler_not_found(client, endpoint, topic):
     c = client(endpoint)
@@ -169,3 +174,21 @@ def test_pong_hook_stops_and_restarts_answers(client, sim):
     assert sim.state()["pings"]["linear"] >= 1
     sim.pong("linear", enabled=True)
     assert c.request({"op": "ping", "req_id": "back"})["req_id"] == "back"
+
+
+@pytest.mark.timeout(30)
+def test_a_public_connection_holds_at_most_21000_characters_of_topics(client, sim):
+    sim.rate(rate=0)                                  # 1,050 silent topics: only acks matter here
+    c = client("linear")
+    topics = [f"tickers.S{i:07d}USDT" for i in range(1050)]   # 20 characters each: 21,000 in all
+    for start in range(0, 1050, 350):
+        ack = c.subscribe(*topics[start:start + 350])
+        assert ack["success"] is True, ack
+    ack = c.subscribe("tickers.BTCUSDT", req_id="sub-over")
+    assert ack["success"] is False and ack["req_id"] == "sub-over" and "21000" in ack["ret_msg"]
+    assert c.request({"op": "unsubscribe", "args": [topics[0]]})["success"] is True
+    assert c.subscribe("tickers.BTCUSDT")["success"] is True         # 15 characters fit again
+    state = sim.state()["subscribed"]["linear"]
+    assert len(state) == 1050 and "tickers.BTCUSDT" in state and topics[0] not in state
+    other = client("linear")                          # the limit is per connection
+    assert other.subscribe("tickers.ETHUSDT")["success"] is True

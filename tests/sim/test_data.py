@@ -10,6 +10,7 @@ from bybitsim.streams import make_stream
 from tests.sim.conftest import frame
 
 OPTION = "BTC-31JUL26-120000-C"
+DECIMAL_STRIKE = "XRP-30OCT26-0.4-P-USDT"      # option strikes can have decimals
 
 
 def item_keys(f: dict) -> set:
@@ -35,6 +36,12 @@ def item_keys(f: dict) -> set:
     ("spot", "kline.D.BTCUSDT", "kline", set()),
     ("linear", "allLiquidation.BTCUSDT", "all_liquidation", set()),
     ("inverse", "allLiquidation.BTCUSD", "all_liquidation", set()),
+    ("linear", "insurance.USDT", "insurance", set()),
+    ("inverse", "insurance.inverse", "insurance", set()),
+    ("linear", "priceLimit.BTCUSDT", "price_limit", set()),
+    ("spot", "priceLimit.ETHUSDT", "price_limit", set()),
+    ("option", f"tickers.{DECIMAL_STRIKE}", "ticker_option", set()),
+    ("option", f"orderbook.100.{DECIMAL_STRIKE}", "orderbook_snapshot", set()),
 ])
 def test_first_frame_matches_the_recorded_shape(client, endpoint, topic, recorded, drop_keys):
     c = client(endpoint)
@@ -43,6 +50,9 @@ def test_first_frame_matches_the_recorded_shape(client, endpoint, topic, recorde
     assert set(got) == set(want)
     assert item_keys(got) == item_keys(want) - drop_keys
     assert got["topic"] == topic and isinstance(got["ts"], int)
+    if ("s" in item_keys(got) or "symbol" in item_keys(got)) and topic != "publicTrade.BTC":
+        data = got["data"][0] if isinstance(got["data"], list) else got["data"]
+        assert topic.endswith("." + data.get("s", data.get("symbol")))
     if isinstance(got["data"], list):
         for item in got["data"]:
             for key in ("p", "v", "open", "close", "volume"):
@@ -166,3 +176,46 @@ def test_kline_confirms_a_closed_candle():
     new = s.next(1785000062000)["data"][0]
     assert new["start"] == first["end"] + 1 and new["confirm"] is False
     assert Decimal(new["low"]) <= Decimal(new["close"]) <= Decimal(new["high"])
+
+
+@pytest.mark.timeout(20)
+def test_rpi_book_levels_carry_the_rpi_size(client):
+    c = client("linear")
+    assert c.subscribe("orderbook.rpi.BTCUSDT")["success"] is True
+    snap = c.data("orderbook.rpi.BTCUSDT")
+    assert snap["type"] == "snapshot" and len(snap["data"]["b"]) == len(snap["data"]["a"]) == 50
+    assert set(snap) == set(frame("orderbook_snapshot"))
+    books = {side: {p: (n, r) for p, n, r in snap["data"][side]} for side in ("b", "a")}
+    u = snap["data"]["u"]
+    for _ in range(5):
+        delta = c.data("orderbook.rpi.BTCUSDT")
+        assert delta["type"] == "delta" and delta["data"]["u"] == u + 1
+        u = delta["data"]["u"]
+        for side, book in books.items():
+            for price, non_rpi, rpi in delta["data"][side]:
+                assert Decimal(non_rpi) >= 0 and Decimal(rpi) >= 0
+                if non_rpi == "0":
+                    assert price in book and rpi == "0"
+                    del book[price]
+                else:
+                    book[price] = (non_rpi, rpi)
+    assert len(books["b"]) == len(books["a"]) == 50
+
+
+@pytest.mark.timeout(20)
+def test_adl_alert_is_per_pool(client):
+    c = client("inverse")
+    assert c.subscribe("adlAlert.inverse")["success"] is True
+    got = c.data("adlAlert.inverse")
+    assert got["type"] == "snapshot" and isinstance(got["ts"], int)
+    assert set(got["data"][0]) == {"c", "s", "b", "mb", "i_pr", "pr", "adl_tt", "adl_sr"}
+
+
+def test_insurance_sends_a_snapshot_then_deltas():
+    s = make_stream(Market(1), "linear", "insurance.USDC", 1)
+    frames = [s.next(1_785_000_000_000 + i * 1000) for i in range(4)]
+    assert [f["type"] for f in frames] == ["snapshot", "delta", "delta", "delta"]
+    balances = [f["data"][0]["balance"] for f in frames]
+    assert len(set(balances)) == 4 and all(f["data"][0]["coin"] == "USDC" for f in frames)
+    with pytest.raises(ValueError):
+        make_stream(Market(1), "spot", "insurance.USDT", 1)
