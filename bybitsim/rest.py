@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from decimal import Decimal
 from urllib.parse import parse_qsl, quote, unquote
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
@@ -153,9 +154,22 @@ def _wallet(account, q, now_ms):
     wallet = account.wallet or account._wallet(now_ms)
     coins = wallet["coin"]
     if q.get("coin"):
-        wanted = set(q["coin"].split(","))
-        coins = [c for c in coins if c["coin"] in wanted]
+        # Asked by name, a coin is answered even when the account holds none of it.
+        wanted = q["coin"].split(",")
+        have = {c["coin"]: c for c in coins}
+        coins = [have.get(name) or _zero_coin(name) for name in dict.fromkeys(wanted)]
+    else:
+        # Without a coin list Bybit answers only coins with a balance or a liability.
+        coins = [c for c in coins if any(Decimal(c.get(k) or "0") for k in ("walletBalance", "equity", "borrowAmount"))]
     return {"list": [{**wallet, "coin": [dict(c) for c in coins]}]}
+
+
+def _zero_coin(name: str) -> dict:
+    zero = {k: "0" for k in ("equity", "usdValue", "walletBalance", "borrowAmount", "accruedInterest",
+                             "totalOrderIM", "totalPositionIM", "totalPositionMM", "unrealisedPnl",
+                             "cumRealisedPnl", "bonus", "locked", "spotHedgingQty", "spotBorrow", "colRes")}
+    return {"coin": name, **zero, "availableToWithdraw": "0", "availableToBorrow": "",
+            "collateralSwitch": True, "marginCollateral": True}
 
 
 def _order_key(o):

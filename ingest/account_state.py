@@ -1,5 +1,5 @@
 """Pure pieces of REST reconciliation: what ingest knows of the account, what REST returned,
-which held WebSocket pushes REST already covers, and the ``rest`` payloads to send.
+and the ``rest`` payloads to send.
 
 No I/O and no clock here: times are passed in (ms since the epoch).
 """
@@ -30,11 +30,12 @@ def _records(obj: dict) -> list[dict]:
 @dataclass
 class Known:
     """What PostgreSQL (or ingest's memory) says: the newest fill and order update, orders to
-    check, open positions."""
+    check, open positions, coins with a balance."""
     exec_ms: int | None = None
     order_ms: int | None = None
     orders: dict[str, str] = field(default_factory=dict)           # orderId -> category
     positions: set[tuple[str, str]] = field(default_factory=set)   # (category, symbol) not flat
+    coins: set[str] = field(default_factory=set)                   # coins of the UNIFIED wallet ever seen
 
 
 class Seen:
@@ -45,6 +46,7 @@ class Seen:
         self.order_ms: int | None = None
         self.open_orders: dict[str, str] = {}
         self.positions: set[tuple[str, str]] = set()
+        self.coins: set[str] = set()
 
     def observe(self, topic: str, obj: dict) -> None:
         base = topic.split(".", 1)[0]
@@ -59,6 +61,15 @@ class Seen:
         elif base == "position":
             for r in _records(obj):
                 self._position(r, r.get("category"))
+        elif base == "wallet":
+            self._coins(_records(obj))
+
+    def _coins(self, accounts: list) -> None:
+        for account in accounts:
+            if isinstance(account, dict) and account.get("accountType", "UNIFIED") == "UNIFIED":
+                for c in account.get("coin") or []:
+                    if isinstance(c, dict) and isinstance(c.get("coin"), str) and c["coin"]:
+                        self.coins.add(c["coin"])
 
     def _order(self, rec: dict, category) -> None:
         oid = rec.get("orderId")
@@ -87,12 +98,28 @@ class Seen:
             self._order(rec, cat)
         for (cat, symbol, _), rec in snap.positions.items():
             self._position(rec, cat)
+        self._coins(snap.wallet)
         newest = max((_ms(r.get("execTime")) or 0 for _, r in snap.executions.values()), default=0)
         if newest and (self.exec_ms is None or newest > self.exec_ms):
             self.exec_ms = newest
 
     def known(self) -> Known:
-        return Known(self.exec_ms, self.order_ms, dict(self.open_orders), set(self.positions))
+        return Known(self.exec_ms, self.order_ms, dict(self.open_orders), set(self.positions), set(self.coins))
+
+
+def merge_wallets(first: list, more: list) -> list:
+    """Bybit's wallet answer with the coins a second answer (asked for by name) adds."""
+    out = [dict(a, coin=list(a.get("coin") or [])) for a in first if isinstance(a, dict)]
+    for extra in more:
+        if not isinstance(extra, dict):
+            continue
+        same = next((a for a in out if a.get("accountType") == extra.get("accountType")), None)
+        if same is None:
+            out.append(extra)
+            continue
+        have = {c.get("coin") for c in same["coin"] if isinstance(c, dict)}
+        same["coin"].extend(c for c in extra.get("coin") or [] if isinstance(c, dict) and c.get("coin") not in have)
+    return out
 
 
 def exec_start_ms(newest_ms: int | None, lost_since_ms: int | None, now_ms: int) -> int | None:
@@ -167,36 +194,6 @@ class Snapshot:
                 "executions": len(self.executions),
                 "balances": sum(len(a.get("coin") or []) for a in self.wallet if isinstance(a, dict)),
                 "unresolved_orders": self.unresolved}
-
-    # -- held pushes ----------------------------------------------------------------------
-    def covers(self, topic: str, obj: dict) -> bool:
-        """True when REST already holds this push's state (every record as new or newer):
-        orders and positions by ``updatedTime``, executions by ``execId``, wallet by time."""
-        base = topic.split(".", 1)[0]
-        records = _records(obj)
-        if base == "wallet":
-            t = _ms(obj.get("creationTime"))
-            return bool(self.wallet) and t is not None and t <= self.wallet_ms
-        if not records:
-            return False
-        if base == "execution":
-            return all(r.get("execId") in self.executions for r in records)
-        if base == "order":
-            return all(self._newer(self.orders.get(r.get("orderId")), r) for r in records)
-        if base == "position":
-            return all(self._newer(self._position_of(r), r) for r in records)
-        return False
-
-    def _position_of(self, pushed: dict):
-        rec = self.positions.get((pushed.get("category"), pushed.get("symbol"), pushed.get("positionIdx", 0)))
-        return None if rec is None else (pushed.get("category"), rec)
-
-    @staticmethod
-    def _newer(have, pushed: dict) -> bool:
-        if have is None:
-            return False
-        mine, theirs = _ms(have[1].get("updatedTime")), _ms(pushed.get("updatedTime"))
-        return mine is not None and theirs is not None and mine >= theirs
 
     # -- what goes downstream -------------------------------------------------------------
     def bodies(self) -> list[dict]:

@@ -1,18 +1,20 @@
-"""REST reconciliation of the account (PROTOCOL.md 9.10; issue 7), in its own asyncio tasks.
+"""REST reconciliation of the account, in its own asyncio tasks.
 
 When: at ingest start, after every private (re)connect once its topics are subscribed,
 when a publisher or persister restarted (its status file shows a new pid or start time),
 every ``reconcile_interval_s``, and again with backoff after a failure.
 
-How: while live private pushes are HELD in memory (bounded), fetch server time, the
-wallet, open orders, order history since the newest fill known, any order known open or
-recently changed that neither list returned (by ``orderId``), positions (by settle coin,
-plus by symbol for any we knew non-flat), and fills since the newest one known minus a
-margin. Then send the state downstream as ``rest`` envelopes (publisher and persister),
-and release the held pushes, dropping those REST already covers. A reconciliation is
-reported ``reconciliation_done`` only when every call succeeded; otherwise
-``reconciliation_failed``, nothing is sent, the held pushes go out unchanged and it is
-retried with backoff.
+How: fetch server time, the wallet (every coin ever held, zero ones included), open
+orders, order history since the newest fill known, any order known open or recently
+changed that neither list returned (by ``orderId``), positions (by settle coin, plus by
+symbol for any we knew non-flat), and fills since the newest one known minus a margin.
+Then send the state downstream as ``rest`` envelopes (publisher and persister). A
+reconciliation is reported ``reconciliation_done`` only when every call succeeded;
+otherwise ``reconciliation_failed``, nothing is sent, and it is retried with backoff.
+
+Live pushes never wait for a reconciliation: they go out as they come. A record fetched
+over REST carries the same id as the push of the same fact and Bybit's version, so a
+consumer (and the persister) keeps the newest whatever arrives last.
 """
 from __future__ import annotations
 
@@ -26,17 +28,17 @@ from common import addresses
 from common.envelope import REST, json_envelope
 from common.logs import get_logger
 from ingest import metrics
-from ingest.account_state import Known, Seen, Snapshot, exec_start_ms, loss_start_ms
+from ingest.account_state import Known, Seen, Snapshot, exec_start_ms, loss_start_ms, merge_wallets
 from ingest.rest import RestClient, RestError
 
 log = get_logger(__name__)
-# PROTOCOL.md 9.6/9.7: linear needs a settle coin (or symbol); options are settled in USDC or USDT.
+# Bybit's order and position lists need a settle coin (or symbol) for linear; options settle in USDC or USDT.
 ORDER_QUERIES = (("linear", {"settleCoin": "USDT"}), ("linear", {"settleCoin": "USDC"}), ("inverse", {}),
                  ("spot", {}), ("option", {"settleCoin": "USDC"}), ("option", {"settleCoin": "USDT"}))
 POSITION_QUERIES = (("linear", {"settleCoin": "USDT"}), ("linear", {"settleCoin": "USDC"}), ("inverse", {}),
                     ("option", {"settleCoin": "USDC"}), ("option", {"settleCoin": "USDT"}))
 EXEC_CATEGORIES = ("linear", "inverse", "spot", "option")
-HOLD_MAX = 50_000              # held pushes; past this they go out unfiltered (never dropped)
+COIN_QUERY_MAX = 20            # coins per wallet-balance request when asking for coins by name
 MAX_LOOKUPS = 200              # single-order and single-position look-ups per reconciliation
 CONCURRENCY = 4                # REST calls in flight (Bybit allows 50/s per endpoint)
 RETRY_BASE_S, RETRY_CAP_S = 1.0, 60.0
@@ -44,7 +46,8 @@ DOWNSTREAMS = ("publisher", "persister")
 
 
 def read_known(database_url: str, changed_since_ms: int | None) -> Known:
-    """From PostgreSQL: the newest fill, open orders (and orders changed since), open positions."""
+    """From PostgreSQL: the newest fill, open orders (and orders changed since), open positions,
+    and the coins with a balance (Bybit leaves a coin out once it is zero unless asked by name)."""
     conn = psycopg2.connect(database_url, connect_timeout=3, application_name="ws-gateway-reconcile")
     try:
         with conn.cursor() as cur:
@@ -57,10 +60,13 @@ def read_known(database_url: str, changed_since_ms: int | None) -> Known:
             orders = dict(cur.fetchall())
             cur.execute("SELECT category, symbol FROM positions WHERE size <> 0")
             positions = set(cur.fetchall())
+            cur.execute("SELECT DISTINCT coin FROM balances WHERE account_type = 'UNIFIED' AND "
+                        "(wallet_balance <> 0 OR equity <> 0 OR locked <> 0 OR borrow_amount <> 0)")
+            coins = {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
     return Known(None if exec_ms is None else int(exec_ms), None if order_ms is None else int(order_ms),
-                 orders, positions)
+                 orders, positions, coins)
 
 
 class Reconciler:
@@ -70,8 +76,6 @@ class Reconciler:
                                            settings.recv_window_ms)
         self._read_known = known_reader
         self.seen = Seen()
-        self.holding = False
-        self._held: list[tuple] = []
         self._wake = asyncio.Event()
         self._reasons: list[str] = []
         self._lost_since: int | None = None     # a downstream may have lost events from this time (ms)
@@ -79,8 +83,7 @@ class Reconciler:
         self._sem = asyncio.Semaphore(CONCURRENCY)
         self.state = {"configured": True, "state": "idle", "done": 0, "failed": 0, "last_done_at": None,
                       "last_duration_ms": None, "last_counts": None, "last_reasons": None, "last_error": None,
-                      "last_error_at": None, "released": 0, "dropped_covered": 0, "hold_overflows": 0,
-                      "database_known": None}
+                      "last_error_at": None, "database_known": None}
 
     # -- called by the manager and the app --------------------------------------------------
     def request(self, reason: str, lost_since_ms: int | None = None) -> None:
@@ -90,29 +93,19 @@ class Reconciler:
         self._wake.set()
 
     def take(self, topic: str, cls: str, obj: dict, raw: bytes, recv_ns: int, conn_id: str) -> bool:
-        """Every private push passes here: noted, and held (True) while a reconciliation runs."""
+        """Every private push passes here to be noted; it is never held (always False)."""
         try:
             self.seen.observe(topic, obj)
         except Exception:   # bookkeeping only: a push it cannot read must still be handed off
             log.exception("seen_observe_failed", topic=topic)
-        if not self.holding:
-            return False
-        if len(self._held) >= HOLD_MAX:
-            self.state["hold_overflows"] += 1
-            log.warning("reconcile_hold_full", held=len(self._held), action="releasing unfiltered")
-            self._release(None)
-            self.holding = False
-            return False
-        self._held.append((topic, cls, obj, raw, recv_ns, conn_id))
-        return True
+        return False
 
     def status(self) -> dict:
-        return {**self.state, "held": len(self._held), "rest": dict(self.client.counts),
+        return {**self.state, "rest": dict(self.client.counts),
                 "clock_offset_ms": self.client.offset_ms,
                 "downstream_pids": {name: ident[0] for name, (ident, _) in self._downstreams.items()}}
 
     async def close(self) -> None:
-        self._release(None)
         await self.client.close()
 
     # -- the loops ----------------------------------------------------------------------------
@@ -169,34 +162,26 @@ class Reconciler:
 
     # -- one reconciliation -------------------------------------------------------------------
     async def reconcile(self, lost_since: int | None = None) -> Snapshot:
-        self.holding = True
-        try:
-            await self.client.sync_clock()
-            now = self.client.now_ms()
-            known = await self._known(lost_since)
-            start = exec_start_ms(known.exec_ms, lost_since, now)
-            orders_from = exec_start_ms(known.order_ms, lost_since, now)
-            snap = Snapshot()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._wallet(snap))
-                for cat, params in ORDER_QUERIES:
-                    tg.create_task(self._list(snap.add_orders, "/v5/order/realtime", cat, params, 50))
-                    tg.create_task(self._list(snap.add_orders, "/v5/order/history", cat,
-                                              {**params, "startTime": orders_from}, 50))
-                for cat, params in POSITION_QUERIES:
-                    tg.create_task(self._list(snap.add_positions, "/v5/position/list", cat, params, 200))
-                for cat in EXEC_CATEGORIES:
-                    tg.create_task(self._list(snap.add_executions, "/v5/execution/list", cat,
-                                              {"startTime": start}, 100))
-            await self._lookups(snap, known)
-        except BaseException:
-            self._release(None)
-            raise
-        finally:
-            self.holding = False
+        await self.client.sync_clock()
+        now = self.client.now_ms()
+        known = await self._known(lost_since)
+        start = exec_start_ms(known.exec_ms, lost_since, now)
+        orders_from = exec_start_ms(known.order_ms, lost_since, now)
+        snap = Snapshot()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._wallet(snap, known.coins))
+            for cat, params in ORDER_QUERIES:
+                tg.create_task(self._list(snap.add_orders, "/v5/order/realtime", cat, params, 50))
+                tg.create_task(self._list(snap.add_orders, "/v5/order/history", cat,
+                                          {**params, "startTime": orders_from}, 50))
+            for cat, params in POSITION_QUERIES:
+                tg.create_task(self._list(snap.add_positions, "/v5/position/list", cat, params, 200))
+            for cat in EXEC_CATEGORIES:
+                tg.create_task(self._list(snap.add_executions, "/v5/execution/list", cat,
+                                          {"startTime": start}, 100))
+        await self._lookups(snap, known)
         self._publish(snap)
         self.seen.apply(snap)
-        self._release(snap)
         return snap
 
     async def _known(self, lost_since: int | None) -> Known:
@@ -213,19 +198,35 @@ class Reconciler:
             return mem
         self.state["database_known"] = "ok"
         return Known(db.exec_ms if db.exec_ms is not None else mem.exec_ms,
-                     db.order_ms if db.order_ms is not None else mem.order_ms, {**db.orders, **mem.orders}, db.positions | mem.positions)
+                     db.order_ms if db.order_ms is not None else mem.order_ms, {**db.orders, **mem.orders},
+                     db.positions | mem.positions, db.coins | mem.coins)
 
     async def _call(self, path: str, params: dict):
         async with self._sem:
             return await self.client.get(path, params)
 
-    async def _wallet(self, snap: Snapshot) -> None:
+    async def _wallet(self, snap: Snapshot, known_coins: set[str]) -> None:
+        """Every coin held now, and every coin known to have been held: Bybit's answer without a
+        coin list leaves out coins that went to zero, which would stay non-zero downstream."""
+        path = "/v5/account/wallet-balance"
         async with self._sem:
-            reply = await self.client.get("/v5/account/wallet-balance", {"accountType": "UNIFIED"})
+            reply = await self.client.get(path, {"accountType": "UNIFIED"})
         items = reply.result.get("list")
-        if not isinstance(items, list):
-            raise RestError("/v5/account/wallet-balance", "result.list is not a list")
-        snap.wallet, snap.wallet_ms = items, reply.time_ms
+        if not isinstance(items, list) or not all(isinstance(a, dict) for a in items):
+            raise RestError(path, "result.list is not a list of accounts")
+        listed = {c.get("coin") for a in items for c in (a.get("coin") or []) if isinstance(c, dict)}
+        missing = sorted(c for c in known_coins if c not in listed)
+        at_ms = reply.time_ms
+        for i in range(0, len(missing), COIN_QUERY_MAX):
+            async with self._sem:
+                more = await self.client.get(path, {"accountType": "UNIFIED",
+                                                    "coin": ",".join(missing[i:i + COIN_QUERY_MAX])})
+            extra = more.result.get("list")
+            if not isinstance(extra, list):
+                raise RestError(path, "result.list is not a list")
+            items = merge_wallets(items, extra)
+            at_ms = max(at_ms, more.time_ms)
+        snap.wallet, snap.wallet_ms = items, at_ms
 
     async def _list(self, add, path: str, category: str, params: dict, limit: int) -> None:
         async with self._sem:
@@ -271,15 +272,6 @@ class Reconciler:
                                   epoch=self.handoff.epoch).encode()
             self.handoff.publisher.send(parts, "")
             self.handoff.persister.send(parts, "")
-
-    def _release(self, snap: Snapshot | None) -> None:
-        held, self._held = self._held, []
-        for topic, cls, obj, raw, recv_ns, conn_id in held:
-            if snap is not None and snap.covers(topic, obj):
-                self.state["dropped_covered"] += 1
-                continue
-            self.handoff.frame("private", topic, cls, raw, recv_ns, conn_id)
-            self.state["released"] += 1
 
     def _done(self, snap: Snapshot, reasons: list[str], started: float) -> None:
         ms = round((time.monotonic() - started) * 1000, 1)

@@ -1,5 +1,5 @@
-"""ingest/account_state.py on the recorded frames: what held pushes REST covers, the rest
-payloads (docs/internals.md) and their rows in the persister, watermarks."""
+"""ingest/account_state.py on the recorded frames: the rest payloads (docs/internals.md) and
+their rows in the persister, watermarks, the coins to ask for, wallet answers merged."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ingest.account_state import (EXEC_MARGIN_MS, LOSS_MARGIN_MS, SEVEN_DAYS_MS, Seen, Snapshot, exec_start_ms,
-                                  loss_start_ms)
+                                  loss_start_ms, merge_wallets)
 from persister.rows import rows_from_rest
 
 FRAMES = Path(__file__).resolve().parent.parent / "frames"
@@ -30,33 +30,26 @@ def snapshot() -> Snapshot:
     return snap
 
 
-def test_pushes_with_the_same_state_as_rest_are_covered():
-    snap = snapshot()
-    for name in ("order", "execution", "execution_fast", "position"):
-        assert snap.covers(frame(name)["topic"], frame(name)), name
-    wallet = frame("wallet")
-    assert wallet["creationTime"] <= snap.wallet_ms and snap.covers("wallet", wallet)
+def test_seen_remembers_every_coin_of_the_unified_wallet():
+    seen = Seen()
+    w = frame("wallet")
+    w["data"][0]["coin"].append(dict(w["data"][0]["coin"][0], coin="BTC", walletBalance="0.5"))
+    seen.observe("wallet", w)
+    assert seen.known().coins == {"USDT", "BTC"}
+    w["data"][0]["coin"] = w["data"][0]["coin"][:1]      # a later push without BTC forgets nothing
+    seen.observe("wallet", w)
+    assert seen.known().coins == {"USDT", "BTC"}
 
 
-def test_newer_or_unknown_pushes_are_not_covered():
-    snap = snapshot()
-    order = frame("order")
-    order["data"][0]["updatedTime"] = str(int(order["data"][0]["updatedTime"]) + 1)
-    assert not snap.covers("order", order)
-    other = copy.deepcopy(frame("execution"))
-    other["data"][0]["execId"] = "never-seen"
-    assert not snap.covers("execution", other)
-    both = frame("execution")
-    both["data"].append(other["data"][0])         # one new record in the frame: forward the frame
-    assert not snap.covers("execution", both)
-    pos = frame("position")
-    pos["data"][0]["updatedTime"] = "9999999999999"
-    assert not snap.covers("position", pos)
-    wallet = frame("wallet")
-    wallet["creationTime"] = snap.wallet_ms + 1
-    assert not snap.covers("wallet", wallet)
-    assert not Snapshot().covers("wallet", frame("wallet"))
-    assert not snap.covers("greeks", frame("greeks"))
+def test_merge_wallets_adds_the_coins_asked_for_by_name():
+    first = frame("rest_wallet_balance")["result"]["list"]
+    usdt = first[0]["coin"][0]
+    zero_btc = dict(usdt, coin="BTC", walletBalance="0", equity="0")
+    more = [dict(first[0], coin=[zero_btc, dict(usdt)])]
+    merged = merge_wallets(first, more)
+    assert [c["coin"] for c in merged[0]["coin"]] == ["USDT", "BTC"]
+    assert merged[0]["coin"][1]["walletBalance"] == "0"
+    assert [c["coin"] for c in first[0]["coin"]] == ["USDT"]          # inputs unchanged
 
 
 def test_bodies_become_rows_in_the_persister():
