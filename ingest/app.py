@@ -18,10 +18,12 @@ from ingest.control import ControlServer
 from ingest.handoff import Handoff
 from ingest.manager import Manager
 from ingest.reconcile import Reconciler
+from ingest.supervise import supervise
 
 log = get_logger("ingest")
 SYNC_EVERY_S = 30.0
 ACTIVITY_EVERY_S = 5.0
+SUPERVISE_BACKOFF_MAX_S = 10.0   # a loop that keeps failing is retried at least this often
 
 
 def main() -> None:
@@ -68,6 +70,7 @@ class Ingest:
         while True:
             trace_id, self._sync_trace = self._sync_trace, ""
             self._sync_now.clear()
+            seq = self.control.reads.begin()    # a control read started after this one wins over it
             try:
                 desired, invalid = await asyncio.to_thread(store.load_desired, self.settings.database_url)
             except Exception as exc:
@@ -81,7 +84,7 @@ class Ingest:
                 for sid, why in invalid:
                     log.error("invalid_stored_subscription", id=sid, error=why)
                 self.db_state.update(reachable=True, error=None, last_sync=time.time())
-                self.mgr.converge(desired)
+                self.mgr.converge(self.control.converge_view(desired, seq))
                 if trace_id:
                     log.info("synced", topics=len(desired), trace_id=trace_id)
                 wait, delay = SYNC_EVERY_S, 0.5
@@ -138,16 +141,19 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     app = Ingest(settings)
-    jobs = [("sync", app.sync_loop()), ("report", app.report_loop()), ("control", app.control.serve())]
+    jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.control.serve)]
     if app.reconciler is not None:
-        jobs += [("reconcile", app.reconciler.run()), ("downstreams", app.reconciler.watch_downstreams())]
-    tasks = [asyncio.create_task(coro, name=name) for name, coro in jobs]
+        jobs += [("reconcile", app.reconciler.run), ("downstreams", app.reconciler.watch_downstreams)]
+    # each loop runs for good: one that raises or returns is logged, counted and started again
+    tasks = [asyncio.create_task(supervise(name, name, job, app.mgr.task_failures,
+                                           backoff_max_s=SUPERVISE_BACKOFF_MAX_S), name=name)
+             for name, job in jobs]
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for t in done:
             if t is not stopper and t.exception():
-                raise t.exception()   # a dead loop must take the process down, not leave it looking alive
+                raise t.exception()   # the supervisor itself failed: take the process down, not leave it looking alive
     finally:
         for t in tasks:
             t.cancel()

@@ -19,13 +19,19 @@ from common.logs import RateLimited, get_logger
 from common.topics import PRIVATE
 from ingest import acks, auth, metrics, parse, plan
 from ingest.session import Session, SessionLost, describe as _describe, heartbeat
+from ingest.supervise import supervise
 
 log = get_logger(__name__)
 ACK_TIMEOUT_S = 10.0
+ROTATION_RETRY_S = 5.0      # a failed rotation is tried again this long after it failed
 STABLE_AFTER_S = 10.0       # a session up this long resets the backoff: the next retry is immediate
 
 
 class AuthFailed(Exception):
+    pass
+
+
+class RotationFailed(Exception):
     pass
 
 
@@ -44,6 +50,8 @@ class Connection:
         self.attempts = 0
         self.last_error: str | None = None
         self.session: Session | None = None
+        self._sessions: set[Session] = set()    # every open socket, also a rotation's new one
+        self._lost_at: float | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
@@ -52,7 +60,11 @@ class Connection:
 
     # -- called by the manager -------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"conn-{self.id}")
+        self._task = asyncio.create_task(
+            supervise(f"conn-{self.id}", "connection", self.run, self.mgr.task_failures,
+                      finished=lambda: self._closing, cleanup=self._after_failure, sleep=self._sleep,
+                      backoff_max_s=self.settings.backoff_max_s),
+            name=f"conn-{self.id}")
 
     def add(self, name: str) -> None:
         self.topics.add(name)
@@ -76,6 +88,12 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(self._task), 5.0)
             except (asyncio.TimeoutError, Exception):
                 self._task.cancel()
+        for session in list(self._sessions):     # left by a task cancelled mid-way
+            self._sessions.discard(session)
+            session.lost("closing")
+            for t in session.tasks:
+                t.cancel()
+            session.ws.transport.abort()
 
     def describe(self) -> dict:
         s = self.session
@@ -92,7 +110,6 @@ class Connection:
 
     # -- the loop ----------------------------------------------------------------
     async def run(self) -> None:
-        lost_at: float | None = None
         while not self._closing:
             delay = max(plan.backoff_delay(self.attempts, self.settings.backoff_max_s, random.random()),
                         self.mgr.budget.delay())
@@ -113,8 +130,10 @@ class Connection:
                 self._set_state("disconnected", _describe(exc))
                 log.warning("connect_failed", conn=self.id, error=_describe(exc), attempt=self.attempts)
                 continue
-            if lost_at is not None:
-                self.mgr.connection_event("connection_restored", self, {"lost_at": lost_at, "restored_at": time.time()})
+            if self._lost_at is not None:
+                self.mgr.connection_event("connection_restored", self, {"lost_at": self._lost_at,
+                                                                        "restored_at": time.time()})
+                self._lost_at = None
             reason = await self._hold(session)
             up_for = time.monotonic() - session.opened
             if self._closing:
@@ -122,13 +141,36 @@ class Connection:
             self.reconnects += 1
             metrics.RECONNECTS.labels(self.endpoint).inc()
             self.attempts = 0 if up_for >= STABLE_AFTER_S else self.attempts + 1
-            lost_at = time.time()
-            self._set_state("disconnected", reason)
+            self._lost(reason)
             log.warning("connection_lost", conn=self.id, reason=reason, up_for_s=round(up_for, 1),
                         retry_attempt=self.attempts)
-            self.mgr.connection_event("connection_lost", self, {"lost_at": lost_at, "reason": reason,
-                                                               "topics": sorted(self.topics)})
         self._set_state("closed")
+
+    def _lost(self, reason: str) -> None:
+        self._lost_at = time.time()
+        self._set_state("disconnected", reason)
+        self.mgr.connection_event("connection_lost", self, {"lost_at": self._lost_at, "reason": reason,
+                                                           "topics": sorted(self.topics)})
+
+    async def _after_failure(self, exc: BaseException | None) -> None:
+        """run() died: close the sockets it left open (a reader left running would go on
+        forwarding beside the next socket) and say the connection was lost."""
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.reason = session.reason or "connection task failed"
+            await self._close_session(session)
+        self.session = None     # the supervisor's backoff paces the restart, not self.attempts
+        reason = f"internal error: {_describe(exc) if exc is not None else 'task ended'}"
+        if sessions:
+            self.reconnects += 1
+            metrics.RECONNECTS.labels(self.endpoint).inc()
+            self._lost(reason)
+        else:
+            self._set_state("disconnected", reason)
+
+    async def _close_session(self, session: Session) -> None:
+        self._sessions.discard(session)
+        await session.close()
 
     async def _sleep(self, seconds: float) -> None:
         """Back off; only closing cuts it short (a topic added meanwhile must not)."""
@@ -151,7 +193,8 @@ class Connection:
             if self.endpoint == PRIVATE:
                 await self._authenticate(session)
             session.tasks = [asyncio.create_task(self._read(session), name=f"read-{self.id}"),
-                             asyncio.create_task(heartbeat(session, self.settings.ping_interval_s, self.settings.dead_after_s), name=f"watch-{self.id}")]
+                             asyncio.create_task(self._watch(session), name=f"watch-{self.id}")]
+            self._sessions.add(session)
         except BaseException:
             ws.transport.abort()
             raise
@@ -204,10 +247,10 @@ class Connection:
                     session.announced = True
                     self.mgr.private_subscribed(self)
                 if session.done.is_set():
-                    await session.close()
+                    await self._close_session(session)
                     return session.reason
                 if self._closing:
-                    await session.close()
+                    await self._close_session(session)
                     return "closing"
                 if rotate_in is not None and rotate_in <= 0:
                     session = await self._rotate(session)
@@ -226,23 +269,41 @@ class Connection:
         if self.endpoint != PRIVATE or not mat:
             return None
         limit = int(mat[:-1]) * (60 if mat.endswith("m") else 1)
-        rotate_at = session.opened + max(limit * 0.5, limit - 15.0)
+        rotate_at = max(session.opened + max(limit * 0.5, limit - 15.0), session.rotate_not_before)
         return rotate_at - time.monotonic()
 
     async def _rotate(self, old: Session) -> Session:
+        """Open, authenticate and subscribe a second socket, then close the old one. If any
+        step fails the new socket is closed and the old one carries on (next try in 5 s)."""
+        self.mgr.rotation_started(self)
+        new: Session | None = None
         try:
-            new = await self._open()
-            await self._sync(new)
-        except Exception as exc:
-            log.warning("rotation_failed", conn=self.id, error=_describe(exc))
-            old.opened += 5.0   # try again in 5 s; if Bybit cuts the old one first, we reconnect
-            return old
-        new.announced = True            # the old socket was still delivering: nothing was missed
-        self.session = new
-        log.info("rotated", conn=self.id, old_age_s=round(time.monotonic() - old.opened, 1))
-        old.reason = "rotated"
-        await old.close()
-        return new
+            try:
+                new = await self._open()
+                refused = await self._subscribe(new, sorted(self.topics), report_failures=False)
+                if new.done.is_set():
+                    raise SessionLost(new.reason)
+                if refused:
+                    name, msg = next(iter(refused.items()))
+                    raise RotationFailed(f"new socket refused {len(refused)} topic(s), first {name}: {msg}")
+            except Exception as exc:
+                log.warning("rotation_failed", conn=self.id, error=_describe(exc),
+                            new_socket_closed=new is not None)
+                if new is not None:
+                    new.reason = "rotation failed"
+                    await self._close_session(new)
+                # try again in 5 s (from now: a subscribe may have waited out its 10 s ack
+                # timeout); if Bybit cuts the old one first, we reconnect
+                old.rotate_not_before = time.monotonic() + ROTATION_RETRY_S
+                return old
+            new.announced = True            # the old socket was still delivering: nothing was missed
+            self.session = new
+            log.info("rotated", conn=self.id, old_age_s=round(time.monotonic() - old.opened, 1))
+            old.reason = "rotated"
+            await self._close_session(old)
+            return new
+        finally:
+            self.mgr.rotation_ended(self)
 
     async def _sync(self, session: Session) -> None:
         """Subscribe what's missing, unsubscribe what's no longer wanted, resync books."""
@@ -280,7 +341,10 @@ class Connection:
         finally:
             session.pending.pop(req_id, None)
 
-    async def _subscribe(self, session: Session, names: list[str]) -> None:
+    async def _subscribe(self, session: Session, names: list[str], report_failures: bool = True) -> dict[str, str]:
+        """Subscribe ``names``; returns the refused ones. ``report_failures=False`` (a rotation's
+        new socket): a refusal is the rotation's failure, the old socket still holds the topic."""
+        refused: dict[str, str] = {}
         for batch in plan.batches(self.endpoint, names):
             self.mgr.subscribing(self, batch)
             result = acks.interpret(batch, await self._request(session, "subscribe", batch))
@@ -295,7 +359,10 @@ class Connection:
                 self.mgr.subscription_result(self, name, True, None)
             for name, msg in result.failed.items():
                 metrics.SUB_FAILURES.labels(self.endpoint).inc()
-                self.mgr.subscription_result(self, name, False, msg)
+                refused[name] = msg
+                if report_failures:
+                    self.mgr.subscription_result(self, name, False, msg)
+        return refused
 
     async def _unsubscribe(self, session: Session, names: list[str]) -> None:
         for batch in plan.batches(self.endpoint, names):
@@ -334,9 +401,17 @@ class Connection:
                     self._bad("info", "unexpected_control_frame", conn=self.id, frame=raw[:200].decode(errors="replace"))
         except ConnectionClosed as exc:
             session.lost(_describe(exc))
-        except Exception as exc:  # never let the reader die silently
-            log.exception("reader_failed", conn=self.id)
+        except Exception as exc:  # never let the reader die silently: this socket is replaced
+            self.mgr.task_failures.record("session", f"read-{self.id}", exc)
             session.lost(f"reader failed: {exc!r}")
+
+    async def _watch(self, session: Session) -> None:
+        try:
+            await heartbeat(session, self.settings.ping_interval_s, self.settings.dead_after_s)
+        except Exception as exc:  # a socket without its heartbeat is not trusted: replaced
+            self.mgr.task_failures.record("session", f"watch-{self.id}", exc)
+            session.lost(f"heartbeat failed: {exc!r}")
+            session.ws.transport.abort()
 
     def _resolve(self, session: Session, ctl: parse.Control) -> None:
         fut = session.pending.get(ctl.req_id) if ctl.req_id else None

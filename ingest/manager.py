@@ -21,9 +21,46 @@ from common.topics import PRIVATE, Topic
 from ingest import books, metrics, parse, plan
 from ingest.auth import ServerClock
 from ingest.connection import Connection
+from ingest.supervise import TaskFailures
 
 log = get_logger(__name__)
 ACTIVE, FAILED, PENDING = "active", "failed", "pending"
+ROTATION_GRACE_S = 5.0       # after a rotation, how long a late copy from the closed socket is still caught
+OVERLAP_MAX = 16_384         # pushes remembered per rotation (a rotation lasts a few round trips)
+
+
+def push_key(topic: str, obj: dict) -> bytes:
+    """What two sockets' copies of one private push share, and two real pushes don't: topic,
+    creationTime and data. Not the message id: it is opaque and need not be the same on two
+    sockets. A copy whose fields differ is forwarded twice, never dropped."""
+    body = orjson.dumps([topic, obj.get("creationTime"), obj.get("data")], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+class RotationOverlap:
+    """The pushes each socket of one rotating connection delivered, not yet matched by the
+    other socket: a push is a duplicate when the other socket delivered one with the same key."""
+
+    __slots__ = ("unmatched", "ends_at")
+
+    def __init__(self):
+        self.unmatched: collections.OrderedDict[bytes, list] = collections.OrderedDict()   # key -> [socket, n]
+        self.ends_at: float | None = None
+
+    def duplicate(self, socket: int, key: bytes) -> bool:
+        entry = self.unmatched.get(key)
+        if entry is None:
+            self.unmatched[key] = [socket, 1]
+            if len(self.unmatched) > OVERLAP_MAX:
+                self.unmatched.popitem(last=False)
+            return False
+        if entry[0] == socket:          # the same socket again: a real push with the same state
+            entry[1] += 1
+            return False
+        entry[1] -= 1
+        if not entry[1]:
+            del self.unmatched[key]
+        return True
 
 
 class TopicState:
@@ -62,7 +99,9 @@ class Manager:
         self._index = itertools.count(1)
         self.auth = {"configured": settings.has_private, "state": "not_connected" if settings.has_private else "not_configured",
                      "error": None, "failures": 0, "since": time.time()}
-        self._seen_private: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._overlaps: dict[str, RotationOverlap] = {}     # connection id -> its rotation in progress
+        self.rotation_duplicates = 0
+        self.task_failures = TaskFailures()
         self._activity: dict[str, int] = {}
         self._bad = RateLimited(log, 5.0)
         self._closing: set[asyncio.Task] = set()
@@ -140,7 +179,7 @@ class Manager:
         if st is None:
             self._bad("info", "frame_for_unheld_topic", topic=key)
             return
-        if conn.endpoint == PRIVATE and self._duplicate_push(topic, obj):
+        if conn.endpoint == PRIVATE and self._overlaps and self._duplicate_push(conn, session, topic, obj):
             return
         cls = st.cls
         if cls == "orderbook":
@@ -177,16 +216,32 @@ class Manager:
         for st in self.topics.values():
             _count(st)
 
-    def _duplicate_push(self, topic: str, obj: dict) -> bool:
-        """While a private connection rotates both sockets deliver the same pushes (with the
-        same or different message ids): forward the state once. Keyed by the pushed data."""
-        key = hashlib.blake2b(topic.encode() + orjson.dumps(obj.get("data")), digest_size=16).digest()
-        if key in self._seen_private:
-            return True
-        self._seen_private[key] = None
-        if len(self._seen_private) > 16384:
-            self._seen_private.popitem(last=False)
-        return False
+    def rotation_started(self, conn: Connection) -> None:
+        """``conn`` opens a second socket: until it ends, pushes both sockets deliver go out once."""
+        self._overlaps[conn.id] = RotationOverlap()
+
+    def rotation_ended(self, conn: Connection) -> None:
+        """One socket is left; a copy the other socket sent just before it closed may still be
+        on its way, so the overlap is kept a few seconds more."""
+        ov = self._overlaps.get(conn.id)
+        if ov is not None:
+            ov.ends_at = time.monotonic() + ROTATION_GRACE_S
+
+    def _duplicate_push(self, conn: Connection, session, topic: str, obj: dict) -> bool:
+        """A push the other socket of a rotating connection already delivered. Outside a
+        rotation nothing is a duplicate: a wallet that returns to an earlier state (order
+        placed, then cancelled) is a new push with the same data."""
+        ov = self._overlaps.get(conn.id)
+        if ov is None:
+            return False
+        if ov.ends_at is not None and time.monotonic() > ov.ends_at:
+            del self._overlaps[conn.id]
+            return False
+        if not ov.duplicate(session.serial, push_key(topic, obj)):
+            return False
+        self.rotation_duplicates += 1
+        metrics.ROTATION_DUPLICATES.inc()
+        return True
 
     def _resync(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
         if st.topic.name in conn.resync:
@@ -269,6 +324,8 @@ class Manager:
             "private": self.auth,
             "new_connections_5min": len(self.budget.opened),
             "bad_frames": self.bad_frames,
+            "rotation_duplicates": self.rotation_duplicates,
+            "task_failures": self.task_failures.status(),
             "reconciliation": self.reconciler.status() if self.reconciler else {"configured": False},
         }
 

@@ -14,6 +14,10 @@ CONNECTED = Gauge("wsgw_ingest_connections_up", "Open and ready Bybit connection
                   multiprocess_mode="livesum")
 BUFFERED = Gauge("wsgw_ingest_handoff_buffered", "Frames waiting in ingest for a downstream", ["downstream"],
                  multiprocess_mode="livesum")
+TASK_FAILURES = Counter("wsgw_ingest_task_failures_total",
+                        "Long-lived ingest tasks that ended unexpectedly and were restarted, by kind", ["kind"])
+ROTATION_DUPLICATES = Counter("wsgw_ingest_rotation_duplicates_total",
+                              "Private pushes delivered by both sockets of a rotating connection, forwarded once")
 RECONCILIATIONS = Counter("wsgw_ingest_reconciliations_total", "REST reconciliations of the account, by result",
                           ["result"])
 
@@ -21,11 +25,17 @@ RECONCILIATIONS = Counter("wsgw_ingest_reconciliations_total", "REST reconciliat
 # incremented would be absent from /metrics, and rate() over it "no data", not 0).
 from common.classify import MARKET_CLASSES as _MARKET  # noqa: E402
 
+# what ingest supervises (ingest.supervise): connections, their sockets' reader and
+# heartbeat, and the app's loops
+TASK_KINDS = ("connection", "session", "sync", "report", "control", "reconcile", "downstreams")
+
 for _cls in sorted(_MARKET):
     for _downstream in ("publisher", "persister"):
         DROPPED.labels(_downstream, _cls)
 for _endpoint in ("spot", "linear", "inverse", "option", "private"):
     BAD_FRAMES.labels(_endpoint)
     SUB_FAILURES.labels(_endpoint)
+for _kind in TASK_KINDS:
+    TASK_FAILURES.labels(_kind)
 for _result in ("done", "failed"):
     RECONCILIATIONS.labels(_result)

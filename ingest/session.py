@@ -23,9 +23,12 @@ class SessionLost(Exception):
 class Session:
     """One socket of a connection (a private connection has two while it rotates)."""
 
+    _serials = itertools.count(1)
+
     def __init__(self, ws, conn_id: str):
         self.ws = ws
         self.id = conn_id
+        self.serial = next(self._serials)     # tells a rotating connection's two sockets apart
         self.pending: dict[str, asyncio.Future] = {}
         self.subscribed: set[str] = set()
         now = time.monotonic()
@@ -37,6 +40,7 @@ class Session:
         self.tasks: list[asyncio.Task] = []
         self.bybit_conn_id: str | None = None
         self.announced = False          # private: the manager was told its topics are subscribed
+        self.rotate_not_before = 0.0    # private: monotonic time before which no rotation is tried
 
     def lost(self, reason: str) -> None:
         if not self.done.is_set():
