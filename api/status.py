@@ -134,7 +134,9 @@ def connection_list(files: dict[str, dict]) -> list[dict]:
                 name = conn.get("name") or conn.get("id") or conn.get("endpoint") or "?"
                 result.append(_as_connection(process, str(name), conn))
         if process == "publisher" and isinstance(data.get("broker"), dict):
-            result.append(_as_connection(process, "rabbitmq", data["broker"]))
+            # retention (applied or not) and topology restorations belong to the broker link
+            extra = {k: data[k] for k in ("retention_policy", "topology") if isinstance(data.get(k), dict)}
+            result.append(_as_connection(process, "rabbitmq", {**data["broker"], **extra}))
         if process == "persister" and isinstance(data.get("database"), dict):
             result.append(_as_connection(process, "postgresql", data["database"]))
     return result

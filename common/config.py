@@ -81,6 +81,7 @@ class Settings:
     # publisher
     retention_ttl_ms: int = 86_400_000
     retention_max_length: int = 100_000
+    retention_account_max_length: int = 100_000   # account queues; at least retention_max_length
     confirm_window: int = 2000
     publisher_buffer: int = 200_000
     publisher_buffer_mb: int = 48
@@ -227,6 +228,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     dead_after = e.float("GW_DEAD_AFTER_S", 40.0, 0.2, 600.0)
     if dead_after <= ping:
         raise ConfigError(f"GW_DEAD_AFTER_S: must be longer than GW_PING_INTERVAL_S ({ping})")
+    max_length = e.int("RETENTION_MAX_LENGTH", 100_000, 1)
+    account_max_length = e.int("RETENTION_ACCOUNT_MAX_LENGTH", max_length, 1)
+    if account_max_length < max_length:
+        raise ConfigError(f"RETENTION_ACCOUNT_MAX_LENGTH: {account_max_length} is below RETENTION_MAX_LENGTH "
+                          f"({max_length}); it may only raise the account queues' bound")
     return Settings(
         bybit_env=bybit_env,
         ws_public_base=e.url("BYBIT_WS_PUBLIC_URL", ws_public, ("ws", "wss")),
@@ -250,7 +256,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         handoff_buffer=e.int("GW_HANDOFF_BUFFER", 100_000, 100),
         handoff_buffer_mb=e.int("GW_HANDOFF_BUFFER_MB", 32, 1, 4096),
         retention_ttl_ms=e.int("RETENTION_TTL_MS", 86_400_000, 1000),
-        retention_max_length=e.int("RETENTION_MAX_LENGTH", 100_000, 1),
+        retention_max_length=max_length,
+        retention_account_max_length=account_max_length,
         confirm_window=e.int("PUBLISHER_CONFIRM_WINDOW", 2000, 1, 100_000),
         publisher_buffer=e.int("PUBLISHER_BUFFER", 200_000, 100),
         publisher_buffer_mb=e.int("PUBLISHER_BUFFER_MB", 48, 1, 4096),

@@ -1,8 +1,9 @@
 """RabbitMQ transport: one pika AsyncioConnection, one confirm-mode channel.
 
 Runs in the publisher's event loop (pika is single-threaded; its heartbeats
-are serviced by the same loop). Declares the topology of DESIGN.md contract 1
-on every connect (idempotent: no x-arguments, retention is a policy), tracks
+are serviced by the same loop). Declares the topology on every connect, and
+again on request when a queue or binding went missing (idempotent: no
+x-arguments, retention is a policy), tracks
 publisher confirms by delivery tag (``multiple`` acks included), and
 reconnects with capped, jittered backoff. It does not build or buffer events:
 the service hands it ``Event`` records and gets them back when confirmed,
@@ -204,7 +205,7 @@ class Broker:
     def __init__(self, url: str, *, on_ready: Callable[[], None],
                  on_confirm: Callable[[list[tuple[Event, float]], bool, float], None],
                  on_lost: Callable[[list[Event], str], None],
-                 on_return: Callable[[str, str, str], None],
+                 on_return: Callable[[str, str, str, str], None],
                  backoff_max_s: float = 30.0, heartbeat_s: int = 20):
         self.params = pika.URLParameters(url)
         self.params.heartbeat = heartbeat_s
@@ -222,6 +223,9 @@ class Broker:
         self._tag = 0
         self._method_frames: dict[str, bytes] = {}   # routing key -> Basic.Publish frame (this channel)
         self.inflight: OrderedDict[int, tuple[Event, float]] = OrderedDict()
+        self._probe = None            # channel for depth checks: a missing queue closes it, not ours
+        self._probe_opening = False
+        self._probe_pending: list[str] = []
         self._attempt = 0
         self._retry: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
@@ -257,6 +261,7 @@ class Broker:
     def _lost(self, reason: str) -> None:
         was_ready = self.state == READY
         self._ch = None
+        self._probe, self._probe_opening, self._probe_pending = None, False, []
         pending = [ev for ev, _ in self.inflight.values()]
         self.inflight.clear()
         self.last_error = reason
@@ -302,27 +307,46 @@ class Broker:
             conn.close()
 
     # -- topology -------------------------------------------------------------
-    def _declare(self, ch) -> None:
+    def _topology_steps(self, ch) -> list[Callable[[Callable], None]]:
         steps: list[Callable[[Callable], None]] = [
             lambda cb: ch.exchange_declare(classify.EXCHANGE, exchange_type="topic", durable=True, callback=cb)]
         for cls in classify.EVENT_CLASSES:
             q = classify.queue_name(cls)
             steps.append(lambda cb, q=q: ch.queue_declare(q, durable=True, callback=cb))
             steps.append(lambda cb, q=q, c=cls: ch.queue_bind(q, classify.EXCHANGE, routing_key=f"{c}.#", callback=cb))
+        return steps
 
+    def _run_steps(self, ch, steps: list[Callable[[Callable], None]], done: Callable[[], None]) -> None:
+        """Run the RPCs one after the other; stops silently if the channel is replaced meanwhile."""
         def run(i: int) -> None:
             if ch is not self._ch:
                 return
             if i == len(steps):
-                self._attempt = 0
-                self.connects += 1
-                self._set_state(READY)
-                log.info("broker ready", connects=self.connects)
-                self._on_ready()
+                done()
                 return
             steps[i](lambda _frame: run(i + 1))
 
         run(0)
+
+    def _declare(self, ch) -> None:
+        def ready() -> None:
+            self._attempt = 0
+            self.connects += 1
+            self._set_state(READY)
+            log.info("broker ready", connects=self.connects)
+            self._on_ready()
+
+        self._run_steps(ch, self._topology_steps(ch), ready)
+
+    def restore_topology(self, on_done: Callable[[], None]) -> bool:
+        """Declare the exchange, queues and bindings again on the open channel (a queue or
+        binding was deleted under us). The channel runs them in order with the publishes,
+        so everything published after ``on_done`` is routed by the restored topology.
+        False when no channel is open: the next connect declares everything anyway."""
+        if not self.ready:
+            return False
+        self._run_steps(self._ch, self._topology_steps(self._ch), on_done)
+        return True
 
     # -- publishing -----------------------------------------------------------
     @property
@@ -382,17 +406,65 @@ class Broker:
         if settled:
             self._on_confirm(settled, ok, time.perf_counter())
 
-    def check_depths(self, queues, on_depth: Callable[[str, int], None]) -> None:
-        """Ask the broker how many messages wait in each queue (passive declare)."""
-        ch = self._ch
+    def find_inflight(self, message_id: str) -> Event | None:
+        """The oldest unconfirmed event with this id not already marked returned (a return
+        names the message, not its delivery tag; it comes before that message's ack)."""
+        for ev, _t0 in self.inflight.values():
+            if ev.event_id == message_id and not ev.extra.get("returned"):
+                return ev
+        return None
+
+    def check_depths(self, queues, on_depth: Callable[[str, int], None],
+                     on_missing: Callable[[str], None] | None = None) -> None:
+        """Ask the broker how many messages wait in each queue (passive declare).
+
+        On a channel of its own: a passive declare of a missing queue closes its channel
+        (404), which on the publishing channel would cost a reconnect. A 404 reports the
+        queue to ``on_missing``; the channel is opened again at the next check."""
         if not self.ready:
             return
-        for q in queues:
-            ch.queue_declare(q, passive=True, callback=lambda f, q=q: on_depth(q, f.method.message_count))
+        ch = self._probe
+        if ch is None or not ch.is_open:
+            if not self._probe_opening:
+                self._probe_opening = True
+                self._conn.channel(on_open_callback=lambda c: self._on_probe_open(c, queues, on_depth, on_missing))
+            return
+        self._probe_queues(ch, list(queues), on_depth, on_missing)
+
+    def _on_probe_open(self, ch, queues, on_depth, on_missing) -> None:
+        self._probe_opening = False
+        if not self.ready:
+            ch.close()
+            return
+        self._probe = ch
+        ch.add_on_close_callback(lambda c, exc: self._on_probe_closed(c, exc, on_missing))
+        self._probe_queues(ch, list(queues), on_depth, on_missing)
+
+    def _probe_queues(self, ch, queues: list[str], on_depth, on_missing) -> None:
+        if self._probe_pending:
+            return            # the previous round is still being answered
+        self._probe_pending = queues   # answered in order: a 404 is about the first one left
+
+        def step() -> None:
+            if ch is self._probe and queues:
+                ch.queue_declare(queues[0], passive=True, callback=answered)
+
+        def answered(frame) -> None:
+            on_depth(queues.pop(0), frame.method.message_count)
+            step()
+
+        step()
+
+    def _on_probe_closed(self, ch, exc, on_missing) -> None:
+        if ch is not self._probe:
+            return
+        pending, self._probe, self._probe_pending = self._probe_pending, None, []
+        if getattr(exc, "reply_code", None) == 404 and on_missing is not None and pending and self.ready:
+            on_missing(pending[0])
 
     def _on_returned(self, _ch, method, props, _body) -> None:
         cls = (props.headers or {}).get("event_class", "unknown")
-        self._on_return(str(cls), method.routing_key, method.reply_text)
+        self._on_return(str(cls), method.routing_key, method.reply_text, props.message_id or "")
 
     # -- shutdown -------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:

@@ -23,6 +23,12 @@ STREAM_GAPS = PCounter("wsgw_publisher_stream_gaps_total", "stream_gap events em
 TICKER_NO_SNAPSHOT = PCounter("wsgw_publisher_ticker_delta_without_snapshot_total",
                               "Ticker deltas not published: no snapshot yet")
 REPUBLISHED = PCounter("wsgw_publisher_republished_total", "Unconfirmed events re-published after a reconnect")
+TOPOLOGY_RESTORED = PCounter("wsgw_publisher_topology_restored_total",
+                             "Exchange, queues and bindings declared again after an account or system event came "
+                             "back unroutable (or an account queue was found missing)")
+RETENTION_NOT_APPLIED = Gauge("wsgw_publisher_retention_not_applied",
+                              "1 while the queue retention policies could not be set (queues keep every message)",
+                              multiprocess_mode="livemax")
 BUFFER_DEPTH = Gauge("wsgw_publisher_buffer_depth", "Events waiting for the broker (memory + spool)",
                      multiprocess_mode="livesum")
 SPOOL_DEPTH = Gauge("wsgw_publisher_spool_depth", "Account events in the spool file", multiprocess_mode="livesum")

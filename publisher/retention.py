@@ -1,8 +1,8 @@
 """Queue retention as RabbitMQ policies, never as queue x-arguments.
 
 x-arguments are frozen at declaration: changing RETENTION_* later would make
-every redeclare fail with 406 PRECONDITION_FAILED (ecosystem.md section 2). A
-policy can be changed at any time and RabbitMQ re-applies it to the queues live.
+every redeclare fail with 406 PRECONDITION_FAILED. A policy can be changed at
+any time and RabbitMQ re-applies it to the queues live.
 
 Two policies (the highest priority applies to a queue):
 
@@ -10,18 +10,19 @@ Two policies (the highest priority applies to a queue):
   ``message-ttl`` = RETENTION_TTL_MS, ``max-length`` = RETENTION_MAX_LENGTH,
   ``overflow`` drop-head (a market consumer that falls behind gets the newest data).
 - ``ws-gateway-retention-account`` (the four account queues, priority 20): the
-  same TTL, ``max-length`` 10x larger, also drop-head. Why not reject-publish:
-  the queues are fed from one topic exchange, and a nack for one full queue
-  makes the publisher re-send the event to every other bound queue too, so a
-  single dead consumer would stall and duplicate account delivery for all the
-  healthy ones. Account state of record is PostgreSQL (the persister is fed
-  directly by ingest) and REST reconciliation, so the bounded queue is a
-  delivery channel with a generous margin, and the publisher warns as it fills
-  (see publisher/README.md).
+  same TTL, ``max-length`` = RETENTION_ACCOUNT_MAX_LENGTH (by default the same
+  bound as every other queue; it may only be raised), also drop-head. Always
+  set, so lowering the setting again replaces an earlier, larger bound. Why not
+  reject-publish: the queues are fed from one topic exchange, and a nack for one
+  full queue makes the publisher re-send the event to every other bound queue
+  too, so a single dead consumer would stall and duplicate account delivery for
+  all the healthy ones. Account state of record is PostgreSQL (the persister is
+  fed directly by ingest) and REST reconciliation, and the publisher warns as an
+  account queue fills (see publisher/README.md).
 
 Who sets them: the management HTTP API when RABBITMQ_MANAGEMENT_URL is set,
-else ``rabbitmqctl set_policy -p <vhost>`` when that command works locally,
-else one warning that retention is not enforced.
+else ``rabbitmqctl set_policy -p <vhost>`` when that command works locally.
+``apply`` reports failure instead of raising; the service alerts and retries.
 """
 from __future__ import annotations
 
@@ -39,10 +40,9 @@ POLICY = "ws-gateway-retention"
 PATTERN = r"^ws-gateway\."
 ACCOUNT_POLICY = "ws-gateway-retention-account"
 ACCOUNT_PATTERN = r"^ws-gateway\.(order_status|executions|positions|balances)$"
-ACCOUNT_LENGTH_FACTOR = 10
 
 
-def policies(ttl_ms: int, max_length: int) -> list[dict]:
+def policies(ttl_ms: int, max_length: int, account_max_length: int) -> list[dict]:
     """The policies to apply, in management-API shape (pure)."""
     def definition(length: int) -> dict:
         return {"message-ttl": ttl_ms, "max-length": length, "overflow": "drop-head"}
@@ -51,7 +51,7 @@ def policies(ttl_ms: int, max_length: int) -> list[dict]:
         {"name": POLICY, "pattern": PATTERN, "apply-to": "queues", "priority": 10,
          "definition": definition(max_length)},
         {"name": ACCOUNT_POLICY, "pattern": ACCOUNT_PATTERN, "apply-to": "queues", "priority": 20,
-         "definition": definition(max_length * ACCOUNT_LENGTH_FACTOR)},
+         "definition": definition(account_max_length)},
     ]
 
 
@@ -87,14 +87,19 @@ async def _via_rabbitmqctl(cmd: str, vhost: str, items: list[dict]) -> None:
             proc.kill()
             await proc.wait()
             raise RuntimeError("rabbitmqctl set_policy timed out") from None
+        except asyncio.CancelledError:   # publisher stopping: leave no rabbitmqctl behind
+            proc.kill()
+            raise
         if proc.returncode != 0:
             raise RuntimeError(f"rabbitmqctl exited {proc.returncode}: {(err or out).decode(errors='replace')[:300]}")
 
 
-async def apply(amqp_url: str, mgmt_url: str, ttl_ms: int, max_length: int) -> str:
-    """Apply the retention policies; returns how ("management", "rabbitmqctl", "none")."""
+async def apply(amqp_url: str, mgmt_url: str, ttl_ms: int, max_length: int,
+                account_max_length: int) -> tuple[str, str]:
+    """Apply the retention policies: (how, error); how is "management", "rabbitmqctl",
+    or "none" with the reason in ``error`` (the queues then keep every message)."""
     vhost = vhost_of(amqp_url)
-    items = policies(ttl_ms, max_length)
+    items = policies(ttl_ms, max_length, account_max_length)
     try:
         if mgmt_url:
             await _via_management(mgmt_url, amqp_url, vhost, items)
@@ -103,12 +108,13 @@ async def apply(amqp_url: str, mgmt_url: str, ttl_ms: int, max_length: int) -> s
             await _via_rabbitmqctl(cmd, vhost, items)
             how = "rabbitmqctl"
         else:
+            error = "neither RABBITMQ_MANAGEMENT_URL nor rabbitmqctl is available"
             log.warning("retention not enforced: set RABBITMQ_MANAGEMENT_URL or install rabbitmqctl",
                         policy=POLICY, vhost=vhost)
-            return "none"
+            return "none", error
     except Exception as exc:  # retention is best effort: publishing goes on without it
         log.warning("retention not enforced: could not set policy", policy=POLICY, vhost=vhost, error=str(exc))
-        return "none"
+        return "none", str(exc) or type(exc).__name__
     log.info("retention policy applied", how=how, vhost=vhost, ttl_ms=ttl_ms, max_length=max_length,
-             account_max_length=max_length * ACCOUNT_LENGTH_FACTOR)
-    return how
+             account_max_length=account_max_length)
+    return how, ""

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import Counter
 
 import orjson
 import pika.exceptions
@@ -24,7 +25,7 @@ from common.config import Settings, settings_or_exit
 from common.envelope import Envelope, EnvelopeError
 from common.logs import RateLimited, get_logger, setup_logging
 from publisher import events as evmod, metrics
-from publisher.amqp import READY, Broker
+from publisher.amqp import READY, Broker, backoff_delay
 from publisher.events import Event, FrameError
 from publisher.outbox import Outbox, Spool
 from publisher.pipeline import Pipeline
@@ -42,6 +43,12 @@ STOP_INTAKE_MAX_S = 3.0
 DROP_NOTICE_EVERY_S = 5.0
 DEPTH_CHECK_S = 10.0
 LATENCY_SAMPLE = 8
+# A restoration needed again this soon after the last one waits (backoff up to the cap)
+# instead of looping declare -> publish -> return as fast as the broker answers.
+RESTORE_AGAIN_S = 10.0
+RESTORE_BACKOFF_MAX_S = 5.0
+RETENTION_RETRY_MIN_S = 5.0     # retention not applied: retry after 5, 10, 20 ... s
+RETENTION_RETRY_MAX_S = 300.0
 
 
 class Service:
@@ -61,6 +68,19 @@ class Service:
         self.broker: Broker | None = None
         self.window = settings.confirm_window
         self.retention = "pending"
+        self.retention_state = {"applied": False, "how": "pending", "error": None, "attempts": 0,
+                                "applied_at": None, "next_attempt_at": None, "ttl_ms": settings.retention_ttl_ms,
+                                "max_length": settings.retention_max_length,
+                                "account_max_length": settings.retention_account_max_length}
+        # An account or system event the broker returned unroutable (its queue or binding was
+        # deleted) is held, not counted as delivered, while the topology is declared again;
+        # publishing pauses meanwhile so the held events go out again ahead of newer ones.
+        self._restore: dict | None = None
+        self._restore_cut: dict | None = None      # a restoration the connection loss cut short
+        self._held: list[Event] = []
+        self._restore_streak = 0
+        self._last_restored = -RESTORE_AGAIN_S
+        self.topology = {"restorations": 0, "last": None}
         self.outage_since: float | None = None
         self._outage_dropped = self.outbox.dropped.copy()
         self._last_drop_notice = time.monotonic()
@@ -152,7 +172,7 @@ class Service:
     # -- output -----------------------------------------------------------------
     def pump(self) -> None:
         b = self.broker
-        if b is None or not b.ready:
+        if b is None or not b.ready or self._restore is not None:
             return
         inflight, window, pop, publish, published = b.inflight, self.window, self.outbox.pop, b.publish, \
             self.tally.published
@@ -183,6 +203,10 @@ class Service:
     def _on_ready(self) -> None:
         if self.outage_since is not None:
             self._announce_outage()
+        if self._restore_cut is not None:
+            # the reconnect declared the whole topology; the held events were requeued at the loss
+            r, self._restore_cut = self._restore_cut, None
+            self._restored(r, republished=sum(r["returned"].values()))
         self.pump()
 
     def _announce_outage(self) -> None:
@@ -201,6 +225,12 @@ class Service:
 
     def _on_confirm(self, settled: list[tuple[Event, float]], ok: bool, now: float) -> None:
         spooled = 0
+        if self._restore is not None:
+            if ok:
+                settled = self._hold_returned(settled)
+            else:
+                for ev, _ in settled:
+                    ev.extra.pop("returned", None)
         if ok:
             confirmed, add, now_ns = self.tally.confirmed, self.latency.add, time.time_ns()
             for ev, _t0 in settled:
@@ -227,6 +257,8 @@ class Service:
             self.outbox.requeue([ev for ev, _ in settled])
         if spooled:
             self.spool.confirmed(spooled)
+        if self._restore is not None:
+            self._maybe_resume()
         self.pump()
 
     def _on_lost(self, pending: list[Event], reason: str) -> None:
@@ -234,13 +266,97 @@ class Service:
             self.outage_since = time.time()
             self._outage_dropped = self.outbox.dropped.copy()
             self.outbox.take_drop_ranges()
+        if self._restore is not None:
+            self._restore_cut, self._restore = self._restore, None
+        if self._held:
+            pending, self._held = pending + self._held, []
         if pending:
+            for ev in pending:
+                ev.extra.pop("returned", None)
             self.tally.republished += len(pending)
             self.outbox.requeue(pending)
 
-    def _on_return(self, cls: str, routing_key: str, reply: str) -> None:
+    # -- topology restoration -------------------------------------------------------
+    def _on_return(self, cls: str, routing_key: str, reply: str, message_id: str) -> None:
         self.tally.returned[cls] += 1
-        self.rl("warning", "event returned unroutable", event_class=cls, routing_key=routing_key, reply=reply)
+        if cls not in classify.ACCOUNT_CLASSES and cls != "system":
+            # no queue bound for market data: nobody wants it
+            self.rl("warning", "event returned unroutable", event_class=cls, routing_key=routing_key, reply=reply)
+            return
+        ev = self.broker.find_inflight(message_id) if self.broker is not None else None
+        if ev is None:    # a return comes before its message's confirm: only a bug leads here
+            self.rl("error", "returned event not among the unconfirmed; not published again", event_class=cls,
+                    routing_key=routing_key, event_id=message_id)
+            return
+        ev.extra["returned"] = True
+        self._begin_restore({"reason": "returned_unroutable", "event_class": cls, "routing_key": routing_key,
+                             "reply": reply})
+        self._restore["returned"][cls] += 1
+
+    def _on_missing(self, queue: str) -> None:
+        """A depth check found an account queue gone (nothing returned yet: no event sent since)."""
+        self._begin_restore({"reason": "queue_missing", "queue": queue})
+
+    def _begin_restore(self, trigger: dict) -> None:
+        if self._restore is not None:
+            return
+        now = time.monotonic()
+        self._restore_streak = self._restore_streak + 1 if now - self._last_restored < RESTORE_AGAIN_S else 0
+        r = self._restore = {"since": time.time(), "trigger": trigger, "returned": Counter(), "declared": False}
+        delay = backoff_delay(self._restore_streak, RESTORE_BACKOFF_MAX_S)
+        log.warning("broker topology missing: declaring it again; account events held until then",
+                    delay_s=round(delay, 3), **trigger)
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._declare_again, r)
+        else:
+            self._declare_again(r)
+
+    def _declare_again(self, r: dict) -> None:
+        if self._restore is r:     # else the connection was lost meanwhile: its reconnect declares
+            self.broker.restore_topology(lambda: self._on_declared(r))
+
+    def _on_declared(self, r: dict) -> None:
+        r["declared"] = True
+        self._maybe_resume()
+
+    def _hold_returned(self, settled: list[tuple[Event, float]]) -> list[tuple[Event, float]]:
+        """Acked but returned: not delivered anywhere. Keep those to publish again."""
+        keep = []
+        for item in settled:
+            if item[0].extra.get("returned"):
+                self._held.append(item[0])
+            else:
+                keep.append(item)
+        return keep
+
+    def _maybe_resume(self) -> None:
+        """Topology declared and every publish before it settled: the held events go out
+        again first, in their original order, then publishing resumes."""
+        r = self._restore
+        if r is None or not r["declared"] or self.broker.inflight:
+            return
+        self._restore = None
+        self._last_restored = time.monotonic()
+        held, self._held = self._held, []
+        for ev in held:
+            ev.extra.pop("returned", None)
+        self.outbox.requeue(held)
+        self._restored(r, republished=len(held))
+        self.pump()
+
+    def _restored(self, r: dict, republished: int) -> None:
+        """The alert: a warning, the counter, the status file and a ``system.topology_restored`` event."""
+        now = time.time()
+        details = {"trigger": r["trigger"], "since": evmod.iso_utc(int(r["since"] * 1e9)),
+                   "until": evmod.iso_utc(int(now * 1e9)), "duration_s": round(now - r["since"], 3),
+                   "returned": dict(r["returned"]), "republished": republished}
+        self.topology["restorations"] += 1
+        self.topology["last"] = details
+        metrics.TOPOLOGY_RESTORED.inc()
+        log.warning("broker topology restored; returned events published again",
+                    reason=r["trigger"]["reason"], returned=dict(r["returned"]), republished=republished,
+                    duration_s=details["duration_s"])
+        self.outbox.add(evmod.system_event("topology_restored", details, recv_ns=time.time_ns()), front=True)
 
     # -- housekeeping -------------------------------------------------------------
     def status(self) -> dict:
@@ -248,7 +364,7 @@ class Service:
 
     def _on_depth(self, queue: str, depth: int) -> None:
         self.queue_depths[queue] = depth
-        bound = self.s.retention_max_length * retention.ACCOUNT_LENGTH_FACTOR
+        bound = self.s.retention_account_max_length
         if depth >= 0.8 * bound:
             self.rl("warning", "account queue filling: oldest events will be dropped at the bound",
                     queue=queue, depth=depth, bound=bound)
@@ -258,7 +374,8 @@ class Service:
         b = self.broker
         if b is not None and b.ready and time.monotonic() - self._last_depth_check >= DEPTH_CHECK_S:
             self._last_depth_check = time.monotonic()
-            b.check_depths([classify.queue_name(c) for c in sorted(classify.ACCOUNT_CLASSES)], self._on_depth)
+            b.check_depths([classify.queue_name(c) for c in sorted(classify.ACCOUNT_CLASSES)], self._on_depth,
+                           self._on_missing)
         t.gaps = self.pipeline.counts["stream_gap"]
         t.ticker_no_snapshot = self.pipeline.counts["ticker_delta_no_snapshot"]
         t.flush()
@@ -267,6 +384,7 @@ class Service:
         metrics.SPOOL_DEPTH.set(self.outbox.spool_depth)
         metrics.UNCONFIRMED.set(len(b.inflight) if b else 0)
         metrics.BROKER_UP.set(1 if b is not None and b.state == READY else 0)
+        metrics.RETENTION_NOT_APPLIED.set(0 if self.retention_state["applied"] else 1)
         if (self.outage_since is None and self.outbox.drop_ranges
                 and time.monotonic() - self._last_drop_notice >= DROP_NOTICE_EVERY_S):
             self._last_drop_notice = time.monotonic()
@@ -359,8 +477,38 @@ class Service:
         return 0
 
     async def _apply_retention(self) -> None:
-        self.retention = await retention.apply(self.s.rabbitmq_url, self.s.rabbitmq_management_url,
-                                               self.s.retention_ttl_ms, self.s.retention_max_length)
+        """Set the retention policies; while that fails, alert once and retry with backoff."""
+        s, st = self.s, self.retention_state
+        failures = 0
+        while True:
+            st["attempts"] += 1
+            how, error = await retention.apply(s.rabbitmq_url, s.rabbitmq_management_url, s.retention_ttl_ms,
+                                               s.retention_max_length, s.retention_account_max_length)
+            self.retention = st["how"] = how
+            st["error"] = error or None
+            if how != "none":
+                st.update(applied=True, applied_at=time.time(), next_attempt_at=None)
+                if failures:
+                    log.warning("retention applied after failed attempts", how=how, failed_attempts=failures)
+                    self.outbox.add(evmod.system_event("retention_applied", {
+                        "how": how, "failed_attempts": failures, "vhost": retention.vhost_of(s.rabbitmq_url),
+                    }, recv_ns=time.time_ns()))
+                    self.pump()
+                return
+            failures += 1
+            delay = min(RETENTION_RETRY_MIN_S * 2 ** (failures - 1), RETENTION_RETRY_MAX_S)
+            st["next_attempt_at"] = time.time() + delay
+            if failures == 1:
+                log.warning("queues have no retention (every message is kept): alert raised, retrying",
+                            error=error, retry_in_s=delay)
+                self.outbox.add(evmod.system_event("retention_not_applied", {
+                    "error": error, "vhost": retention.vhost_of(s.rabbitmq_url),
+                    "policies": [retention.POLICY, retention.ACCOUNT_POLICY], "ttl_ms": s.retention_ttl_ms,
+                    "max_length": s.retention_max_length, "account_max_length": s.retention_account_max_length,
+                    "retry_in_s": delay,
+                }, recv_ns=time.time_ns()))
+                self.pump()
+            await asyncio.sleep(delay)
 
     async def _finish(self, drained: int) -> None:
         """Wait (bounded) until every waiting event is published and confirmed."""
@@ -369,7 +517,8 @@ class Service:
         log.info("stopping: waiting for confirms", drained=drained, buffered=len(self.outbox),
                  unconfirmed=len(b.inflight))
         while not self._force and time.monotonic() - started < STOP_DRAIN_S:
-            if not b.inflight and self.outbox.in_memory == 0 and self.outbox.spool_depth == 0:
+            if (not b.inflight and self.outbox.in_memory == 0 and self.outbox.spool_depth == 0
+                    and not self._held and self._restore is None):
                 return
             if b.state != READY and time.monotonic() - started > 3:
                 return   # broker away: spool account events rather than wait out the deadline
@@ -379,7 +528,8 @@ class Service:
     def _spool_leftovers(self) -> None:
         """Unconfirmed and unpublished account events survive a stop in the spool file."""
         b = self.broker
-        left = [ev for ev, _ in (b.inflight.values() if b else [])]
+        left = sorted([ev for ev, _ in (b.inflight.values() if b else [])] + self._held, key=lambda e: e.seq)
+        self._held = []
         if b:
             b.inflight.clear()
         while (ev := self.outbox.pop()) is not None:

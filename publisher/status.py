@@ -31,6 +31,15 @@ def status_doc(svc) -> dict:
         "ticker_delta_without_snapshot": svc.pipeline.counts["ticker_delta_no_snapshot"],
         "republished": t.republished, "retention": svc.retention, "intake_open": svc.intake_open,
         "account_queue_depths": svc.queue_depths,
+        "retention_policy": _retention(svc.retention_state),
+        "topology": {**svc.topology, "restoring": svc._restore is not None, "held": len(svc._held)},
         "received_to_confirmed_ms": svc.latency.doc(),
     }
 
+
+def _retention(st: dict) -> dict:
+    """Whether the queues have their retention; ``applied`` false means they keep every message."""
+    doc = {k: v for k, v in st.items() if k != "next_attempt_at"}
+    nxt = st.get("next_attempt_at")
+    doc["next_attempt_in_s"] = None if nxt is None or st.get("applied") else round(max(nxt - time.time(), 0.0), 1)
+    return doc

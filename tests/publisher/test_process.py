@@ -56,7 +56,7 @@ def test_topology_retention_and_one_message_per_class(publisher, broker, amqp_vh
     assert pol["ws-gateway-retention"]["pattern"] == r"^ws-gateway\."
     assert general == {"message-ttl": 86_400_000, "max-length": 100_000, "overflow": "drop-head"}
     account = orjson.loads(pol["ws-gateway-retention-account"]["definition"])
-    assert account["max-length"] == 1_000_000 and account["message-ttl"] == 86_400_000
+    assert account["max-length"] == 100_000 and account["message-ttl"] == 86_400_000   # 24 h or 100,000, every queue
 
     for _cls, make in ONE_PER_CLASS:
         pub.push(make())
