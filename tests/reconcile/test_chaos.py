@@ -1,8 +1,8 @@
-"""Issue 7 end to end under supervisord: the simulator's account trades continuously while
+"""The account end to end under supervisord: the simulator's account trades continuously while
 ingest, publisher and persister are each killed (kill -9) a few times at random moments and
 the private connection is dropped. Afterwards PostgreSQL equals Bybit's (the simulator's)
-ground truth, ws-gateway.executions carried every execId and ws-gateway.order_status the
-final state of every order."""
+ground truth, and a consumer that de-duplicates on message_id (tests/ledger.py) counted every
+fill exactly once and holds every order, position and coin as the truth has it."""
 from __future__ import annotations
 
 import json
@@ -17,23 +17,27 @@ import pytest
 from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
 from tests.e2e.conftest import start_gateway, stop_gateway
 from tests.helpers import wait_for
+from tests.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(240)
 KEY, SECRET = "chaos-key", "chaos-secret-0123456789abcdef"
 CHAOS_S = 35.0
 
 
-def drain(gw, queue: str) -> list[dict]:
-    """Every message in ``queue`` (acked), as event bodies."""
+def drain(gw, queue: str, ledger: Ledger | None = None) -> list[dict]:
+    """Every message in ``queue`` (acked), as event bodies; each also goes into ``ledger``."""
     conn = gw.amqp()
     out = []
     try:
         ch = conn.channel()
         while True:
-            method, _props, body = ch.basic_get(queue, auto_ack=True)
+            method, props, body = ch.basic_get(queue, auto_ack=True)
             if method is None:
                 return out
-            out.append(json.loads(body))
+            doc = json.loads(body)
+            if ledger is not None:
+                ledger.add(method.routing_key, props.message_id, doc)
+            out.append(doc)
     finally:
         conn.close()
 
@@ -123,20 +127,29 @@ def test_kill_any_process_loses_no_account_state(chaos_gateway):
     print(f"chaos {done}; {len(truth['executions'])} fills, {len(truth['orders'])} orders; PostgreSQL equal "
           f"{time.monotonic() - t0:.1f} s after the account stopped; fills first written from {by_source}")
 
-    execs = {r["execId"] for m in drain(gw, "ws-gateway.executions") for r in m["data"]}
-    assert {e["execId"] for e in truth["executions"]} <= execs
-    latest: dict[str, tuple] = {}
-    for m in drain(gw, "ws-gateway.order_status"):
-        for r in m["data"]:
-            v = (int(r["updatedTime"]), r["orderStatus"])
-            latest[r["orderId"]] = max(latest.get(r["orderId"], v), v)
-    wrong = [o["orderId"] for o in truth["orders"] if latest.get(o["orderId"]) != (int(o["updatedTime"]), o["orderStatus"])]
-    assert not wrong, f"{len(wrong)} orders without their final state on ws-gateway.order_status"
+    ledger = Ledger()
+    verdict: dict = {}
+    system: list[dict] = []
+
+    def ledger_equal() -> bool:
+        for cls in ("executions", "order_status", "positions", "balances"):
+            drain(gw, f"ws-gateway.{cls}", ledger)
+        system.extend(drain(gw, "ws-gateway.system", ledger))
+        verdict.update(ledger.check(truth))
+        return not verdict["problems"]
+
+    try:
+        wait_for(ledger_equal, 30, interval=0.5, message="the consumer's ledger equal to the truth")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {verdict}") from None
+    print(f"ledger: {verdict}")
+    assert verdict["sources"].get("bybit-rest", 0) > 0, "no reconciled record reached the consumer"
     status = json.loads((gw.run_dir / "status" / "ingest.json").read_text())["reconciliation"]
     reasons = {r for r in (status["last_reasons"] or [])}
     assert status["done"] >= 1 and reasons
-    system = drain(gw, "ws-gateway.system")
+    system.extend(drain(gw, "ws-gateway.system"))
     kinds = {m["topic"] for m in system}
     assert "reconciliation_done" in kinds
+    assert sum(1 for m in system if m["topic"] == "reconciliation_done") >= 3
     all_reasons = {r for m in system if m["topic"] == "reconciliation_done" for r in m["data"]["reasons"]}
     assert {"publisher_restarted", "persister_restarted", "private_connected", "ingest_started"} <= all_reasons
