@@ -3,8 +3,9 @@
 Writes three JSON-lines files in ``out_dir``:
 - ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
   -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts;
-- ``account.jsonl``: every account event (class, source, data) as received;
-- ``system.jsonl``: every system event with its consume time.
+- ``account.jsonl``: every account event as received (body fields, ``mid`` = message_id, ``rk`` =
+  routing key), for the consumer-side ledger (tests/ledger.py);
+- ``system.jsonl``: every system event with its consume time (same extra fields).
 Latency is measured at consume time, an upper bound of "frame received -> confirmed by RabbitMQ".
 """
 from __future__ import annotations
@@ -54,25 +55,26 @@ def merge(windows: list[dict]) -> Counter:
 
 
 class Streams:
-    """``stream_seq`` bookkeeping per topic: a jump is a gap, a fall to 1 (or far back) a new
-    ingest epoch, anything else at or below the last number a duplicate (a republish)."""
+    """``stream_seq`` bookkeeping per routing key and ``stream_epoch``: a jump is a gap, anything
+    at or below the last number a duplicate (a republish); a new epoch of a known key a restart."""
 
     def __init__(self):
         self.last: dict[str, int] = {}
+        self.keys: set[str] = set()
         self.gaps = self.dups = self.restarts = 0
 
     def see(self, stream: str, seq: int) -> None:
         last = self.last.get(stream)
         if last is None:
+            if stream.split("@", 1)[0] in self.keys:
+                self.restarts += 1
+            self.keys.add(stream.split("@", 1)[0])
             self.last[stream] = seq
             return
         if seq == last + 1:
             self.last[stream] = seq
         elif seq > last + 1:
             self.gaps += seq - last - 1
-            self.last[stream] = seq
-        elif seq == 1 or seq < last // 2:
-            self.restarts += 1
             self.last[stream] = seq
         else:
             self.dups += 1
@@ -89,20 +91,26 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
     streams = Streams()
     state = {"hist": Counter(), "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
 
-    def on_message(channel, method, _props, body):
+    def on_message(channel, method, props, body):
         now = time.time_ns()
         doc = orjson.loads(body)
         cls = doc.get("event_class")
         state["counts"][cls] += 1
         if cls in MARKET:
             state["hist"][bucket((now - iso_to_ns(doc["received_at"])) / 1e6)] += 1
-            streams.see(f"{doc.get('category')}:{doc.get('topic')}", doc["stream_seq"])
+            streams.see(f"{method.routing_key}@{doc.get('stream_epoch')}", doc["stream_seq"])
         elif cls in ACCOUNT:
-            files["account"].write(orjson.dumps({"cls": cls, "source": doc.get("source"), "data": doc.get("data"),
-                                                 "at": now / 1e9}) + b"\n")
+            files["account"].write(orjson.dumps({
+                "cls": cls, "event_class": cls, "source": doc.get("source"), "data": doc.get("data"),
+                "version": doc.get("version"), "exchange_ts": doc.get("exchange_ts"),
+                "stream_seq": doc.get("stream_seq"), "stream_epoch": doc.get("stream_epoch"),
+                "mid": props.message_id, "rk": method.routing_key, "at": now / 1e9}) + b"\n")
         elif cls == "system":
-            files["system"].write(orjson.dumps({"kind": doc.get("topic"), "data": doc.get("data"),
-                                                "at": now / 1e9, "received_at": doc.get("received_at")}) + b"\n")
+            files["system"].write(orjson.dumps({
+                "kind": doc.get("topic"), "event_class": cls, "topic": doc.get("topic"), "data": doc.get("data"),
+                "stream_seq": doc.get("stream_seq"), "stream_epoch": doc.get("stream_epoch"),
+                "mid": props.message_id, "rk": method.routing_key,
+                "at": now / 1e9, "received_at": doc.get("received_at")}) + b"\n")
         state["n"] += 1
         state["tag"] = method.delivery_tag
         if state["n"] % 200 == 0:

@@ -18,6 +18,7 @@ from _consumer import iso_to_ns
 from _gw import pids, status_file
 from _results import Result
 from tests.helpers import wait_for
+from tests.ledger import Ledger
 
 KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) within 5-10 s
 RECONNECT_TARGET_S = 30.0   # DESIGN: reconnection attempted at least every 30 s
@@ -86,12 +87,18 @@ class Run:
         truth = self.sim_call("GET", "/__sim/account")
 
         examples: dict = {}
+        verdict: dict = {}
 
         def missing() -> dict:
             examples.clear()
             db = db_missing(truth, self.gw.query, examples)
             q = queue_missing(truth, self.consumer.account(), examples)
-            return {f"db_{k}": v for k, v in db.items() if v} | {f"queue_{k}": v for k, v in q.items() if v}
+            verdict.clear()
+            verdict.update(self.ledger(truth))
+            for k, v in verdict["problems"].items():
+                examples[f"ledger_{k}"] = v[:3]
+            return ({f"db_{k}": v for k, v in db.items() if v} | {f"queue_{k}": v for k, v in q.items() if v}
+                    | {f"ledger_{k}": len(v) for k, v in verdict["problems"].items()})
 
         last = {}
         deadline = time.monotonic() + timeout
@@ -105,8 +112,18 @@ class Run:
             time.sleep(0.25)   # polling the stores with a deadline
         res.account_missing = last
         res.missing_examples = dict(examples) if last else {}
+        res.ledger = {k: verdict.get(k) for k in ("exec_ids", "deliveries", "duplicate_deliveries", "orders", "coins")}
         res.settle_s = round(time.monotonic() - t0, 2)
         self.sim_rate(account_rate=self.account_rate)
+
+    def ledger(self, truth: dict) -> dict:
+        """The consumer's ledger (every account and system event it got so far) against ``truth``."""
+        ledger = Ledger()
+        for line in self.consumer.account():
+            ledger.add(line.get("rk", ""), line.get("mid"), line)
+        for line in self.consumer.system():
+            ledger.add(line.get("rk", ""), line.get("mid"), line)
+        return ledger.check(truth)
 
     def measure(self, name: str, fn) -> Result:
         res = Result(name)

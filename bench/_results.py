@@ -17,6 +17,7 @@ class Result:
     account_missing: dict = field(default_factory=dict)
     settle_s: float | None = None
     missing_examples: dict = field(default_factory=dict)
+    ledger: dict = field(default_factory=dict)
     error: str = ""
 
     @property
@@ -40,14 +41,17 @@ def table(results: list[Result]) -> list[str]:
         return "-" if v is None else f"{v:.2f}"
 
     lines = ["| fault | detected by | detect s | recovered s (target) | recovery measured | market gaps / drops "
-             "| account missing | settle s | ok |",
-             "|---|---|---:|---:|---|---:|---|---:|---|"]
+             "| account missing | ledger: fills (each once) / deliveries / repeats | settle s | ok |",
+             "|---|---|---:|---:|---|---:|---|---:|---:|---|"]
     for r in results:
         target = f" (≤ {r.target_s:g})" if r.target_s is not None else ""
         missing = ", ".join(f"{k} {v}" for k, v in r.account_missing.items()) or "none"
+        lg = r.ledger or {}
+        ledger = (f"{lg.get('exec_ids')} / {lg.get('deliveries')} / {lg.get('duplicate_deliveries')}"
+                  if lg.get("deliveries") is not None else "-")
         what = r.recovery_what + (f" — ERROR {r.error}" if r.error else "") + \
             (f" — missing e.g. {r.missing_examples}" if r.missing_examples else "")
         lines.append(f"| {r.fault} | {r.detected_by} | {f(r.detect_s)} | {f(r.recovered_s)}{target} | {what} "
-                     f"| {r.market_gaps} / {r.market_dropped} | {missing} | {f(r.settle_s)} | "
+                     f"| {r.market_gaps} / {r.market_dropped} | {missing} | {ledger} | {f(r.settle_s)} | "
                      f"{'PASS' if r.ok else 'FAIL'} |")
     return lines
