@@ -70,6 +70,7 @@ class Ingest:
         while True:
             trace_id, self._sync_trace = self._sync_trace, ""
             self._sync_now.clear()
+            seq = self.control.reads.begin()    # a control read started after this one wins over it
             try:
                 desired, invalid = await asyncio.to_thread(store.load_desired, self.settings.database_url)
             except Exception as exc:
@@ -83,7 +84,7 @@ class Ingest:
                 for sid, why in invalid:
                     log.error("invalid_stored_subscription", id=sid, error=why)
                 self.db_state.update(reachable=True, error=None, last_sync=time.time())
-                self.mgr.converge(desired)
+                self.mgr.converge(self.control.converge_view(desired, seq))
                 if trace_id:
                     log.info("synced", topics=len(desired), trace_id=trace_id)
                 wait, delay = SYNC_EVERY_S, 0.5
