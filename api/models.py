@@ -243,6 +243,13 @@ class BrokerStatus(Reachability):
                                              "(null: queue missing); cached about 2 s.")
 
 
+class RestBan(BaseModel):
+    banned: bool = Field(description="True while ingest makes no REST call: Bybit answered HTTP 403 (an IP "
+                         "ban) and asks for at least 10 minutes without calls (GW_REST_BAN_S).")
+    until: Optional[float] = Field(None, description="End of the last ban, epoch seconds.")
+    bans: int = Field(description="403 answers since ingest started.")
+
+
 class StatusReport(BaseModel):
     overall: Literal["ok", "degraded"]
     processes: list[ProcessStatus]
@@ -250,3 +257,5 @@ class StatusReport(BaseModel):
     subscriptions: list[TopicStatus]
     database: Reachability
     broker: BrokerStatus
+    rest: Optional[RestBan] = Field(None, description="ingest's Bybit REST client (account reconciliation); "
+                                    "null when ingest has none (no API key) or does not report.")

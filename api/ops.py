@@ -53,7 +53,8 @@ def status_report():
     """Each connection as ingest reports it; each live subscription with its last
     event age and freshness; buffered and dropped counts per process (a status file
     older than 10 s means the process is not reporting); PostgreSQL and RabbitMQ
-    reachability and queue depths (cached about 2 s)."""
+    reachability and queue depths (cached about 2 s); whether Bybit's REST API has banned
+    this IP (HTTP 403: no REST call until ``rest.until``, overall degraded meanwhile)."""
     settings = current_app.config["SETTINGS"]
     files = status.read_status_files(settings.status_dir)
     processes = status.process_list(files)
@@ -62,7 +63,9 @@ def status_report():
     live = status.ingest_last_events(files)
     topics = [status.topic_status(r, now, live.get(f"{r['endpoint']}:{r['topic']}")) for r in rows]
     amqp = broker.probe(settings.rabbitmq_url)
-    report = {"overall": status.overall(processes, topics, database["reachable"], amqp["reachable"]),
+    rest = status.rest_ban(files)
+    judged = status.overall(processes, topics, database["reachable"], amqp["reachable"])
+    report = {"overall": "degraded" if rest and rest["banned"] else judged,
               "processes": processes, "connections": status.connection_list(files),
-              "subscriptions": topics, "database": database, "broker": amqp}
+              "subscriptions": topics, "database": database, "broker": amqp, "rest": rest}
     return StatusReport.model_validate(report).model_dump(mode="json")

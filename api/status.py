@@ -155,6 +155,20 @@ def ingest_last_events(files: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+def rest_ban(files: dict[str, dict], now: float | None = None) -> dict | None:
+    """Bybit's REST ban (HTTP 403) as ingest's REST client reports it; None when ingest reports
+    no REST client (no API key, or no status file)."""
+    rec = ((files.get("ingest") or {}).get("data") or {}).get("reconciliation")
+    rest = rec.get("rest") if isinstance(rec, dict) else None
+    if not isinstance(rest, dict):
+        return None
+    until, bans = rest.get("banned_until"), rest.get("bans")
+    until = until if isinstance(until, (int, float)) and not isinstance(until, bool) else None
+    bans = bans if isinstance(bans, int) and not isinstance(bans, bool) else 0
+    now = time.time() if now is None else now
+    return {"banned": until is not None and until > now, "until": until, "bans": bans}
+
+
 def overall(processes: list[dict], topics: list[dict], db_ok: bool, broker_ok: bool) -> str:
     healthy = (db_ok and broker_ok and all(p["reporting"] for p in processes)
                and not any(t["freshness"] == "stale" for t in topics))

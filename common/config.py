@@ -93,6 +93,7 @@ class Settings:
     batch_ms: int = 200
     # reconciliation
     reconcile_interval_s: float = 300.0
+    rest_ban_s: float = 600.0    # REST calls paused after an HTTP 403 (Bybit asks for 10 minutes at least)
     # simulator
     sim_host: str = "127.0.0.1"
     sim_port: int = 8765
@@ -268,6 +269,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_rows=e.int("PERSISTER_BATCH_ROWS", 1000, 1, 100_000),
         batch_ms=e.int("PERSISTER_BATCH_MS", 200, 1, 60_000),
         reconcile_interval_s=e.float("GW_RECONCILE_INTERVAL_S", 300.0, 1.0),
+        rest_ban_s=e.float("GW_REST_BAN_S", 600.0, 600.0),
         sim_host=sim_host,
         sim_port=sim_port,
         sim_rate=e.float("SIM_RATE", 10.0, 0.0, 100_000.0),

@@ -53,6 +53,8 @@ class Ingest:
         self.reconciler = None
         if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
             self.reconciler = self.mgr.reconciler = Reconciler(settings, self.handoff)
+            self.reconciler.client.pause_on_403(   # a 403 is an IP ban: no REST call for a while, and say so
+                settings.rest_ban_s, lambda kind, body: self.handoff.system(kind, body, endpoint="private"))
             self.reconciler.request("ingest_started")
         self.control = ControlServer(settings.run_dir, self.mgr, self.request_sync)
         self._sync_now = asyncio.Event()

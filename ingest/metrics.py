@@ -18,6 +18,8 @@ TASK_FAILURES = Counter("wsgw_ingest_task_failures_total",
                         "Long-lived ingest tasks that ended unexpectedly and were restarted, by kind", ["kind"])
 ROTATION_DUPLICATES = Counter("wsgw_ingest_rotation_duplicates_total",
                               "Private pushes delivered by both sockets of a rotating connection, forwarded once")
+REST_BANS = Counter("wsgw_ingest_rest_bans_total",
+                    "HTTP 403 answers from Bybit's REST API (an IP ban): every REST call paused for GW_REST_BAN_S")
 RECONCILIATIONS = Counter("wsgw_ingest_reconciliations_total", "REST reconciliations of the account, by result",
                           ["result"])
 

@@ -8,6 +8,9 @@
 - Retries are bounded: 10006 waits for ``X-Bapi-Limit-Reset-Timestamp`` when present, else
   backs off exponentially (pybit #340: no header must not crash); 10002 re-measures the
   clock and retries; HTTP 5xx/429, 10016 and transport errors back off; other errors raise.
+- HTTP 403 is an IP ban ("access too frequent"; Bybit asks for at least 10 minutes without
+  calls): every REST call stops for ``ban_s`` (600 s minimum by setting), each failing at once
+  with ``RestBanned`` saying until when; retrying sooner would prolong the ban.
 - Nothing secret is logged: no key, secret, signature or headers.
 """
 from __future__ import annotations
@@ -24,10 +27,12 @@ import httpx
 import orjson
 
 from common.logs import RateLimited, get_logger
+from ingest import metrics
 
 log = get_logger(__name__)
 RETRY_CODES = frozenset({10016, 10019})      # server-side errors worth another try (PROTOCOL.md 8, 9.2)
 RATE_LIMIT, TIMESTAMP = 10006, 10002
+BAN_S = 600.0        # Bybit: after a 403 "access too frequent", no call for at least 10 minutes
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.,%:\-]*")
 
 
@@ -37,6 +42,19 @@ class RestError(Exception):
     def __init__(self, path: str, message: str, ret_code: int | None = None, status: int | None = None):
         super().__init__(f"{path}: {message}")
         self.path, self.ret_code, self.status = path, ret_code, status
+
+
+class RestBanned(RestError):
+    """Bybit banned this IP (HTTP 403): no call is made until ``until`` (epoch seconds)."""
+
+    def __init__(self, path: str, until: float):
+        super().__init__(path, f"REST calls paused until {_iso(until)} after HTTP 403 from Bybit (IP ban); "
+                               f"calling sooner would prolong it", status=403)
+        self.until = until
+
+
+def _iso(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,8 @@ class RestClient:
     def __init__(self, base_url: str, api_key: str, api_secret: str, recv_window_ms: int = 5000, *,
                  timeout_s: float = 10.0, max_attempts: int = 6, backoff_base_s: float = 0.25,
                  backoff_cap_s: float = 10.0, max_pages: int = 200, sleep=asyncio.sleep,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, ban_s: float = BAN_S, announce=None,
+                 clock=time.monotonic):
         self._key, self._secret = api_key, api_secret
         self.recv_window_ms = recv_window_ms
         self.max_attempts, self.max_pages = max_attempts, max_pages
@@ -84,8 +103,25 @@ class RestClient:
                                        headers={"User-Agent": "ws-gateway"})
         self.offset_ms = 0
         self.clock_measured = False
-        self.counts: Counter = Counter()       # calls, retries by cause, errors
+        self.counts: Counter = Counter()       # calls, retries by cause, errors, bans (and banned_until)
         self._warn = RateLimited(log, 5.0)
+        self.ban_s, self._announce, self._clock = ban_s, announce, clock
+        self._ban_ends: float | None = None    # on ``clock``; None: not banned
+        self._ban_until = 0.0                  # the same end as epoch seconds, for messages
+
+    def pause_on_403(self, ban_s: float, announce) -> None:
+        """How long a 403 stops every call, and ``announce(kind, details)`` to tell consumers."""
+        self.ban_s, self._announce = ban_s, announce
+
+    def banned_until(self) -> float | None:
+        """Epoch seconds until which no call is made, or None."""
+        if self._ban_ends is None:
+            return None
+        if self._ban_ends <= self._clock():
+            self._ban_ends = None
+            log.info("rest_ban_over")
+            return None
+        return self._ban_until
 
     def __repr__(self) -> str:                 # never show the key or secret
         return f"RestClient({self._http.base_url!s})"
@@ -138,6 +174,10 @@ class RestClient:
         qs = query_string(params)
         url = f"{path}?{qs}" if qs else path
         for attempt in range(1, self.max_attempts + 1):
+            until = self.banned_until()
+            if until is not None:
+                self.counts["refused_banned"] += 1
+                raise RestBanned(path, until)
             self.counts["calls"] += 1
             try:
                 return await self._once(path, url, qs, signed)
@@ -170,6 +210,9 @@ class RestClient:
             resp = await self._http.get(url, headers=headers)
         except httpx.TransportError as exc:
             raise _Retry("transport", RestError(path, f"{type(exc).__name__}: {exc}")) from None
+        if resp.status_code == 403:
+            self._ban(path, resp.text[:200])
+            raise RestBanned(path, self.banned_until() or time.time())
         if resp.status_code >= 500 or resp.status_code == 429:
             raise _Retry("http", RestError(path, f"HTTP {resp.status_code}", status=resp.status_code))
         if resp.status_code != 200:
@@ -200,6 +243,21 @@ class RestClient:
             raise _Retry("server", err)
         self.counts["errors"] += 1
         raise err
+
+    def _ban(self, path: str, body: str) -> None:
+        now = self._clock()
+        self._ban_ends = max(self._ban_ends or now, now + self.ban_s)
+        until = self._ban_until = time.time() + (self._ban_ends - now)
+        self.counts["bans"] += 1
+        self.counts["errors"] += 1
+        self.counts["banned_until"] = round(until, 3)
+        metrics.REST_BANS.inc()
+        details = {"path": path, "status": 403, "body": self._redact(body), "paused_s": self.ban_s,
+                   "until": round(until, 3), "at": time.time()}
+        log.warning("rest_banned", **{**details, "until": _iso(until)},
+                    action="no REST call until then; calling sooner would prolong the ban")
+        if self._announce is not None:
+            self._announce("rest_banned", details)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "<api-key>") if self._key else text

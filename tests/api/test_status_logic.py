@@ -76,3 +76,17 @@ def test_overall():
     assert status.overall(procs, [{"freshness": "stale"}], True, True) == "degraded"
     assert status.overall([{"reporting": False}], [], True, True) == "degraded"
     assert status.overall(procs, [], False, True) == "degraded"
+
+
+def test_rest_ban_from_ingest_status():
+    def files(rest):
+        return {"ingest": {"age_s": 0.5, "data": {"reconciliation": {"configured": True, "rest": rest}}}}
+
+    assert status.rest_ban({}) is None
+    assert status.rest_ban({"ingest": {"age_s": 0.5, "data": {"reconciliation": {"configured": False}}}}) is None
+    assert status.rest_ban(files({"calls": 3})) == {"banned": False, "until": None, "bans": 0}
+    assert status.rest_ban(files({"bans": 1, "banned_until": 2000.5}), now=1000) == \
+        {"banned": True, "until": 2000.5, "bans": 1}
+    assert status.rest_ban(files({"bans": 1, "banned_until": 2000.5}), now=2001)["banned"] is False
+    assert status.rest_ban(files({"bans": "x", "banned_until": True}), now=0) == \
+        {"banned": False, "until": None, "bans": 0}

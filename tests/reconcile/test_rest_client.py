@@ -191,3 +191,105 @@ def test_nothing_secret_in_repr_or_errors():
     client = RestClient("https://bybit.invalid", KEY, SECRET)
     assert SECRET not in repr(client) and KEY not in repr(client)
     asyncio.run(client.close())
+
+
+class BanningServer:
+    """A real HTTP server on a free port that answers every request HTTP 403, as Bybit does
+    when it bans an IP, and counts what reaches it."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        outer = self
+        self.paths: list[str] = []
+        self.agents: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.paths.append(self.path.split("?")[0])
+                outer.agents.append(self.headers.get("User-Agent", ""))
+                body = b"403 Forbidden: access too frequent"
+                self.send_response(403)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def banning_server():
+    server = BanningServer()
+    yield server
+    server.close()
+
+
+def test_403_pauses_every_call_for_the_ban_then_calls_resume(banning_server):
+    """A 403 is not retried: no request reaches Bybit for ``ban_s`` (each call fails at once
+    saying until when), it is counted, logged and announced; after it calls go out again."""
+    import time as _time
+
+    from prometheus_client import REGISTRY
+
+    from ingest.rest import RestBanned
+
+    now = [1000.0]
+    announced: list = []
+    bans_before = REGISTRY.get_sample_value("wsgw_ingest_rest_bans_total") or 0.0
+
+    async def main():
+        client = RestClient(banning_server.url, KEY, SECRET, sleep=lambda s: asyncio.sleep(0), ban_s=600.0,
+                            clock=lambda: now[0])
+        client.pause_on_403(600.0, lambda kind, body: announced.append((kind, body)))
+        try:
+            started = _time.time()
+            with pytest.raises(RestBanned) as first:
+                await client.get(*WALLET)
+            assert banning_server.paths == ["/v5/account/wallet-balance"]      # one request, no retry
+            assert started + 599 < first.value.until < _time.time() + 601
+            assert first.value.status == 403 and "paused until" in str(first.value)
+            now[0] += 599.0                                                     # 1 s before the end
+            for call in (lambda: client.get(*WALLET), client.sync_clock,
+                         lambda: client.pages("/v5/order/realtime", {"category": "linear"}, 50)):
+                with pytest.raises(RestBanned) as later:
+                    await call()
+                assert _time.strftime("%Y-%m-%dT%H:%M", _time.gmtime(first.value.until)) in str(later.value)
+            assert len(banning_server.paths) == 1                               # nothing reached the server
+            assert client.counts["bans"] == 1 and client.counts["refused_banned"] == 3
+            assert client.counts["banned_until"] == pytest.approx(first.value.until, abs=1)
+            assert client.banned_until() is not None
+            now[0] += 1.5                                                       # the ban is over
+            assert client.banned_until() is None
+            with pytest.raises(RestBanned):                                    # still banned: a new pause
+                await client.get(*WALLET)
+            assert len(banning_server.paths) == 2 and client.counts["bans"] == 2
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    assert [kind for kind, _ in announced] == ["rest_banned", "rest_banned"]
+    body = announced[0][1]
+    assert body["status"] == 403 and body["paused_s"] == 600.0 and body["path"] == "/v5/account/wallet-balance"
+    assert "access too frequent" in body["body"] and KEY not in str(body)
+    assert REGISTRY.get_sample_value("wsgw_ingest_rest_bans_total") == bans_before + 2
+
+
+def test_the_ban_setting_is_at_least_ten_minutes():
+    from common.config import ConfigError, load_settings
+
+    assert load_settings({}).rest_ban_s == 600.0
+    assert load_settings({"GW_REST_BAN_S": "900"}).rest_ban_s == 900.0
+    with pytest.raises(ConfigError, match="GW_REST_BAN_S"):
+        load_settings({"GW_REST_BAN_S": "60"})
