@@ -44,9 +44,12 @@ RUN groupadd --system --gid 10001 gw \
 USER 10001:10001
 
 EXPOSE 4400
-# /health answers 200 while gunicorn serves; supervisord restarts a dead API meanwhile.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import os,sys,urllib.request; h,p=os.environ['API_BIND'].rsplit(':',1); h='127.0.0.1' if h in ('0.0.0.0','') else h; sys.exit(0 if urllib.request.urlopen(f'http://{h}:{p}/health', timeout=2).status==200 else 1)"]
+# Healthy while supervisord runs every program it should (one an operator stopped counts as
+# down), none of ingest/publisher/persister is stalled (status file older than
+# GW_STALL_AFTER_S; the eventlistener restarts it meanwhile) and the API answers /health.
+# Prints one JSON line naming what is wrong.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-m", "ops", "health"]
 
 # Applies migrations, wipes stale metrics, then execs supervisord in the foreground (PID 1
 # reaps children; SIGTERM from `docker stop` stops every program in priority order).

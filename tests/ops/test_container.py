@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SCHEMA_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac"
 DEFAULT_PORTS = {5432, 5672, 15672, 4400, 9090, 3000}
+HEALTH_COMMAND = ["python", "-m", "ops", "health"]
 
 
 def compose() -> dict:
@@ -93,6 +94,7 @@ def test_compose_file_shape():
             assert source.startswith("./") and (ROOT / source).exists() or source in doc["volumes"], volume
     gw = services["gateway"]
     assert gw["depends_on"].keys() == {"postgres", "rabbitmq"}
+    assert gw["healthcheck"]["test"] == ["CMD", *HEALTH_COMMAND]
     assert any(v.endswith(":/run/ws-gateway") for v in gw["volumes"])     # spools survive the container
     # supervisord stops one program after another: the grace period covers them all
     assert seconds(gw["stop_grace_period"]) > sum(supervisord_stopwaits().values())
@@ -119,7 +121,9 @@ def test_dockerfile_shape():
     assert entry == ["/app/scripts/docker-entrypoint.sh"]
     assert os.access(ROOT / "scripts/docker-entrypoint.sh", os.X_OK)
     health = [a for k, a in instr if k == "HEALTHCHECK"][-1]
-    assert "/health" in health and "CMD [" in health
+    # the health command asks supervisord and the status files, not only gunicorn's /health
+    assert json.loads(re.search(r"CMD (\[.*\])", health).group(1)) == HEALTH_COMMAND
+    assert "/app" == [a for k, a in instr if k == "WORKDIR"][-1]      # where `-m ops` is found
     # every package supervisord runs is copied in
     copied = {a.split()[0] for k, a in instr if k == "COPY"}
     conf = (ROOT / "supervisord.conf").read_text()
@@ -197,8 +201,17 @@ def test_entrypoint_migrates_wipes_metrics_and_execs_supervisord(blank_database,
         assert proc.stdout.readline().startswith("demo: subscribed")
         cmd = json.loads(re.search(r"CMD (\[.*\])", [a for k, a in dockerfile() if k == "HEALTHCHECK"][-1]).group(1))
         cmd[0] = sys.executable
-        wait_for(lambda: subprocess.run(cmd, env=env, capture_output=True, timeout=10).returncode == 0, 60,
-                 interval=0.5, message="the image's HEALTHCHECK command passes")
+
+        def healthcheck() -> int:      # run as Docker does: in the WORKDIR, with the image's environment
+            return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=10).returncode
+
+        wait_for(lambda: healthcheck() == 0, 60, interval=0.5, message="the image's HEALTHCHECK command passes")
+        # a program down (here an operator's stop) fails it, and it passes again once it is back
+        ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(ROOT / "supervisord.conf")]
+        subprocess.run([*ctl, "stop", "persister"], env=env, check=True, capture_output=True, timeout=60)
+        assert healthcheck() == 1
+        subprocess.run([*ctl, "start", "persister"], env=env, check=True, capture_output=True, timeout=60)
+        wait_for(lambda: healthcheck() == 0, 60, interval=0.5, message="HEALTHCHECK passes again")
         assert not stale.exists()
         with psycopg2.connect(blank_database) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM subscriptions")
