@@ -71,7 +71,9 @@ def test_the_import_check_sees_every_form(tmp_path):
 
 def test_importing_the_simulator_loads_no_gateway_protocol_module():
     code = ("import sys, pkgutil, importlib, bybitsim\n"
-            "for m in pkgutil.iter_modules(bybitsim.__path__):\n    if m.name != '__main__': importlib.import_module('bybitsim.' + m.name)\n"
+            "for m in pkgutil.iter_modules(bybitsim.__path__):\n"
+            "    if m.name != '__main__':\n"          # __main__ would start a simulator
+            "        importlib.import_module('bybitsim.' + m.name)\n"
             "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] in "
             f"{sorted(GATEWAY_PACKAGES)!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
