@@ -5,7 +5,6 @@ and the simulator follows."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -19,7 +18,8 @@ from tests.ingest.harness import IngestProcess
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
-TOPICS = [{"channel": "trades", "category": "linear", "symbol": s} for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")]
+TOPICS = [{"channel": "trades", "category": "linear", "symbol": s}
+          for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")]
 ROUNDS = 40
 
 

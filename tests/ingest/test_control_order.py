@@ -30,7 +30,8 @@ def new_row(url: str, topic=TOPIC) -> str:
     return write(url, "INSERT INTO subscriptions (channel, endpoint, category, symbol, depth, interval, topic, "
                       "requesters, trace_id) VALUES (%s,%s,%s,%s,%s,%s,%s, ARRAY['svc'], 'trace-' || now()::text) "
                       "RETURNING id::text",
-                 topic.channel, topic.endpoint, topic.category, topic.symbol, topic.depth, topic.interval, topic.name)[0]
+                 topic.channel, topic.endpoint, topic.category, topic.symbol, topic.depth, topic.interval,
+                 topic.name)[0]
 
 
 def remove_row(url: str, sid: str) -> None:
