@@ -5,6 +5,7 @@ No I/O and no clock here: times are passed in (ms since the epoch).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 OPEN_STATUSES = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})
@@ -12,6 +13,7 @@ SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 EXEC_MARGIN_MS = 60_000        # fills are fetched from the newest one known minus this
 LOSS_MARGIN_MS = 30_000        # a dead downstream may have lost what it got this long before its last status
 CHUNK = 200                    # records per ``rest`` envelope
+DELIVERED_MAX = 50_000         # fills and orders remembered as already pushed (about 10 MB at most)
 
 
 def _ms(value) -> int | None:
@@ -47,22 +49,44 @@ class Seen:
         self.open_orders: dict[str, str] = {}
         self.positions: set[tuple[str, str]] = set()
         self.coins: set[str] = set()
+        # What pushes already handed downstream (bounded): a reconciliation need not send it again.
+        self.pushed_execs: OrderedDict[str, int] = OrderedDict()         # execId -> execTime
+        self.pushed_orders: OrderedDict[str, int] = OrderedDict()        # orderId -> newest updatedTime
+        self.pushed_positions: dict[tuple, int] = {}                     # (category, symbol, idx) -> updatedTime
 
     def observe(self, topic: str, obj: dict) -> None:
         base = topic.split(".", 1)[0]
         if base == "order":
             for r in _records(obj):
                 self._order(r, r.get("category"))
+                self._pushed(self.pushed_orders, r.get("orderId"), _ms(r.get("updatedTime")))
         elif base == "execution":
+            fast = topic.startswith("execution.fast")     # fewer fields: the full record must still come
             for r in _records(obj):
                 t = _ms(r.get("execTime"))
                 if t is not None and (self.exec_ms is None or t > self.exec_ms):
                     self.exec_ms = t
+                if not fast:
+                    self._pushed(self.pushed_execs, r.get("execId"), t)
         elif base == "position":
             for r in _records(obj):
                 self._position(r, r.get("category"))
+                key = (r.get("category"), r.get("symbol"), r.get("positionIdx", 0))
+                t = _ms(r.get("updatedTime"))
+                if (t is not None and isinstance(key[0], str) and isinstance(key[1], str) and type(key[2]) is int
+                        and len(self.pushed_positions) < DELIVERED_MAX):
+                    self.pushed_positions[key] = max(t, self.pushed_positions.get(key, t))
         elif base == "wallet":
             self._coins(_records(obj))
+
+    @staticmethod
+    def _pushed(table: OrderedDict, key, t: int | None) -> None:
+        if not isinstance(key, str) or not key or t is None:
+            return
+        table[key] = max(t, table.get(key, t))
+        table.move_to_end(key)
+        if len(table) > DELIVERED_MAX:
+            table.popitem(last=False)
 
     def _coins(self, accounts: list) -> None:
         for account in accounts:
@@ -94,10 +118,17 @@ class Seen:
             self.positions.discard((category, symbol))
 
     def apply(self, snap: "Snapshot") -> None:
+        """What a reconciliation sent downstream: known, and not to be sent again."""
         for oid, (cat, rec) in snap.orders.items():
             self._order(rec, cat)
-        for (cat, symbol, _), rec in snap.positions.items():
-            self._position(rec, cat)
+            self._pushed(self.pushed_orders, oid, _ms(rec.get("updatedTime")))
+        for key, rec in snap.positions.items():
+            self._position(rec, key[0])
+            t = _ms(rec.get("updatedTime"))
+            if t is not None and len(self.pushed_positions) < DELIVERED_MAX:
+                self.pushed_positions[key] = max(t, self.pushed_positions.get(key, t))
+        for eid, (_, rec) in snap.executions.items():
+            self._pushed(self.pushed_execs, eid, _ms(rec.get("execTime")))
         self._coins(snap.wallet)
         newest = max((_ms(r.get("execTime")) or 0 for _, r in snap.executions.values()), default=0)
         if newest and (self.exec_ms is None or newest > self.exec_ms):
@@ -160,6 +191,7 @@ class Snapshot:
     executions: dict[str, tuple[str, dict]] = field(default_factory=dict)     # execId -> (category, record)
     fetched_ms: dict[str, int] = field(default_factory=dict)                  # topic -> Bybit time of the answer
     unresolved: int = 0
+    skipped: int = 0                      # records left out of a downstream's copy: already pushed
 
     def add_orders(self, category: str, records: list, at_ms: int) -> None:
         for r in records:
@@ -194,6 +226,26 @@ class Snapshot:
                 "executions": len(self.executions),
                 "balances": sum(len(a.get("coin") or []) for a in self.wallet if isinstance(a, dict)),
                 "unresolved_orders": self.unresolved}
+
+    def without_pushed(self, seen: Seen, resend_from_ms: int | None) -> "Snapshot":
+        """This snapshot less the records whose state a push already handed downstream, except
+        those from ``resend_from_ms`` on (a downstream that restarted may have lost them)."""
+        def old(t: int | None) -> bool:
+            return resend_from_ms is None or (t is not None and t < resend_from_ms)
+
+        out = Snapshot(wallet=self.wallet, wallet_ms=self.wallet_ms, fetched_ms=self.fetched_ms,
+                       unresolved=self.unresolved)
+        out.executions = {e: v for e, v in self.executions.items()
+                          if not (e in seen.pushed_execs and old(_ms(v[1].get("execTime"))))}
+        out.orders = {o: v for o, v in self.orders.items()
+                      if not ((t := _ms(v[1].get("updatedTime"))) is not None and old(t)
+                              and seen.pushed_orders.get(o, -1) >= t)}
+        out.positions = {k: r for k, r in self.positions.items()
+                         if not ((t := _ms(r.get("updatedTime"))) is not None and old(t)
+                                 and seen.pushed_positions.get(k, -1) >= t)}
+        out.skipped = (len(self.executions) + len(self.orders) + len(self.positions)
+                       - len(out.executions) - len(out.orders) - len(out.positions))
+        return out
 
     # -- what goes downstream -------------------------------------------------------------
     def bodies(self) -> list[dict]:

@@ -78,19 +78,24 @@ class Reconciler:
         self.seen = Seen()
         self._wake = asyncio.Event()
         self._reasons: list[str] = []
-        self._lost_since: int | None = None     # a downstream may have lost events from this time (ms)
+        self._lost: dict[str, int] = {}         # downstream -> it may have lost events from this time (ms)
         self._downstreams: dict[str, tuple] = {}
         self._sem = asyncio.Semaphore(CONCURRENCY)
         self.state = {"configured": True, "state": "idle", "done": 0, "failed": 0, "last_done_at": None,
                       "last_duration_ms": None, "last_counts": None, "last_reasons": None, "last_error": None,
-                      "last_error_at": None, "database_known": None}
+                      "last_error_at": None, "database_known": None, "already_pushed": {}}
 
     # -- called by the manager and the app --------------------------------------------------
-    def request(self, reason: str, lost_since_ms: int | None = None) -> None:
+    def request(self, reason: str, lost_since_ms: int | None = None, downstream: str | None = None) -> None:
+        """Reconcile soon; ``downstream`` (default: both) may have lost events from ``lost_since_ms``."""
         self._reasons.append(reason)
         if lost_since_ms is not None:
-            self._lost_since = min(lost_since_ms, self._lost_since or lost_since_ms)
+            self._merge_lost({name: lost_since_ms for name in ([downstream] if downstream else DOWNSTREAMS)})
         self._wake.set()
+
+    def _merge_lost(self, lost: dict[str, int]) -> None:
+        for name, ms in lost.items():
+            self._lost[name] = min(ms, self._lost.get(name, ms))
 
     def take(self, topic: str, cls: str, obj: dict, raw: bytes, recv_ns: int, conn_id: str) -> bool:
         """Every private push passes here to be noted; it is never held (always False)."""
@@ -121,18 +126,17 @@ class Reconciler:
                 self._reasons.append("retry" if failures else "periodic")
             self._wake.clear()
             reasons, self._reasons = sorted(set(self._reasons)), []
-            lost_since, self._lost_since = self._lost_since, None
+            lost, self._lost = self._lost, {}
             started = time.monotonic()
             self.state["state"] = "running"
             try:
-                snap = await self.reconcile(lost_since)
+                snap = await self.reconcile(lost)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:   # RestError, bad records, database: reported, retried
                 failures += 1
                 self._reasons = [*reasons, *self._reasons]
-                if lost_since is not None:
-                    self._lost_since = min(lost_since, self._lost_since or lost_since)
+                self._merge_lost(lost)
                 self._failed(exc, reasons, failures, started)
             else:
                 failures = 0
@@ -156,12 +160,15 @@ class Reconciler:
                     since = loss_start_ms(name, prev[1])
                     log.info("downstream_restarted", process=name, old_pid=prev[0][0], new_pid=ident[0],
                              lost_since_ms=since)
-                    self.request(f"{name}_restarted", since)
+                    self.request(f"{name}_restarted", since, downstream=name)
                 self._downstreams[name] = (ident, status)
             await asyncio.sleep(every_s)
 
     # -- one reconciliation -------------------------------------------------------------------
-    async def reconcile(self, lost_since: int | None = None) -> Snapshot:
+    async def reconcile(self, lost: dict[str, int] | None = None) -> Snapshot:
+        """``lost``: downstream -> the time from which it may have lost events (ms)."""
+        lost = lost or {}
+        lost_since = min(lost.values()) if lost else None
         await self.client.sync_clock()
         now = self.client.now_ms()
         known = await self._known(lost_since)
@@ -180,7 +187,7 @@ class Reconciler:
                 tg.create_task(self._list(snap.add_executions, "/v5/execution/list", cat,
                                           {"startTime": start}, 100))
         await self._lookups(snap, known)
-        self._publish(snap)
+        self._send(snap, lost)
         self.seen.apply(snap)
         return snap
 
@@ -266,12 +273,16 @@ class Reconciler:
                 tg.create_task(position(cat, symbol))
 
     # -- downstream ---------------------------------------------------------------------------
-    def _publish(self, snap: Snapshot) -> None:
-        for body in snap.bodies():
-            parts = json_envelope(REST, body, endpoint="private", topic=body["topic"], recv_ns=time.time_ns(),
-                                  epoch=self.handoff.epoch).encode()
-            self.handoff.publisher.send(parts, "")
-            self.handoff.persister.send(parts, "")
+    def _send(self, snap: Snapshot, lost: dict[str, int]) -> None:
+        """Each downstream gets what it may not have: a push already handed off needs no second
+        copy, unless that downstream restarted and may have lost it (from its ``lost`` time on)."""
+        for name in DOWNSTREAMS:
+            view = snap.without_pushed(self.seen, lost.get(name))
+            self.state["already_pushed"][name] = view.skipped
+            sock = getattr(self.handoff, name)
+            for body in view.bodies():
+                sock.send(json_envelope(REST, body, endpoint="private", topic=body["topic"], recv_ns=time.time_ns(),
+                                        epoch=self.handoff.epoch).encode(), "")
 
     def _done(self, snap: Snapshot, reasons: list[str], started: float) -> None:
         ms = round((time.monotonic() - started) * 1000, 1)

@@ -140,3 +140,24 @@ def test_loss_start_from_a_dead_downstreams_last_status():
     assert loss_start_ms("publisher", {"updated_at": 1000.0, "broker": {"state": "down", "since": 700.0}}) == \
         700_000 - LOSS_MARGIN_MS
     assert loss_start_ms("publisher", {"pid": 3}) is None
+
+
+def test_records_a_push_already_handed_off_are_not_sent_again_unless_a_downstream_may_have_lost_them():
+    seen = Seen()
+    for name in ("order", "execution", "position"):
+        seen.observe(frame(name)["topic"], frame(name))
+    snap = snapshot()
+    newer = dict(frame("rest_order_realtime")["result"]["list"][0], orderId="o-new")
+    snap.add_orders("linear", [newer], 1)
+    sent = snap.without_pushed(seen, None)
+    assert sent.skipped == 3                               # fill, order and position already pushed
+    assert list(sent.orders) == ["o-new"] and not sent.executions and not sent.positions
+    assert sent.wallet == snap.wallet and len(snap.orders) == 2     # the fetched snapshot is unchanged
+
+    exec_ms = int(frame("execution")["data"][0]["execTime"])      # a downstream restarted: resend from its loss
+    again = snapshot().without_pushed(seen, exec_ms)
+    assert again.skipped == 0 and again.executions and again.orders
+
+    fast = Seen()                                          # execution.fast lacks fees: the full record still goes
+    fast.observe("execution.fast", frame("execution_fast"))
+    assert snapshot().without_pushed(fast, None).skipped == 0
