@@ -154,3 +154,22 @@ def test_system_events_are_numbered_in_their_own_streams():
     assert [(e.routing_key, orjson.loads(e.body)["stream_seq"]) for e in evs] == [
         ("system.broker_outage", 1), ("system.broker_outage", 2), ("system.broker_outage", 3),
         ("system.events_dropped", 1)]
+
+
+def test_a_fill_pushed_then_reconciled_twice_is_one_message_id_on_the_bus(publisher, broker):
+    """Through the real publisher process and RabbitMQ: three deliveries, one message_id."""
+    from tests.helpers import wait_for
+
+    pub = publisher()
+    frame = load("execution")
+    answer = load("rest_execution_list")["result"]
+    pub.push(push(frame))
+    for fetched in (1785000009000, 1785000099000):
+        pub.push(reconciled("execution", answer["list"], "linear", fetched))
+    wait_for(lambda: broker.count("ws-gateway.executions") == 3, timeout=10, message="three deliveries queued")
+    got = broker.drain("ws-gateway.executions", 3)
+    ids = {props.message_id for _m, props, _b in got}
+    assert len(ids) == 1 and {b["event_id"] for _m, _p, b in got} == ids
+    assert sorted(b["source"] for _m, _p, b in got) == ["bybit", "bybit-rest", "bybit-rest"]
+    assert [b["stream_seq"] for _m, _p, b in got] == [1, 2, 3]      # numbered per routing key
+    assert {b["data"][0]["execId"] for _m, _p, b in got} == {frame["data"][0]["execId"]}
