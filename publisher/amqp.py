@@ -221,6 +221,7 @@ class Broker:
         self._conn: CorkedConnection | None = None
         self._ch = None
         self._tag = 0
+        self._return_tag = 0          # delivery tag of the last returned event found
         self._method_frames: dict[str, bytes] = {}   # routing key -> Basic.Publish frame (this channel)
         self.inflight: OrderedDict[int, tuple[Event, float]] = OrderedDict()
         self._probe = None            # channel for depth checks: a missing queue closes it, not ours
@@ -289,6 +290,7 @@ class Broker:
         self._ch = ch
         self._method_frames = {}
         self._tag = 0
+        self._return_tag = 0
         ch.add_on_close_callback(self._on_channel_closed)
         ch.add_on_return_callback(self._on_returned)
         self._conn.on_confirm_frames(ch.channel_number, self._on_delivery)
@@ -407,9 +409,20 @@ class Broker:
             self._on_confirm(settled, ok, time.perf_counter())
 
     def find_inflight(self, message_id: str) -> Event | None:
-        """The oldest unconfirmed event with this id not already marked returned (a return
-        names the message, not its delivery tag; it comes before that message's ack)."""
-        for ev, _t0 in self.inflight.values():
+        """The unconfirmed event a Basic.Return is about (it names the message, not its
+        delivery tag, and comes before that message's ack). Returns come in publish order,
+        so the search resumes after the last one found: a burst of returns costs one pass
+        over the window, not one per return."""
+        inflight = self.inflight
+        if not inflight:
+            return None
+        start = max(self._return_tag + 1, next(iter(inflight)))
+        for tag in range(start, self._tag + 1):
+            item = inflight.get(tag)
+            if item is not None and item[0].event_id == message_id:
+                self._return_tag = tag
+                return item[0]
+        for tag, (ev, _t0) in inflight.items():     # out of order after all: any unmarked one
             if ev.event_id == message_id and not ev.extra.get("returned"):
                 return ev
         return None

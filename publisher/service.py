@@ -384,7 +384,7 @@ class Service:
         metrics.SPOOL_DEPTH.set(self.outbox.spool_depth)
         metrics.UNCONFIRMED.set(len(b.inflight) if b else 0)
         metrics.BROKER_UP.set(1 if b is not None and b.state == READY else 0)
-        metrics.RETENTION_NOT_APPLIED.set(0 if self.retention_state["applied"] else 1)
+        metrics.RETENTION_NOT_APPLIED.set(1 if self.retention_state["how"] == "none" else 0)   # not while pending
         if (self.outage_since is None and self.outbox.drop_ranges
                 and time.monotonic() - self._last_drop_notice >= DROP_NOTICE_EVERY_S):
             self._last_drop_notice = time.monotonic()
