@@ -65,7 +65,6 @@ def test_problems_name_down_and_stalled_programs():
     assert got == [{"program": "ingest", "problem": "stalled", "pid": 100, "silent_s": 30.0, "limit_s": LIMIT},
                    {"program": "persister", "problem": "down", "state": "STOPPED"}]
     programs["persister"] = running("persister", 400)
-    beats["ingest"] = beats["persister"] = Beat(None, 0)
     beats.update(ingest=Beat(100, T0 + 30), persister=Beat(400, T0 + 30))
     assert liveness.problems(programs, beats, T0 + 31, LIMIT) == []
 
