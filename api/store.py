@@ -110,7 +110,7 @@ def request_topic(conn, topic: Topic, requester: str, trace_id: str) -> Upsert:
 
 # Bybit refuses an all-in-one private topic (order) and a category-scoped one (order.linear)
 # in the same subscribe request, and both held would push every order twice: one form per channel.
-MIXABLE_PRIVATE_CHANNELS = ("order", "execution", "position")
+MIXABLE_PRIVATE_CHANNELS = ("order", "execution", "execution_fast", "position")
 
 
 def mixes_private_forms(topic: Topic) -> bool:

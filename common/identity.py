@@ -6,6 +6,8 @@ from Bybit's business keys only, never from the push, the connection or the time
 gateway received it:
 
 - executions: ``execId`` (unique per execution at Bybit).
+- executions_fast (``execution.fast``, fewer fields, no fees): ``execId`` in a namespace of its
+  own, so a fast record never takes the id of the full one a consumer must keep.
 - order_status: the order's state: ``orderId`` with the fields that change as it moves
   (``updatedTime``, ``orderStatus``, ``cumExecQty``, ``leavesQty``, ``rejectReason``,
   ``cancelType``). The second ``Filled`` of a cancel/fill race differs in the last two.
@@ -15,6 +17,7 @@ gateway received it:
 - balances: wallet records carry no time of their own, so the version is the time Bybit
   stamped the push (``creationTime``) or the REST answer (``time``); with the content it
   gives the id. A later state equal to an earlier one (A -> B -> A) is a new fact.
+- greeks: like balances (no time of their own): ``baseCoin``, the push's time and the content.
 
 Pure: no I/O, no clock.
 """
@@ -97,7 +100,7 @@ def account_version(cls: str, record: dict, stamped_ms: int | None) -> int | Non
     Executions and orders: Bybit's ``execTime`` / ``updatedTime``; positions: ``updatedTime``;
     balances: ``stamped_ms`` (the push's ``creationTime`` or the REST answer's time).
     """
-    if cls == "executions":
+    if cls in ("executions", "executions_fast"):
         return _ms(record.get("execTime"))
     if cls in ("order_status", "positions"):
         return _ms(record.get("updatedTime"))
@@ -106,8 +109,8 @@ def account_version(cls: str, record: dict, stamped_ms: int | None) -> int | Non
 
 def account_event_id(cls: str, record: dict, stamped_ms: int | None = None) -> str:
     """``message_id`` of one account record of class ``cls``. Raises IdentityError."""
-    if cls == "executions":
-        return derive_id("executions", _key(record, "execId", cls))
+    if cls in ("executions", "executions_fast"):
+        return derive_id(cls, _key(record, "execId", cls))
     if cls == "order_status":
         _key(record, "orderId", cls)
         return derive_id("order_status", *_state(record, ORDER_STATE, _NUMERIC))
@@ -120,4 +123,9 @@ def account_event_id(cls: str, record: dict, stamped_ms: int | None = None) -> s
         # Key order must not matter: REST and WS may list the same fields in another order.
         content = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
         return derive_id("balances", record.get("accountType") or "", stamped_ms, digest(content))
+    if cls == "greeks":
+        if stamped_ms is None:
+            raise IdentityError("greeks: no version (push creationTime)")
+        content = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        return derive_id("greeks", _key(record, "baseCoin", cls), stamped_ms, digest(content))
     raise IdentityError(f"no account identity for class {cls!r}")

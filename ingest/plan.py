@@ -10,17 +10,18 @@ from __future__ import annotations
 import collections
 import time
 
-from common.topics import (MAX_ARGS_PER_REQUEST, MAX_TOPIC_CHARS_PER_CONNECTION, MAX_TOPICS_PER_CONNECTION, PRIVATE,
-                           PRIVATE_CATEGORIES)
+from common.topics import (MAX_ARGS_PER_REQUEST, MAX_TOPIC_CHARS_PER_CONNECTION, MAX_TOPICS_PER_CONNECTION, PREFIXES,
+                           PRIVATE, PRIVATE_CATEGORIES, TWO_FORM_CHANNELS, split_private)
 
 # Requests on other endpoints have no documented arg limit; keep them modest anyway so
 # one bad topic costs a small retry and acks come back quickly.
 DEFAULT_ARGS_PER_REQUEST = 50
 
 
-# Private channels with an all-in-one topic (order) and category-scoped ones (order.linear):
-# Bybit refuses the two forms in one subscribe request, and both held would push each event twice.
-TWO_FORM_CHANNELS = ("order", "execution", "position")
+# Private channels with an all-in-one topic (order, execution.fast) and category-scoped ones
+# (order.linear, execution.fast.linear): Bybit refuses the two forms in one subscribe request,
+# and both held would push each event twice.
+ALL_IN_ONE = frozenset(PREFIXES[c] for c in TWO_FORM_CHANNELS)
 
 
 def batches(endpoint: str, topics: list[str]) -> list[list[str]]:
@@ -29,20 +30,23 @@ def batches(endpoint: str, topics: list[str]) -> list[list[str]]:
     size = MAX_ARGS_PER_REQUEST.get(endpoint, DEFAULT_ARGS_PER_REQUEST)
     groups = [topics]
     if endpoint == PRIVATE:
-        whole = [t for t in topics if t in TWO_FORM_CHANNELS]
-        groups = [whole, [t for t in topics if t not in TWO_FORM_CHANNELS]]
+        whole = [t for t in topics if t in ALL_IN_ONE]
+        groups = [whole, [t for t in topics if t not in ALL_IN_ONE]]
     return [group[i:i + size] for group in groups for i in range(0, len(group), size)]
 
 
 def other_private_forms(name: str) -> list[str]:
     """The topics of the other form of a two-form private channel: ``order`` -> ``order.spot`` ...
-    ``order.option``; ``order.linear`` -> ``order``; anything else -> []."""
-    channel, _, category = name.partition(".")
-    if channel not in TWO_FORM_CHANNELS:
+    ``order.option``; ``order.linear`` -> ``order``; ``execution.fast.linear`` -> ``execution.fast``
+    (not ``execution``: a channel of its own); anything else -> []."""
+    parts = split_private(name)
+    if parts is None or parts[0] not in TWO_FORM_CHANNELS:
         return []
-    if not category:
-        return [f"{channel}.{c}" for c in PRIVATE_CATEGORIES[channel]]
-    return [channel] if category in PRIVATE_CATEGORIES[channel] else []
+    channel, category = parts
+    prefix = PREFIXES[channel]
+    if category is None:
+        return [f"{prefix}.{c}" for c in PRIVATE_CATEGORIES[channel]]
+    return [prefix]
 
 
 def private_form_clash(endpoint: str, name: str, is_held) -> str | None:

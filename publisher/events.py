@@ -129,7 +129,7 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
     if changed_keys is not None:
         body["changed_keys"] = changed_keys
         headers["changed_keys"] = ",".join(changed_keys)
-    persistent = event_class in classify.ACCOUNT_CLASSES or event_class == "system"
+    persistent = event_class in classify.DURABLE_CLASSES
     return Event(event_id=event_id, event_class=event_class, routing_key=routing_key,
                  body=dumps(body), headers=headers, persistent=persistent,
                  timestamp=int(recv_ns) // 1_000_000_000, stream=routing_key, stream_seq=stream_seq,
@@ -142,20 +142,18 @@ def _int(value, name: str) -> int:
     return value
 
 
-_ROUTES: dict[tuple[str, str], tuple[str, str | None, str, str, bytes]] = {}
+_ROUTES: dict[tuple[str, str], tuple[str, str | None, str, str, bytes, str | None]] = {}
 _MAX_ROUTES = 100_000
 
 
-def _route(endpoint: str, topic: str) -> tuple[str, str | None, str, str, bytes]:
-    """(class, symbol, routing key, stream, id prefix) of a public topic, cached (pure, bounded)."""
+def _route(endpoint: str, topic: str) -> tuple[str, str | None, str, str, bytes, str | None]:
+    """(class, symbol, routing key, stream, id prefix, category) of a public topic, cached (pure, bounded)."""
     r = _ROUTES.get((endpoint, topic))
     if r is None:
-        cls = classify.event_class(topic)
+        cls, category, symbol, key = classify.public_route(endpoint, topic)
         if cls in classify.ACCOUNT_CLASSES:
             raise FrameError(f"account topic {topic!r} on public endpoint {endpoint!r}")
-        symbol = classify.topic_symbol(topic)
-        r = (cls, symbol, classify.routing_key(cls, endpoint, symbol), f"{endpoint}:{topic}",
-             f"{endpoint}|{topic}".encode())
+        r = (cls, symbol, key, f"{endpoint}:{topic}", f"{endpoint}|{topic}".encode(), category)
         if len(_ROUTES) >= _MAX_ROUTES:
             _ROUTES.clear()
         _ROUTES[(endpoint, topic)] = r
@@ -168,10 +166,9 @@ def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = N
     topic = frame.get("topic")
     if not isinstance(topic, str):
         raise FrameError("frame has no topic")
-    category = env.endpoint
-    if not category:
+    if not env.endpoint:
         raise FrameError("envelope has no endpoint")
-    cls, symbol, routing_key, _stream, prefix = _route(category, topic)
+    cls, symbol, routing_key, _stream, prefix, category = _route(env.endpoint, topic)
     if "data" not in frame:
         raise FrameError(f"{topic}: frame has no data")
     return make_event(event_id=uuid8(prefix, env.payload), event_class=cls, source=SOURCE_BYBIT,
@@ -187,9 +184,11 @@ def market_routing_key(endpoint: str, topic: str) -> str:
 
 
 def _group_of(cls: str, topic: str, item) -> str:
-    """A private record's category (its accountType for wallet records)."""
+    """A private record's category (its accountType for wallet records; option for greeks)."""
     if not isinstance(item, dict):
         raise FrameError(f"{topic}: data element is not an object")
+    if cls == "greeks":
+        return "option"           # greeks are per option base coin and name no category
     key = "accountType" if cls == "balances" else "category"
     group = item.get(key)
     if not group:

@@ -26,11 +26,14 @@ MARKET = {
     "orderbook_l1_snapshot": ("linear", "orderbook"), "ticker_linear_snapshot": ("linear", "tickers"),
     "ticker_spot": ("spot", "tickers"), "ticker_option": ("option", "tickers"),
     "kline": ("linear", "klines"), "all_liquidation": ("linear", "liquidations"),
+    "insurance": ("linear", "insurance"), "price_limit": ("linear", "price_limits"),
 }
-ACCOUNT = {"order": "order_status", "execution": "executions", "execution_fast": "executions",
-           "position": "positions", "wallet": "balances"}
+ACCOUNT = {"order": "order_status", "execution": "executions", "execution_fast": "executions_fast",
+           "position": "positions", "wallet": "balances", "greeks": "greeks"}
+# Bybit's system-status socket (tests/publisher/test_new_streams.py covers its event).
+STATUS = {"system_status"}
 # Data pushes with no gateway event class: counted and skipped.
-UNCLASSIFIED = {"insurance": "linear", "price_limit": "linear", "system_status": "linear", "greeks": "private"}
+UNCLASSIFIED = {"dcp.future": "private", "tickers_lt.BTC3LUSDT": "spot"}
 # Control replies, requests and REST bodies: never data pushes.
 NOT_PUSHES = {"auth_fail", "auth_ok", "pong_private", "pong_public", "pong_public_option", "pong_public_spot",
               "req_auth", "req_ping", "req_subscribe", "req_subscribe_private", "req_unsubscribe",
@@ -61,7 +64,7 @@ def env_for(name: str, endpoint: str, seq: int = 7) -> Envelope:
 
 def test_every_frame_file_is_covered():
     names = {p.stem for p in FRAMES.glob("*.json")}
-    covered = set(MARKET) | set(ACCOUNT) | set(UNCLASSIFIED) | NOT_PUSHES | {"ticker_linear_delta"}
+    covered = set(MARKET) | set(ACCOUNT) | STATUS | NOT_PUSHES | {"ticker_linear_delta"}
     assert names == covered, names ^ covered
 
 
@@ -93,7 +96,7 @@ def test_account_event_body_and_properties(name):
     [ev] = Pipeline().process(env_for(name, "private"))
     body = orjson.loads(ev.body)
     cls = ACCOUNT[name]
-    group = "UNIFIED" if cls == "balances" else "linear"
+    group = {"balances": "UNIFIED", "greeks": "option"}.get(cls, "linear")
     assert list(body) == ACCOUNT_BODY_KEYS
     assert body["event_class"] == cls and body["source"] == "bybit" and body["type"] == "snapshot"
     assert body["category"] == group and body["symbol"] == frame["data"][0].get("symbol")
@@ -116,10 +119,13 @@ def test_private_push_with_several_records_makes_one_event_per_record_numbered_p
     assert len({e.event_id for e in evs}) == 3
 
 
-@pytest.mark.parametrize("name", sorted(UNCLASSIFIED))
-def test_unclassified_pushes_raise(name):
+@pytest.mark.parametrize("topic", sorted(UNCLASSIFIED))
+def test_unclassified_pushes_raise(topic):
+    frame = {"topic": topic, "ts": 1785000000000, "creationTime": 1785000000000, "data": [{"x": 1}]}
+    env = Envelope("frame", orjson.dumps(frame), endpoint=UNCLASSIFIED[topic], topic=topic, recv_ns=RECV_NS,
+                   stream_seq=1)
     with pytest.raises(UnknownTopic):
-        Pipeline().process(env_for(name, UNCLASSIFIED[name]))
+        Pipeline().process(env)
 
 
 @pytest.mark.parametrize("name", sorted(NOT_PUSHES))

@@ -13,7 +13,7 @@ EXPECTED = {
     "orderbook_delta.json": "orderbook", "orderbook_l1_snapshot.json": "orderbook",
     "ticker_linear_snapshot.json": "tickers", "ticker_linear_delta.json": "tickers", "ticker_spot.json": "tickers",
     "ticker_option.json": "tickers", "kline.json": "klines", "all_liquidation.json": "liquidations",
-    "order.json": "order_status", "execution.json": "executions", "execution_fast.json": "executions",
+    "order.json": "order_status", "execution.json": "executions", "execution_fast.json": "executions_fast",
     "position.json": "positions", "wallet.json": "balances",
 }
 
@@ -26,9 +26,9 @@ def test_recorded_frames_classify(name, cls):
 
 def test_unknown_topics_raise():
     with pytest.raises(UnknownTopic):
-        event_class("greeks")
+        event_class("dcp.future")
     with pytest.raises(UnknownTopic):
-        event_class("insurance.USDT")
+        event_class("tickers_lt.BTC3LUSDT")
 
 
 def test_routing_keys():
