@@ -23,8 +23,10 @@ demo: bootstrap
 test: bootstrap
 	@$(PY) -m pytest tests -q --durations=15
 
+## The tests that need neither PostgreSQL nor RabbitMQ nor a process of the gateway (seconds).
 unit:
-	@$(PY) -m pytest tests/unit -q
+	@PYTHON_ONLY=1 scripts/bootstrap.sh wsgw
+	@$(PY) -m pytest tests -q -m unit
 
 ## Apply / revert (the last) SQL migrations on DATABASE_URL (default: the wsgw database).
 migrate:

@@ -38,6 +38,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
+# `make unit` needs only Python: PYTHON_ONLY=1 stops here, whatever the services are doing.
+if [ "${PYTHON_ONLY:-0}" = 1 ]; then log "python ready"; exit 0; fi
+
 # --- PostgreSQL ---------------------------------------------------------------
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then

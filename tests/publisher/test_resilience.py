@@ -25,6 +25,7 @@ def _ids_by_seq(messages, name: str = "") -> dict[int, set[str]]:
     return out
 
 
+@pytest.mark.destructive
 @pytest.mark.timeout(150)
 def test_broker_outage_keeps_account_events_and_counts_market_drops(publisher, broker, amqp_url):
     pub = publisher(PUBLISHER_BUFFER=500)
