@@ -9,7 +9,7 @@ Two policies (the highest priority applies to a queue):
 - ``ws-gateway-retention`` (pattern ``^ws-gateway\\.``, priority 10): every queue,
   ``message-ttl`` = RETENTION_TTL_MS, ``max-length`` = RETENTION_MAX_LENGTH,
   ``overflow`` drop-head (a market consumer that falls behind gets the newest data).
-- ``ws-gateway-retention-account`` (the four account queues, priority 20): the
+- ``ws-gateway-retention-account`` (the account queues, priority 20): the
   same TTL, ``max-length`` = RETENTION_ACCOUNT_MAX_LENGTH (by default the same
   bound as every other queue; it may only be raised), also drop-head. Always
   set, so lowering the setting again replaces an earlier, larger bound. Why not
@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 
+from common import classify
 from common.logs import get_logger
 
 log = get_logger("publisher.retention")
@@ -39,7 +40,8 @@ log = get_logger("publisher.retention")
 POLICY = "ws-gateway-retention"
 PATTERN = r"^ws-gateway\."
 ACCOUNT_POLICY = "ws-gateway-retention-account"
-ACCOUNT_PATTERN = r"^ws-gateway\.(order_status|executions|positions|balances)$"
+# Built from the class list, so a new account class gets the account bound too.
+ACCOUNT_PATTERN = r"^ws-gateway\.(" + "|".join(sorted(classify.ACCOUNT_CLASSES)) + ")$"   # names are [a-z_]
 
 
 def policies(ttl_ms: int, max_length: int, account_max_length: int) -> list[dict]:
