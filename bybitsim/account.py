@@ -107,7 +107,12 @@ class Account:
     # -- events ------------------------------------------------------------------------
 
     def step(self, now_ms: int) -> list[tuple[str, list[dict]]]:
-        """Advance by one event; returns the pushes it causes as (topic, records)."""
+        """Advance by one event; returns the pushes it causes as (topic, records), greeks last."""
+        pushes = self._event(now_ms)
+        pushes.append(("greeks", [self._greeks()]))
+        return pushes
+
+    def _event(self, now_ms: int) -> list[tuple[str, list[dict]]]:
         self.events += 1
         r = self.rng.random()
         if not self.open or (len(self.open) < 4 and r < 0.4):
@@ -269,6 +274,16 @@ class Account:
             "coin": [coin], "accountLTV": "0", "accountType": "UNIFIED",
         }
         return {**self.wallet, "coin": [dict(coin)]}
+
+    def _greeks(self) -> dict:
+        """The option book's greeks for BTC (tests/frames/greeks.json shape). The account holds no
+        options, so they drift with the event count only: drawn without the account's rng, so
+        every other record stays what it was for a seed."""
+        n = Decimal(self.events % 1000)
+        return {"baseCoin": "BTC", "totalDelta": str(Decimal("0.41234512") + n / 10**6),
+                "totalGamma": str(Decimal("0.00004512") + n / 10**9),
+                "totalVega": str(Decimal("45.12340000") + n / 10**4),
+                "totalTheta": str(Decimal("-310.55210000") - n / 10**3)}
 
     # -- delivery ----------------------------------------------------------------------
 

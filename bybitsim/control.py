@@ -71,6 +71,10 @@ class ControlMethods:
         (``reset_ms``: None = no reset header), timestamp, retcode (``ret_code``), http (``status``)."""
         return self._call("rest_fault", {"kind": kind, "count": count, "path": path, **extra})
 
+    def status_notice(self, title: str, state: str = "ongoing", **fields) -> dict:
+        """Post or update (same ``id``) a system.status notice; subscribers get it at once."""
+        return self._call("status_notice", {"title": title, "state": state, **fields})
+
     def rest_log(self) -> list[dict]:
         return self._call("rest_log", None)["calls"]
 

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 PUBLIC_CATEGORIES = ("spot", "linear", "inverse", "option")
 PRIVATE = "private"
 ENDPOINTS = (*PUBLIC_CATEGORIES, PRIVATE)
+# The system-status socket (/v5/public/misc/status) carries one topic: maintenance and incidents.
+STATUS_ENDPOINT = "misc"
+STATUS_TOPIC = "system.status"
+NOTICE_STATES = ("scheduled", "ongoing", "completed", "canceled")
+MAINTAIN_TYPES = (1, 2, 3)          # planned, temporary, incident
 
 # Order-book depths per category socket; any other depth (e.g. the withdrawn 500) is refused.
 DEPTHS = {

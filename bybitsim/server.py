@@ -21,6 +21,7 @@ from common.logs import RateLimited, get_logger
 
 from . import httpapi
 from .options import SimOptions
+from .facts import STATUS_ENDPOINT
 from .protocol import ENDPOINTS, PRIVATE, parse_max_active_time
 from .session import Conn, handle_text
 from .sim import Simulator, now_ms
@@ -114,6 +115,8 @@ class SimServer:
         endpoint = None
         if url.path.startswith("/v5/public/") and len(parts) == 4 and parts[3] in ENDPOINTS[:4]:
             endpoint = parts[3]
+        elif url.path.rstrip("/") == "/v5/public/misc/status":
+            endpoint = STATUS_ENDPOINT
         elif url.path.rstrip("/") == "/v5/private":
             endpoint = PRIVATE
         if endpoint is None or request.headers.get("Upgrade", "").lower() != "websocket":
@@ -191,7 +194,8 @@ class SimServer:
                     at_ms = now_ms()
                     for topic, payload in zip(topics, payloads):
                         sim.sent(conn, topic)
-                        sim.account.record_push(conn.id, payload, at_ms)   # the bytes sent, not the dicts
+                        if conn.endpoint == PRIVATE:
+                            sim.account.record_push(conn.id, payload, at_ms)   # the bytes sent, not the dicts
                 if sim.rate > 0 and conn.due:
                     await self._public_pass(conn, 1.0 / sim.rate)
                     if conn.due:

@@ -12,6 +12,7 @@ from collections import deque
 
 import orjson
 
+from . import facts
 from . import protocol as p
 from .streams import Stream, make_stream
 
@@ -88,6 +89,8 @@ def topic_error(sim, conn: Conn, topic) -> str | None:
         return p.handler_not_found(topic)
     if conn.endpoint == p.PRIVATE:
         return p.private_topic_error(topic, conn.authenticated)
+    if conn.endpoint == facts.STATUS_ENDPOINT:
+        return None if topic == facts.STATUS_TOPIC else p.handler_not_found(topic)
     return p.public_topic_error(conn.endpoint, topic, sim.symbols)
 
 
@@ -97,7 +100,12 @@ def _subscribe(sim, conn: Conn, args, req_id) -> dict:
     now = time.monotonic()
     for topic in plan.accepted:
         stream = None
-        if conn.endpoint != p.PRIVATE:
+        if conn.endpoint == facts.STATUS_ENDPOINT:
+            # the notices known now, then each change as it is posted (op status_notice)
+            frame = sim.status_frame(None)
+            if frame is not None:
+                conn.pushes.append((topic, frame))
+        elif conn.endpoint != p.PRIVATE:
             stream = make_stream(sim.market, conn.endpoint, topic, sim.opts.seed)
             conn.due[topic] = now
         conn.topics[topic] = stream

@@ -14,6 +14,7 @@ from collections import Counter, deque
 
 from common.logs import RateLimited, get_logger
 
+from . import facts
 from .account import Account
 from .faults import REJECT_MODES, Faults
 from .market import Market
@@ -45,13 +46,14 @@ class Simulator:
         self.faults = Faults(reject_mode=opts.reject_mode)
         self.account = Account(self.market, opts.seed, opts.account_symbols, opts.max_pushes, opts.push_window_s)
         self.conns: dict[str, Conn] = {}
-        self.connections_opened = Counter({e: 0 for e in ENDPOINTS})
-        self.pings = Counter({e: 0 for e in ENDPOINTS})
+        self.connections_opened = Counter({e: 0 for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)})
+        self.pings = Counter({e: 0 for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)})
         self.frames_sent: Counter = Counter()
         self.counters: Counter = Counter()
         self.auth_attempts = 0
         self.auth_failures = 0
         self.rest_log: deque = deque(maxlen=1000)    # REST calls answered: at_ms, path, query, status, retCode, fault
+        self.notices: dict[str, dict] = {}           # system.status notices by id, as last posted
         self._warn = RateLimited(log)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -147,8 +149,8 @@ class Simulator:
         endpoint = payload.get("endpoint")
         if endpoint is None and not required:
             return None
-        if endpoint not in ENDPOINTS:
-            raise ControlError(f"endpoint must be one of {', '.join(ENDPOINTS)}"
+        if endpoint not in (*ENDPOINTS, facts.STATUS_ENDPOINT):
+            raise ControlError(f"endpoint must be one of {', '.join((*ENDPOINTS, facts.STATUS_ENDPOINT))}"
                                + ("" if required else " or null"))
         return endpoint
 
@@ -160,7 +162,8 @@ class Simulator:
         return value
 
     def op_state(self, payload: dict) -> dict:
-        subscribed = {e: sorted({t for c in self.matching(e) for t in c.topics}) for e in ENDPOINTS}
+        subscribed = {e: sorted({t for c in self.matching(e) for t in c.topics})
+                      for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)}
         return {"connections": [c.describe() for c in self.conns.values()],
                 "subscribed": subscribed,
                 "connections_opened": dict(self.connections_opened),
@@ -290,6 +293,60 @@ class Simulator:
 
     def op_rest_log(self, payload: dict) -> dict:
         return {"calls": list(self.rest_log)}
+
+    # -- system.status -------------------------------------------------------------------
+
+    def status_frame(self, notices: list[dict] | None) -> dict | None:
+        """A system.status push of ``notices`` (None: every notice known); None when there are none."""
+        data = list(self.notices.values()) if notices is None else notices
+        if not data:
+            return None
+        return {"topic": facts.STATUS_TOPIC, "ts": now_ms(), "data": [dict(n) for n in data]}
+
+    def op_status_notice(self, payload: dict) -> dict:
+        """Post (or update, by ``id``) a maintenance or incident notice; subscribers get it now.
+        ``{"title", "state"?, "id"?, "begin"?, "end"?, "maintainType"?, "serviceTypes"?, "product"?, "href"?}``"""
+        title = payload.get("title")
+        if not isinstance(title, str) or not title:
+            raise ControlError("title must be a non-empty string")
+        state = payload.get("state", "ongoing")
+        if state not in facts.NOTICE_STATES:
+            raise ControlError(f"state must be one of {', '.join(facts.NOTICE_STATES)}")
+        kind = payload.get("maintainType", 3)
+        if kind not in facts.MAINTAIN_TYPES or isinstance(kind, bool):
+            raise ControlError("maintainType must be 1 (planned), 2 (temporary) or 3 (incident)")
+        now = now_ms()
+        times = {}
+        for key, default in (("begin", now), ("end", now + 3_600_000)):
+            value = payload.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ControlError(f"{key} must be ms since the epoch")
+            times[key] = str(value)       # Bybit sends them as strings
+        lists = {}
+        for key, default in (("serviceTypes", [5]), ("product", [1, 2])):
+            value = payload.get(key, default)
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ControlError(f"{key} must be a list of integers")
+            lists[key] = value
+        notice_id = payload.get("id") or str(uuid.uuid4())
+        if not isinstance(notice_id, str):
+            raise ControlError("id must be a string")
+        href = payload.get("href", "")
+        if not isinstance(href, str):
+            raise ControlError("href must be a string")
+        notice = {"id": notice_id, "title": title, "state": state, "begin": times["begin"], "end": times["end"],
+                  "href": href, "serviceTypes": lists["serviceTypes"], "product": lists["product"],
+                  "uidSuffix": [], "maintainType": kind, "env": 1}
+        self.notices[notice_id] = notice
+        frame = self.status_frame([notice])
+        pushed = []
+        for conn in self.matching(facts.STATUS_ENDPOINT):
+            if facts.STATUS_TOPIC in conn.topics and not conn.closing:
+                conn.pushes.append((facts.STATUS_TOPIC, frame))
+                conn.wake()
+                pushed.append(conn.id)
+        log.info("hook_status_notice", notice_id=notice_id, state=state, pushed=len(pushed))
+        return {"ok": True, "notice": notice, "pushed_to": pushed}
 
     def op_reset(self, payload: dict) -> dict:
         self.faults.reset()

@@ -31,7 +31,7 @@ def test_state_has_the_documented_shape(client, sim):
     assert conn["topics"] == ["publicTrade.BTCUSDT"] and conn["authenticated"] is False
     assert state["subscribed"]["linear"] == ["publicTrade.BTCUSDT"]
     assert set(state["subscribed"]) == set(state["connections_opened"]) == {
-        "spot", "linear", "inverse", "option", "private"}
+        "spot", "linear", "inverse", "option", "private", "misc"}
     assert state["pings"]["linear"] >= 1 and state["frames_sent"]["linear:publicTrade.BTCUSDT"] >= 1
 
 
