@@ -78,6 +78,12 @@ class Settings:
     max_new_connections_5min: int = 400
     handoff_buffer: int = 100_000
     handoff_buffer_mb: int = 32
+    # recording of every raw frame ingest receives (ingest/recorder.py); None = off
+    record_dir: Path | None = None
+    record_rotate_mb: float = 64.0
+    record_rotate_s: float = 3600.0
+    record_max_mb: float = 4096.0
+    record_queue_mb: float = 64.0
     # publisher
     retention_ttl_ms: int = 86_400_000
     retention_max_length: int = 100_000
@@ -234,6 +240,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if account_max_length < max_length:
         raise ConfigError(f"RETENTION_ACCOUNT_MAX_LENGTH: {account_max_length} is below RETENTION_MAX_LENGTH "
                           f"({max_length}); it may only raise the account queues' bound")
+    record_dir = e.str("GW_RECORD_DIR", "")
+    record_rotate_mb = e.float("GW_RECORD_ROTATE_MB", 64.0, 0.01, 1_000_000.0)
+    record_max_mb = e.float("GW_RECORD_MAX_MB", 4096.0, 0.01)
+    if record_max_mb < record_rotate_mb:
+        raise ConfigError(f"GW_RECORD_MAX_MB: {record_max_mb:g} is below GW_RECORD_ROTATE_MB ({record_rotate_mb:g}); "
+                          "the bound on all files must hold at least one whole file")
     return Settings(
         bybit_env=bybit_env,
         ws_public_base=e.url("BYBIT_WS_PUBLIC_URL", ws_public, ("ws", "wss")),
@@ -256,6 +268,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_new_connections_5min=e.int("GW_MAX_NEW_CONNECTIONS_5MIN", 400, 1, 500),
         handoff_buffer=e.int("GW_HANDOFF_BUFFER", 100_000, 100),
         handoff_buffer_mb=e.int("GW_HANDOFF_BUFFER_MB", 32, 1, 4096),
+        record_dir=Path(record_dir).resolve() if record_dir else None,
+        record_rotate_mb=record_rotate_mb,
+        record_rotate_s=e.float("GW_RECORD_ROTATE_S", 3600.0, 1.0, 7 * 86400.0),
+        record_max_mb=record_max_mb,
+        record_queue_mb=e.float("GW_RECORD_QUEUE_MB", 64.0, 1.0, 4096.0),
         retention_ttl_ms=e.int("RETENTION_TTL_MS", 86_400_000, 1000),
         retention_max_length=max_length,
         retention_account_max_length=account_max_length,

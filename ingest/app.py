@@ -11,9 +11,9 @@ import time
 import orjson
 
 from common import addresses
-from common.config import settings_or_exit
+from common.config import ConfigError, settings_or_exit
 from common.logs import get_logger, setup_logging
-from ingest import store
+from ingest import recorder, store
 from ingest.control import ControlServer
 from ingest.handoff import Handoff
 from ingest.manager import Manager
@@ -30,6 +30,12 @@ def main() -> None:
     settings = settings_or_exit("ingest")
     setup_logging("ingest", settings.log_level)
     log.info("starting", settings=settings.describe())
+    if settings.record_dir is not None:
+        try:
+            recorder.prepare_dir(settings.record_dir)
+        except ConfigError as exc:   # as a bad setting: exit 2 naming it
+            log.critical("bad_setting", error=str(exc))
+            sys.exit(2)
     try:
         asyncio.run(run(settings))
     except Exception:
@@ -50,6 +56,10 @@ class Ingest:
         settings.status_dir.mkdir(parents=True, exist_ok=True)
         self.handoff = Handoff(settings.run_dir, settings.handoff_buffer, settings.handoff_buffer_mb)
         self.mgr = Manager(settings, self.handoff)
+        self.recorder = None
+        if settings.record_dir is not None:
+            self.recorder = self.mgr.recorder = recorder.Recorder.from_settings(settings)
+            self.recorder.start()
         self.reconciler = None
         if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
             self.reconciler = self.mgr.reconciler = Reconciler(settings, self.handoff)
@@ -114,6 +124,7 @@ class Ingest:
                 write_status(path, {"process": "ingest", "pid": os.getpid(), "updated_at": time.time(),
                                     "started_at": self.started, "epoch": self.handoff.epoch,
                                     "database": self.db_state, "handoff": self.handoff.stats(),
+                                    "recording": self.recorder.status() if self.recorder else {"enabled": False},
                                     **self.mgr.status()})
             except OSError as exc:
                 log.warning("status_write_failed", error=str(exc))
@@ -123,6 +134,8 @@ class Ingest:
         if self.reconciler is not None:
             await self.reconciler.close()
         await self.mgr.close()
+        if self.recorder is not None:    # after the sockets: every frame they read is written
+            await asyncio.to_thread(self.recorder.close)
         self.mgr.flush_metrics()
         self.handoff.flush()
         self.control.close()

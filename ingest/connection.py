@@ -57,6 +57,7 @@ class Connection:
         self._closed = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._bad = RateLimited(log, 5.0)
+        self.recorder = getattr(mgr, "recorder", None)   # ingest.recorder.Recorder when GW_RECORD_DIR is set
 
     # -- called by the manager -------------------------------------------------
     def start(self) -> None:
@@ -210,6 +211,8 @@ class Connection:
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while True:
             raw = await asyncio.wait_for(session.ws.recv(decode=False), max(0.1, deadline - time.monotonic()))
+            if self.recorder is not None:
+                self.recorder.record(time.time_ns(), self.endpoint, self.id, session.serial, raw)
             try:
                 ctl = parse.classify_control(parse.loads(raw))
             except parse.FrameError:
@@ -379,6 +382,8 @@ class Connection:
                 raw = await ws.recv(decode=False)
                 recv_ns = time.time_ns()
                 session.last_rx = time.monotonic()
+                if self.recorder is not None:
+                    self.recorder.record(recv_ns, self.endpoint, self.id, session.serial, raw)
                 try:
                     obj = parse.loads(raw)
                 except parse.FrameError as exc:
