@@ -10,7 +10,7 @@ stops the whole worker for 2 s. Ten of them stalled /health for 4 s (measured).
 
 ``LingeringCloser`` keeps the same rule (FIN first, drain up to ``max_drain`` bytes, close at
 the client's FIN or the deadline) for any number of sockets at once in one daemon thread
-per worker, so the main loop never waits. Installed by ``api/gunicorn_conf.py`` in each
+per worker, so the main loop never waits. Installed by ``api/gunicorn_patches.py`` in each
 worker; tests/api/test_gunicorn.py holds it.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ log = get_logger("api.errors")
 
 # Status -> default code for the errors neither a view nor a model names: werkzeug's own
 # (routing, size limit...) and gunicorn's (request line or headers too large, not HTTP:
-# api/gunicorn_conf.py, write_json_error).
+# api/gunicorn_patches.py, write_json_error).
 STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     409: "conflict", 413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",

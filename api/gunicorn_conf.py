@@ -70,37 +70,6 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
-# gthread gives every new connection a pool thread, which waits up to 5 s for its first bytes
-# before handing the connection back to the poller (gunicorn's DEFAULT_WORKER_DATA_TIMEOUT, not
-# a setting). Connections that open and stay silent (pre-connecting client pools, TCP probes, a
-# port scan) therefore hold the 4 threads of a worker: 20 of them stalled a /health call for
-# 14.8 s (measured on gunicorn 27.0.1). A request's first bytes follow its connect within a
-# round trip, so 20 ms is plenty; a slower client waits on the poller, holding no thread.
-# tests/api/test_gunicorn.py holds this (idle connections do not stall /health).
-FIRST_BYTES_WAIT_S = 0.02
-
-
-# Requests gunicorn refuses before the app sees them (request line over 4094 bytes, headers too
-# large, malformed HTTP) get gunicorn's HTML page; clients of this API parse one error shape,
-# so they get it here too: {"error": {"code", "message", "details"}}, with gunicorn's status,
-# reason and message. gunicorn has no setting for this; its one writer of these pages is
-# gunicorn.util.write_error(sock, status, reason, message), replaced in each worker.
-# tests/api/test_gunicorn.py holds this (a 9 KB URL, 9 KB of headers, a garbage request line).
-# Runs in a worker, where the app (api.errors with it) is already loaded; the master never
-# imports the app, so HUP still loads new code.
-def write_json_error(sock, status_int, reason, mesg):
-    import orjson
-    from gunicorn import util
-
-    from api.errors import STATUS_CODES
-
-    body = orjson.dumps({"error": {"code": STATUS_CODES.get(status_int, "http_error"),
-                                   "message": f"{reason}: {mesg}" if mesg else reason, "details": None}})
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
-    util.write_nonblock(sock, head.encode("latin1") + body)
-
-
 # A pool thread reads a request and writes its answer on a blocking socket with no timeout: a
 # client that stops mid-request (crashed, network gone) held that thread for good, and 12 such
 # connections left no thread to answer /health (measured: every call timed out). A kernel
@@ -128,20 +97,9 @@ def _set_io_timeouts(worker) -> None:
 
 
 def post_worker_init(worker):
-    from gunicorn import util
-    from gunicorn.workers import gthread
+    from api import gunicorn_patches
 
-    from api.closer import LingeringCloser
-
-    util.write_error = write_json_error
-    # Lingering closes (RFC 9112 9.6) in a thread of their own, not in the main loop that
-    # dispatches requests: see api/closer.py.
-    util.close_graceful = LingeringCloser().close
-    if getattr(gthread, "DEFAULT_WORKER_DATA_TIMEOUT", None) is None:
-        worker.log.warning("gunicorn's gthread has no DEFAULT_WORKER_DATA_TIMEOUT: silent connections "
-                           "may hold worker threads for seconds")
-        return
-    gthread.DEFAULT_WORKER_DATA_TIMEOUT = FIRST_BYTES_WAIT_S
+    gunicorn_patches.apply(worker, _settings.api_gunicorn_patches)
 
 
 # A body the application refuses unread (413: past the API's 16 KB limit) is left on the socket.

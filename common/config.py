@@ -92,6 +92,8 @@ class Settings:
     publisher_buffer: int = 200_000
     publisher_buffer_mb: int = 48
     publisher_backoff_max_s: float = 5.0
+    publisher_fast_path: bool = True
+    api_gunicorn_patches: bool = True
     # ops: a program whose status file stops moving for this long is restarted
     stall_after_s: float = 20.0
     # persister
@@ -280,6 +282,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         publisher_buffer=e.int("PUBLISHER_BUFFER", 200_000, 100),
         publisher_buffer_mb=e.int("PUBLISHER_BUFFER_MB", 48, 1, 4096),
         publisher_backoff_max_s=e.float("PUBLISHER_BACKOFF_MAX_S", 5.0, 0.1, 30.0),
+        publisher_fast_path=e.choice("PUBLISHER_FAST_PATH", ("on", "off"), "on") == "on",
+        api_gunicorn_patches=e.choice("API_GUNICORN_PATCHES", ("on", "off"), "on") == "on",
         rabbitmq_management_url=(e.url("RABBITMQ_MANAGEMENT_URL", "", ("http", "https"))
                                  if e.str("RABBITMQ_MANAGEMENT_URL", "") else ""),
         stall_after_s=e.float("GW_STALL_AFTER_S", 20.0, 2.0, 600.0),

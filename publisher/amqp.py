@@ -13,183 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import struct
 import time
 from collections import OrderedDict
 from typing import Callable
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PlainTransport
 
 from common import classify
 from common.logs import get_logger
 from publisher.events import Event
+from publisher.pika_fast import _MAX_ITEMS, CorkedConnection, EventProperties, content_frames, fast_path, \
+    publish_frames
 
 log = get_logger("publisher.amqp")
 
 DOWN, CONNECTING, READY, CLOSING = "down", "connecting", "ready", "closing"
-
-
-class CorkedConnection(AsyncioConnection):
-    """An AsyncioConnection with three shortcuts on the publisher's hot path.
-
-    - ``cork()``/``uncork()``: pika writes each AMQP frame (method, header, body: three
-      per publish) with its own send(2); between the two calls the frames of a whole
-      batch of publishes go out in one write instead (measured: the send calls were
-      the largest single cost of the publisher under load).
-    - Writes go to the socket at once when nothing is queued ahead of them. pika only
-      buffers them and asks the loop to watch for writability, which costs a loop turn
-      and two epoll_ctl calls per batch. Whatever the kernel does not take (or any
-      error) goes through pika's own write path, which handles it as before.
-    - Basic.Ack/Basic.Nack frames of the confirm channel go straight to one handler
-      (``on_confirm_frames``), not through pika's generic callback registry, which
-      costs more than the rest of the confirm handling (tests/publisher/test_transport.py
-      checks both of these shortcuts against the real broker).
-    """
-
-    _cork: list | None = None
-    _confirms: tuple[int, Callable] | None = None     # (channel number, handler)
-
-    def on_confirm_frames(self, channel_number: int, handler: Callable) -> None:
-        self._confirms = (channel_number, handler)
-
-    def _process_frame(self, frame_value) -> None:
-        fast = self._confirms
-        if (fast is not None and frame_value.frame_type == _FRAME_METHOD
-                and frame_value.channel_number == fast[0]
-                and frame_value.method.__class__ in _CONFIRM_METHODS):
-            self.frames_received += 1
-            fast[1](frame_value)
-            return
-        super()._process_frame(frame_value)
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if self._cork is not None:
-            self._cork.append(data)
-        else:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        t = self._transport
-        if t.__class__ is _PlainTransport and t._state == t._STATE_ACTIVE and not t._tx_buffers:
-            try:
-                sent = t._sock.send(data)
-            except OSError:        # EAGAIN, or a real error that pika's path will meet and report
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super()._adapter_emit_data(data)
-
-    def cork(self) -> None:
-        if self._cork is None:
-            self._cork = []
-
-    def uncork(self) -> None:
-        data, self._cork = self._cork, None
-        if data:
-            self._write(b"".join(data))
-
-
-_FRAME_METHOD = pika.spec.FRAME_METHOD
-_CONFIRM_METHODS = (pika.spec.Basic.Ack, pika.spec.Basic.Nack)
-
-
-_U32, _U64, _I64 = struct.Struct(">I").pack, struct.Struct(">Q").pack, struct.Struct(">q").pack
-_I32 = struct.Struct(">i").pack
-# content_type | headers | delivery_mode | message_id | timestamp (AMQP 0-9-1 basic property flags)
-_FLAGS = struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0040)
-_CONTENT_TYPE = b"\x10application/json"
-_MODES = {1: b"\x01", 2: b"\x02"}
-_MAX_ITEMS = 10_000
-_H = struct.Struct(">H").pack
-# AMQP 0-9-1 frames: type, channel, payload size, payload, frame-end (0xCE).
-_FRAME_END = b"\xce"
-_BASIC_PUBLISH = struct.pack(">IH", 0x003C0028, 0)     # class 60 method 40, ticket 0
-_HEADER_CLASS = struct.pack(">HH", 60, 0)              # class Basic, weight 0
-
-
-def publish_frames(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
-    """The Basic.Publish method frame, exactly as pika marshals it (the same for every
-    message to one routing key on one channel)."""
-    payload = _BASIC_PUBLISH + _short(exchange) + _short(routing_key) + (b"\x01" if mandatory else b"\x00")
-    return b"\x01" + _H(channel) + _U32(len(payload)) + payload + _FRAME_END
-
-
-def content_frames(channel: int, props: bytes, body: bytes, body_max: int) -> tuple[bytes, int]:
-    """(header frame + body frames, frame count) as pika's ``_send_message`` writes them."""
-    ch = _H(channel)
-    size = len(body)
-    parts = [b"\x02", ch, _U32(12 + len(props)), _HEADER_CLASS, _U64(size), props, _FRAME_END]
-    n = 1
-    for start in range(0, size, body_max):
-        chunk = body[start:start + body_max]
-        parts += (b"\x03", ch, _U32(len(chunk)), chunk, _FRAME_END)
-        n += 1
-    return b"".join(parts), n
-
-
-def _short(s: str) -> bytes:
-    b = s.encode()
-    if len(b) > 255:
-        raise ValueError(f"short string too long: {s[:40]!r}...")
-    return bytes((len(b),)) + b
-
-
-class EventProperties(pika.BasicProperties):
-    """The publisher's fixed property set, encoded in one pass.
-
-    pika's generic ``BasicProperties.encode`` walks all 14 properties and type-checks
-    every header value; it was the publisher's largest cost after the socket
-    writes. This encodes exactly content_type, headers (str and int values),
-    delivery_mode, message_id and timestamp, byte for byte as pika would
-    (tests/publisher/test_amqp_encoding.py compares them).
-    """
-
-    # The properties this class never sets (pika's __init__ would set all 14 to None).
-    content_encoding = priority = correlation_id = reply_to = expiration = None
-    type = user_id = app_id = cluster_id = None
-    content_type = "application/json"
-    _keys: dict[str, bytes] = {}
-    _items: dict[tuple[str, str], bytes] = {}
-
-    def __init__(self, message_id: str, timestamp: int, headers: dict, delivery_mode: int):
-        # Not calling pika's __init__: it only assigns the 14 attributes, the class has the rest.
-        self.message_id, self.timestamp, self.headers, self.delivery_mode = \
-            message_id, timestamp, headers, delivery_mode
-
-    def encode(self) -> list[bytes]:
-        return [self.encode_bytes()]
-
-    def encode_bytes(self) -> bytes:
-        table = []
-        keys, items = self._keys, self._items
-        for key, value in self.headers.items():
-            if value.__class__ is str:
-                # (key, str value) pairs repeat per stream (class, category, symbol, trace id):
-                # encoded once, then looked up.
-                kv = items.get((key, value))
-                if kv is None:
-                    if len(items) >= _MAX_ITEMS:
-                        items.clear()
-                    b = value.encode()
-                    kv = items[(key, value)] = _short(key) + b"S" + _U32(len(b)) + b
-                table.append(kv)
-                continue
-            k = keys.get(key)
-            if k is None:
-                k = keys[key] = _short(key)
-            table.append(k)
-            if value.__class__ is int:
-                # pika: 32-bit signed 'I' when it fits, else 64-bit 'l'
-                table.append(b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value))
-            else:
-                raise TypeError(f"header {key!r}: unsupported value {value!r}")
-        body = b"".join(table)
-        mid = self.message_id.encode()
-        return b"".join((_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, _MODES[self.delivery_mode],
-                         bytes((len(mid),)) + mid, _U64(self.timestamp)))
 
 
 def backoff_delay(attempt: int, cap: float, rng=random.random) -> float:
@@ -206,7 +45,11 @@ class Broker:
                  on_confirm: Callable[[list[tuple[Event, float]], bool, float], None],
                  on_lost: Callable[[list[Event], str], None],
                  on_return: Callable[[str, str, str, str], None],
-                 backoff_max_s: float = 30.0, heartbeat_s: int = 20):
+                 backoff_max_s: float = 30.0, heartbeat_s: int = 20, fast_path_enabled: bool = True):
+        self.fast, why = fast_path(fast_path_enabled)
+        self.path = "fast" if self.fast else f"pika public API: {why}"
+        if not self.fast:
+            log.warning("publishing through pika's public API (slower)", reason=why)
         self.params = pika.URLParameters(url)
         self.params.heartbeat = heartbeat_s
         self.params.connection_attempts = 1
@@ -218,7 +61,7 @@ class Broker:
         self.since = time.time()
         self.last_error = ""
         self.connects = 0
-        self._conn: CorkedConnection | None = None
+        self._conn: AsyncioConnection | None = None
         self._ch = None
         self._tag = 0
         self._return_tag = 0          # delivery tag of the last returned event found
@@ -244,10 +87,9 @@ class Broker:
         if self.state == CLOSING:
             return
         self._set_state(CONNECTING)
-        self._conn = CorkedConnection(self.params, on_open_callback=self._on_conn_open,
-                                       on_open_error_callback=self._on_conn_error,
-                                       on_close_callback=self._on_conn_closed,
-                                       custom_ioloop=asyncio.get_running_loop())
+        self._conn = (CorkedConnection if self.fast else AsyncioConnection)(
+            self.params, on_open_callback=self._on_conn_open, on_open_error_callback=self._on_conn_error,
+            on_close_callback=self._on_conn_closed, custom_ioloop=asyncio.get_running_loop())
 
     def _schedule_reconnect(self) -> None:
         if self.state == CLOSING:
@@ -293,7 +135,8 @@ class Broker:
         self._return_tag = 0
         ch.add_on_close_callback(self._on_channel_closed)
         ch.add_on_return_callback(self._on_returned)
-        self._conn.on_confirm_frames(ch.channel_number, self._on_delivery)
+        if self.fast:
+            self._conn.on_confirm_frames(ch.channel_number, self._on_delivery)
         ch.confirm_delivery(ack_nack_callback=self._on_delivery, callback=lambda _f: self._declare(ch))
 
     def _on_channel_closed(self, ch, exc) -> None:
@@ -356,11 +199,11 @@ class Broker:
         return self.state == READY and self._ch is not None and self._ch.is_open
 
     def cork(self) -> None:
-        if self._conn is not None:
+        if self.fast and self._conn is not None:
             self._conn.cork()
 
     def uncork(self) -> None:
-        if self._conn is not None:
+        if self.fast and self._conn is not None:
             self._conn.uncork()
 
     def publish(self, ev: Event) -> None:
@@ -372,6 +215,13 @@ class Broker:
         hands them to the connection as one write, keeping pika's byte and frame counts.
         """
         ch, conn = self._ch, self._conn
+        if not self.fast:
+            ch.basic_publish(classify.EXCHANGE, ev.routing_key, ev.body, pika.BasicProperties(
+                content_type="application/json", headers=ev.headers, delivery_mode=2 if ev.persistent else 1,
+                message_id=ev.event_id, timestamp=ev.timestamp), mandatory=True)
+            self._tag += 1
+            self.inflight[self._tag] = (ev, time.perf_counter())
+            return
         if not ch.is_open:
             ch._raise_if_not_open()   # pika's error for the channel's state
         methods = self._method_frames

@@ -443,7 +443,8 @@ class Service:
             ctx.term()
             return 1
         self.broker = Broker(self.s.rabbitmq_url, on_ready=self._on_ready, on_confirm=self._on_confirm,
-                             on_lost=self._on_lost, on_return=self._on_return, backoff_max_s=self.s.publisher_backoff_max_s)
+                             on_lost=self._on_lost, on_return=self._on_return, backoff_max_s=self.s.publisher_backoff_max_s,
+                             fast_path_enabled=self.s.publisher_fast_path)
         log.info("publisher started", address=address, window=self.window, buffer=self.s.publisher_buffer,
                  spooled=self.outbox.spool_depth, settings=self.s.describe())
         self.broker.start()

@@ -22,7 +22,8 @@ def status_doc(svc) -> dict:
     return {
         "process": "publisher", "pid": os.getpid(), "updated_at": time.time(),
         "broker": {"state": b.state if b else "down", "since": b.since if b else None,
-                   "connects": b.connects if b else 0, "last_error": b.last_error if b else ""},
+                   "connects": b.connects if b else 0, "last_error": b.last_error if b else "",
+                   "path": b.path if b else None},
         "buffered": len(svc.outbox), "in_memory": svc.outbox.in_memory,
         "spool_depth": svc.outbox.spool_depth, "unconfirmed": len(b.inflight) if b else 0,
         "dropped": dict(svc.outbox.dropped), "returned": dict(t.returned), "published": dict(t.published),

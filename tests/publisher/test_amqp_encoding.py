@@ -8,7 +8,8 @@ from pika.callback import CallbackManager
 from pika.channel import Channel
 
 from common import classify
-from publisher.amqp import Broker, CorkedConnection, EventProperties, backoff_delay
+from publisher.amqp import Broker, backoff_delay
+from publisher.pika_fast import CorkedConnection, EventProperties
 from tests.publisher.test_events import env_for
 from publisher.pipeline import Pipeline
 

@@ -1,4 +1,4 @@
-"""The publisher's transport shortcuts (publisher.amqp.CorkedConnection) against the real RabbitMQ.
+"""The publisher's transport shortcuts (publisher.pika_fast.CorkedConnection) against the real RabbitMQ.
 
 - writes go to the socket at once, and what the kernel does not take goes through pika's
   own buffer: a batch far larger than the socket's send buffer still arrives whole;
