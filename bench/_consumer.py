@@ -133,6 +133,12 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
                 conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
                 ch = conn.channel()
                 ch.basic_qos(prefetch_count=2000)
+
+                def cancelled(_frame):
+                    # a queue deleted under us: consume again once the gateway has declared it anew
+                    raise pika.exceptions.ConsumerCancelled("queue deleted")
+
+                ch.add_on_cancel_callback(cancelled)
                 for queue in QUEUES:
                     ch.basic_consume(queue, on_message)
                 state["tag"] = 0

@@ -313,6 +313,52 @@ class Run:
                 res.error = f"expected 3 rate-limited calls, saw {len(calls)}"
         return run
 
+    def delete_account_queue(self, queue: str = "ws-gateway.executions"):
+        """An operator deletes an account queue while fills flow: the publisher declares the
+        topology again and publishes what came back unroutable; the ledger must lose no fill."""
+        def run(res: Result) -> None:
+            import pika
+
+            conn = pika.BlockingConnection(pika.URLParameters(self.gw.amqp_url))
+            try:
+                # deleted while empty: what RabbitMQ already routed into it would die with it
+                wait_for(lambda: conn.channel().queue_declare(queue, passive=True).method.message_count == 0,
+                         30, interval=0.05, message=f"{queue} drained by the consumer")
+                t0 = time.time()
+                conn.channel().queue_delete(queue)
+            finally:
+                conn.close()
+            ev = self.event("topology_restored", t0, 60)
+            res.detected_by = f"system.topology_restored ({ev['data'].get('trigger')})"
+            res.detect_s = round(ev["t"] - t0, 2)
+            res.recovered_s, res.target_s = round(ev["t"] - t0, 2), OUTAGE_TARGET_S
+            res.recovery_what = f"{queue} declared again, {ev['data'].get('republished', 0)} returned events republished"
+        return run
+
+    def stalled_ingest(self):
+        """ingest's loop stops (SIGSTOP): the eventlistener restarts it and says so."""
+        def run(res: Result) -> None:
+            old = pids(self.gw)["ingest"]
+            t0 = time.time()
+            os.kill(old, signal.SIGSTOP)
+            try:
+                ev = self.event("process_stalled", t0, 120, lambda e: e["data"].get("program") == "ingest")
+                res.detected_by = f"system.process_stalled (silent {ev['data'].get('silent_s')} s)"
+                res.detect_s = round(ev["t"] - t0, 2)
+                wait_for(lambda: (p := pids(self.gw).get("ingest")) not in (None, old), 120, interval=0.1,
+                         message="ingest restarted")
+            finally:
+                try:
+                    os.kill(old, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            want = {"linear": self.expect_linear, "private": self.expect_private}
+            wait_for(lambda: all(want[e] <= self.subscribed(e) for e in want), 60, interval=0.05,
+                     message="every subscription back")
+            res.recovered_s = round(time.time() - t0, 2)
+            res.recovery_what = "restarted by the eventlistener, every subscription back"
+        return run
+
     def rabbitmq_outage(self):
         def run(res: Result) -> None:
             t0 = time.time()

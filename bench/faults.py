@@ -33,7 +33,7 @@ TRADE_TOPICS, BOOK = 20, "orderbook.50.B0USDT"
 # How quickly a dead link is noticed is a setting: the run uses a short ping so it stays short.
 GATEWAY_ENV = {"GW_PING_INTERVAL_S": "2", "GW_DEAD_AFTER_S": "6", "GW_BACKOFF_MAX_S": "30",
                "PUBLISHER_BACKOFF_MAX_S": os.environ.get("PUBLISHER_BACKOFF_MAX_S", "5"),
-               "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0", "GW_LOG_LEVEL": "info"}
+               "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0", "GW_LOG_LEVEL": "info", "GW_STALL_AFTER_S": "5"}
 
 
 def faults(run: Run) -> list[tuple[str, object]]:
@@ -45,7 +45,8 @@ def faults(run: Run) -> list[tuple[str, object]]:
         ("auth_failure", run.auth_failure()), ("rejected_topic", run.rejected_topic()),
         ("args_size_over_10", run.args_over_10()), ("book_gap", run.book("book_gap")),
         ("book_u1_reset", run.book("book_reset")), ("max_active_time_close", run.max_active_time()),
-        ("rest_10006", run.rest_10006()),
+        ("rest_10006", run.rest_10006()), ("deleted_account_queue", run.delete_account_queue()),
+        ("stalled_ingest", run.stalled_ingest()),
         ("rabbitmq_stop_start", run.rabbitmq_outage()), ("postgres_stop_start", run.postgres_outage()),
     ]
 
