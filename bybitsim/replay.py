@@ -180,11 +180,12 @@ class Track:
 def load_tracks(paths) -> tuple[list[Track], dict]:
     """Tracks from recording files or directories; RecordingError for a bad recording."""
     tracks: dict[tuple[str, str, str], Track] = {}
-    counts = {"records": 0, "data": 0, "control": 0}
+    counts = {"records": 0, "data": 0, "control": 0, "unserved": 0}
     for rec in read_recording(paths):
         counts["records"] += 1
-        if rec.endpoint not in ENDPOINTS:
-            raise RecordingError(f"record {counts['records']}: unknown endpoint {rec.endpoint!r}")
+        if rec.endpoint not in ENDPOINTS:      # a socket this simulator does not serve: said, not fatal
+            counts["unserved"] += 1
+            continue
         try:
             obj = orjson.loads(rec.raw)
         except orjson.JSONDecodeError:
@@ -408,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bybitsim.replay: {exc}", file=sys.stderr)
         return 2
     log.info("replay_loaded", tracks=len(tracks), **counts, speed=args.speed or "max", host=opts.host, port=opts.port)
+    if counts["unserved"]:
+        log.warning("replay_unserved_endpoints", records=counts["unserved"],
+                    hint=f"only {', '.join(ENDPOINTS)} are served")
     try:
         asyncio.run(serve(ReplayServer(opts, tracks, args.speed, args.wait, counts), args.exit_when_done))
     except OSError as exc:

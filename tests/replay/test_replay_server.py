@@ -104,6 +104,7 @@ def test_pushes_come_byte_for_byte_in_recorded_order_and_recorded_replies_do_not
             items.append((T0 + (i + 1) * 1_000_000 + 1, "linear", "linear-1",
                           b'{"success":true,"ret_msg":"pong","conn_id":"x","req_id":"recorded-pong","op":"ping"}'))
     items.append((T0 + 5, "spot", "spot-1", push("publicTrade.ETHUSDT", 99)))     # nobody subscribes: waits
+    items.append((T0 + 6, "elsewhere", "elsewhere-1", push("x.y", 1)))             # not served: counted
     write_recording(tmp_path, items)
     expected = [raw for _, ep, _, raw in sorted(items) if ep == "linear" and b'"topic"' in raw]
 
@@ -121,7 +122,7 @@ def test_pushes_come_byte_for_byte_in_recorded_order_and_recorded_replies_do_not
         wait_for(lambda: state(server.port)["replay"]["done"] == 1, 10, message="linear track done")
         st = state(server.port)["replay"]
         assert (st["tracks"], st["done"], st["waiting"], st["sent"], st["skipped"]) == (2, 1, 1, 30, 0)
-        assert st["recorded"] == {"records": 33, "data": 31, "control": 2}
+        assert st["recorded"] == {"records": 34, "data": 31, "control": 2, "unserved": 1}
 
 
 def test_a_track_waits_for_all_its_topics_then_skips_what_nobody_holds(tmp_path):
