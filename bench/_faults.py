@@ -335,6 +335,36 @@ class Run:
             res.recovery_what = f"{queue} declared again, {ev['data'].get('republished', 0)} returned events republished"
         return run
 
+    def wallet_a_b_a(self, amount: str = "100"):
+        """The wallet goes A -> B -> A (a transfer in, then out): all three states must be
+        published as three events and PostgreSQL must end at the third."""
+        def run(res: Result) -> None:
+            self.sim_rate(account_rate=0)
+            marks = int(time.time() * 1000)
+            t0 = time.time()
+            states = [self.sim_call("POST", "/__sim/transfer", {"amount": a, "marks_at_ms": marks})["wallet"]
+                      for a in (amount, amount, f"-{amount}")]
+            balances = [next(c["walletBalance"] for c in w["coin"] if c["coin"] == "USDT") for w in states]
+
+            def published() -> list[dict]:
+                return [line for line in self.consumer.account()
+                        if line.get("cls") == "balances" and line.get("source") == "bybit" and line["at"] >= t0]
+
+            got = wait_for(lambda: (p := published()) and len(p) >= 3 and p, 30, interval=0.05,
+                           message="three wallet events consumed")
+            seen = [next(c["walletBalance"] for c in line["data"][0]["coin"] if c["coin"] == "USDT") for line in got[:3]]
+            res.detected_by = f"balances on the bus: {' -> '.join(seen)} ({len({g['mid'] for g in got[:3]})} ids)"
+            res.detect_s = round(got[2]["at"] - t0, 2)
+            last_ts = got[2]["exchange_ts"]
+            row = wait_for(lambda: (r := self.gw.query(
+                "SELECT wallet_balance, exchange_ts FROM balances WHERE coin = 'USDT'")) and
+                r[0]["exchange_ts"] == last_ts and r[0], 30, interval=0.1, message="PostgreSQL at the third state")
+            res.recovered_s = round(time.time() - t0, 2)
+            res.recovery_what = f"PostgreSQL USDT {row['wallet_balance']} at the third push"
+            if seen != balances or balances[0] != balances[2] or len({g["mid"] for g in got[:3]}) != 3:
+                res.error = f"wallet states {seen} published, expected {balances} under three ids"
+        return run
+
     def stalled_ingest(self):
         """ingest's loop stops (SIGSTOP): the eventlistener restarts it and says so."""
         def run(res: Result) -> None:

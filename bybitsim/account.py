@@ -112,6 +112,14 @@ class Account:
         pushes.append(("greeks", [self._greeks()]))
         return pushes
 
+    def transfer(self, amount: Decimal, marks_at_ms: int) -> list[tuple[str, list[dict]]]:
+        """Funds moved into (or, negative, out of) the unified account: Bybit pushes the wallet.
+        Marks are taken at ``marks_at_ms`` so that a transfer out after one in (A -> B -> A)
+        gives back exactly the first state."""
+        self.events += 1
+        self.wallet_balance += amount
+        return [("wallet", [self._wallet(marks_at_ms)])]
+
     def _event(self, now_ms: int) -> list[tuple[str, list[dict]]]:
         self.events += 1
         r = self.rng.random()

@@ -66,6 +66,10 @@ class ControlMethods:
         """Advance the account by ``n`` events at once (also while nothing is connected)."""
         return self._call("account_step", {"n": n})
 
+    def transfer(self, amount: str, marks_at_ms: int | None = None) -> dict:
+        """A transfer into the account (negative: out of it), pushed as a wallet update."""
+        return self._call("transfer", {"amount": amount, **({"marks_at_ms": marks_at_ms} if marks_at_ms else {})})
+
     def rest_fault(self, kind: str, count: int = 1, path: str | None = None, **extra) -> dict:
         """Script REST errors for the next ``count`` calls (of ``path``): kind rate_limit
         (``reset_ms``: None = no reset header), timestamp, retcode (``ret_code``), http (``status``)."""

@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from decimal import Decimal, InvalidOperation
 
 from common.logs import RateLimited, get_logger
 
@@ -109,7 +110,9 @@ class Simulator:
 
     def account_step(self) -> None:
         """One account event, fanned out to authenticated private connections."""
-        pushes = self.account.step(now_ms())
+        self._push_account(self.account.step(now_ms()))
+
+    def _push_account(self, pushes: list) -> None:
         for conn in self.matching(PRIVATE):
             if conn.authenticated and not conn.closing:
                 frames = self.account.frames_for(conn.topics, pushes, now_ms())
@@ -267,6 +270,22 @@ class Simulator:
         for _ in range(n):
             self.account_step()
         return {"ok": True, "events": self.account.events}
+
+    def op_transfer(self, payload: dict) -> dict:
+        """``{"amount": "100.5", "marks_at_ms"?: int}``: a transfer into the account (negative: out),
+        pushed as a wallet update; the wallet state is returned."""
+        try:
+            amount = Decimal(str(payload.get("amount")))
+        except (InvalidOperation, ValueError):
+            raise ControlError("amount must be a decimal number") from None
+        if not amount.is_finite() or self.account.wallet_balance + amount < 0:
+            raise ControlError("amount must be finite and leave the balance non-negative")
+        marks = payload.get("marks_at_ms", now_ms())
+        if isinstance(marks, bool) or not isinstance(marks, int) or marks <= 0:
+            raise ControlError("marks_at_ms must be a positive integer")
+        pushes = self.account.transfer(amount, marks)
+        self._push_account(pushes)
+        return {"ok": True, "wallet": pushes[0][1][0]}
 
     def op_rest_fault(self, payload: dict) -> dict:
         """Script REST errors: ``{"kind", "count"?, "path"?, "ret_code"?, "status"?, "reset_ms"?}``."""

@@ -185,3 +185,20 @@ def test_bad_max_active_time_is_refused(sim):
     with pytest.raises(InvalidStatus):
         connect(sim.ws_private_url + "?max_active_time=5s", open_timeout=3).__enter__()
     assert httpx.get(sim.rest_url + "/v5/market/time").status_code == 200
+
+
+@pytest.mark.timeout(20)
+def test_a_transfer_in_and_out_pushes_the_wallet_a_b_a(client, sim):
+    c = client("private")
+    c.auth()
+    assert c.subscribe("wallet")["success"] is True
+    marks = int(time.time() * 1000)
+    states = [sim.transfer(a, marks_at_ms=marks)["wallet"] for a in ("10", "10", "-10")]
+    pushed = [c.data("wallet") for _ in range(3)]
+    assert [p["data"][0] for p in pushed] == states
+    a, b, a2 = (Decimal(s["coin"][0]["walletBalance"]) for s in states)
+    assert b == a + 10 and a2 == a and states[0] == states[2]
+    assert len({p["creationTime"] for p in pushed}) >= 1 and len({p["id"] for p in pushed}) == 3
+    assert Decimal(sim.account()["balances"]["coin"][0]["walletBalance"]) == a
+    with pytest.raises(Exception):
+        sim.transfer("not a number")
