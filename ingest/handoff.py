@@ -96,20 +96,23 @@ class Handoff:
         self._seq: dict[tuple[str, str], int] = {}
 
     def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
-              trace_id: str = "") -> int:
-        """``trace_id``: the request that created the subscription, so its events can be traced to it."""
+              trace_id: str = "", extra: dict | None = None) -> int:
+        """``trace_id``: the request that created the subscription, so its events can be traced to it.
+        ``extra``: the owner of the topic's unit and its lease epoch (ingest/leases.py)."""
         key = (endpoint, topic)
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
-        parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id, trace_id).encode()
+        parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id, trace_id,
+                         extra or {}).encode()
         self.publisher.send(parts, cls)
         if cls in ACCOUNT_CLASSES:
             self.persister.send(parts, cls)
         return seq
 
-    def system(self, kind: str, body: dict, endpoint: str = "", trace_id: str = "") -> None:
+    def system(self, kind: str, body: dict, endpoint: str = "", trace_id: str = "",
+               extra: dict | None = None) -> None:
         env = json_envelope("system", body, endpoint=endpoint, topic=kind, recv_ns=time.time_ns(),
-                            epoch=self.epoch, trace_id=trace_id)
+                            epoch=self.epoch, trace_id=trace_id, extra=extra or {})
         self.publisher.send(env.encode(), "system")
 
     def to_persister(self, kind: str, body: dict, trace_id: str = "") -> None:

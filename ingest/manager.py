@@ -21,9 +21,11 @@ from common.topics import PRIVATE, Topic
 from ingest import books, metrics, parse, plan
 from ingest.auth import ServerClock
 from ingest.connection import Connection
+from ingest.leases import ALWAYS, Lease
 from ingest.supervise import TaskFailures
 
 log = get_logger(__name__)
+_clock, _CLOCK = time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)   # as leases.clock
 ACTIVE, FAILED, PENDING = "active", "failed", "pending"
 ROTATION_GRACE_S = 5.0       # after a rotation, how long a late copy from the closed socket is still caught
 OVERLAP_MAX = 16_384         # pushes remembered per rotation (a rotation lasts a few round trips)
@@ -65,9 +67,9 @@ class RotationOverlap:
 
 class TopicState:
     __slots__ = ("topic", "cls", "status", "error", "last_event_ms", "frames", "book", "ticker_ok",
-                 "trace_id", "conn", "metric", "added_at", "counted")
+                 "trace_id", "conn", "metric", "added_at", "counted", "lease")
 
-    def __init__(self, topic: Topic, trace_id: str):
+    def __init__(self, topic: Topic, trace_id: str, lease: Lease = ALWAYS):
         self.topic = topic
         self.cls = event_class(topic.name)
         self.status, self.error = PENDING, None
@@ -80,6 +82,7 @@ class TopicState:
         self.conn: Connection | None = None
         self.metric = metrics.FRAMES.labels(topic.endpoint, self.cls)
         self.added_at = time.time()
+        self.lease = lease       # the unit's lease: frames go out only while it is valid
 
 
 def _count(st: TopicState) -> None:
@@ -107,12 +110,21 @@ class Manager:
         self._closing: set[asyncio.Task] = set()
         self.bad_frames = 0
         self.reconciler = None     # ingest.reconcile.Reconciler when keys are configured (set by the app)
+        self.ownership = None      # ingest.leases.Coordinator (set by the app); None: every topic is ours
+        self.fenced = 0            # frames not handed off because their unit's lease had lapsed
+
+    def lease_for(self, topic: Topic) -> Lease | None:
+        """The lease under which ``topic`` may be held here; None when another instance owns its unit."""
+        return ALWAYS if self.ownership is None else self.ownership.lease_for(topic.endpoint, topic.key)
 
     # -- desired state -------------------------------------------------------------
     def add(self, topic: Topic, trace_id: str = "") -> str | None:
         """Start holding ``topic``; returns why not when it can't be held."""
         if topic.endpoint == PRIVATE and not self.settings.has_private:
             return "private stream not configured: set BYBIT_API_KEY and BYBIT_API_SECRET"
+        lease = self.lease_for(topic)
+        if lease is None:         # another instance owns its unit and holds it
+            return None
         clash = plan.private_form_clash(topic.endpoint, topic.name, lambda name: (
             (other := self.topics.get(f"{PRIVATE}:{name}")) is not None and other.status != FAILED))
         if clash:
@@ -123,7 +135,7 @@ class Manager:
                 st.status, st.error, st.trace_id = PENDING, None, trace_id
                 st.conn.add(topic.name)
             return None
-        st = self.topics[topic.key] = TopicState(topic, trace_id)
+        st = self.topics[topic.key] = TopicState(topic, trace_id, lease)
         st.conn = self._place(topic)
         st.conn.add(topic.name)
         log.info("topic_added", topic=topic.key, conn=st.conn.id, trace_id=trace_id or None)
@@ -146,7 +158,10 @@ class Manager:
         return True
 
     def converge(self, desired: dict[str, tuple[Topic, str, str]]) -> None:
-        """Make held topics equal ``desired`` (key -> (topic, trace_id, stored status))."""
+        """Make held topics equal ``desired`` (key -> (topic, trace_id, stored status)), as far
+        as this instance owns their units."""
+        if self.ownership is not None:
+            desired = {k: v for k, v in desired.items() if self.lease_for(v[0]) is not None}
         for key in [k for k in self.topics if k not in desired]:
             self.remove(key)
         for key, (topic, trace_id, stored) in desired.items():
@@ -155,9 +170,18 @@ class Manager:
                 err = self.add(topic, trace_id)
                 if err:
                     self._report(key, topic, FAILED, err, trace_id)
+            elif st.lease is not (lease := self.lease_for(topic)):
+                st.lease = lease          # the unit was lost and taken again: a new epoch
             elif st.status != PENDING and st.status != stored:
                 # the status write was lost (persister restarted): say it again
                 self._report(key, topic, st.status, st.error, st.trace_id)
+
+    def drop_unit(self, unit: str, lease: Lease) -> int:
+        """Stop holding every topic of a unit whose lease is lost (unsubscribed, no more frames)."""
+        keys = [k for k, st in self.topics.items() if st.lease is lease]
+        for key in keys:
+            self.remove(key, "")
+        return len(keys)
 
     def _place(self, topic: Topic) -> Connection:
         conns = self.conns[topic.endpoint]
@@ -178,6 +202,10 @@ class Manager:
         st = self.topics.get(key)
         if st is None:
             self._bad("info", "frame_for_unheld_topic", topic=key)
+            return
+        lease = st.lease
+        if lease.valid_until < _clock(_CLOCK):    # self-fenced: the unit may be someone else's by now
+            self.fenced += 1
             return
         if conn.endpoint == PRIVATE and self._overlaps and self._duplicate_push(conn, session, topic, obj):
             return
@@ -204,7 +232,7 @@ class Manager:
                 return
         rec = self.reconciler
         if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
-            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id)
+            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id, lease.extra)
         st.frames += 1
         st.last_event_ms = recv_ns // 1_000_000
         self._activity[key] = st.last_event_ms
@@ -324,6 +352,7 @@ class Manager:
             "private": self.auth,
             "new_connections_5min": len(self.budget.opened),
             "bad_frames": self.bad_frames,
+            "fenced_frames": self.fenced,
             "rotation_duplicates": self.rotation_duplicates,
             "task_failures": self.task_failures.status(),
             "reconciliation": self.reconciler.status() if self.reconciler else {"configured": False},

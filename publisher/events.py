@@ -112,8 +112,12 @@ NUMBERS = StreamNumbers()     # this process's numbering; tests make their own
 def make_event(*, event_id: str, event_class: str, source: str, category: str | None, topic: str,
                symbol: str | None, type_: str, exchange_ts: int | None, recv_ns: int,
                trace_id: str, data, routing_key: str, numbers: StreamNumbers | None = None,
-               version: int | None = None, changed_keys: list[str] | None = None) -> Event:
-    """One event, numbered in its routing key's stream (``numbers``, default this process's)."""
+               version: int | None = None, changed_keys: list[str] | None = None,
+               owner: dict | None = None) -> Event:
+    """One event, numbered in its routing key's stream (``numbers``, default this process's).
+    ``owner``: the envelope's extras; the instance that owned the event's unit and its lease
+    epoch become headers ``instance`` and ``owner_epoch``, so a late event from an instance
+    that has since lost the unit can be told apart."""
     numbers = NUMBERS if numbers is None else numbers
     stream_seq = numbers.next(routing_key)
     body = {"event_id": event_id, "event_class": event_class, "source": source, "category": category,
@@ -121,6 +125,10 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
             "received_at": iso_utc(recv_ns), "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
     headers = {"event_class": event_class, "category": category or "", "symbol": symbol or "",
                "trace_id": trace_id, "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
+    if owner:
+        instance, epoch = owner.get("oi"), owner.get("oe")
+        if instance.__class__ is str and epoch.__class__ is int:
+            headers["instance"], headers["owner_epoch"] = instance, epoch
     if version is not None:
         body["version"] = version
         headers["version"] = version
@@ -175,7 +183,7 @@ def market_event(env: Envelope, frame: dict, *, data=None, type_: str | None = N
                       category=category, topic=topic, symbol=symbol, type_=type_ or frame.get("type") or "snapshot",
                       exchange_ts=_int(frame.get("ts"), "ts"), recv_ns=env.recv_ns,
                       trace_id=env.trace_id, data=frame["data"] if data is None else data,
-                      routing_key=routing_key, numbers=numbers, changed_keys=changed_keys)
+                      routing_key=routing_key, numbers=numbers, changed_keys=changed_keys, owner=env.extra)
 
 
 def market_routing_key(endpoint: str, topic: str) -> str:
@@ -209,7 +217,7 @@ def _account_event(cls: str, topic: str, record: dict, group: str, *, source: st
                       symbol=record.get("symbol") if isinstance(record.get("symbol"), str) else None,
                       type_="snapshot", exchange_ts=stamped_ms, recv_ns=env.recv_ns, trace_id=env.trace_id,
                       data=[record], routing_key=classify.routing_key(cls, group), numbers=numbers,
-                      version=account_version(cls, record, stamped_ms))
+                      version=account_version(cls, record, stamped_ms), owner=env.extra)
 
 
 def account_events(env: Envelope, frame: dict, numbers: StreamNumbers | None = None) -> list[Event]:
@@ -276,7 +284,8 @@ def rest_events(env: Envelope, payload: dict, numbers: StreamNumbers | None = No
 
 
 def system_event(kind: str, details: dict, *, recv_ns: int, category: str | None = None,
-                 trace_id: str = "", event_id: str | None = None, numbers: StreamNumbers | None = None) -> Event:
+                 trace_id: str = "", event_id: str | None = None, numbers: StreamNumbers | None = None,
+                 owner: dict | None = None) -> Event:
     """A gateway event for ``ws-gateway.system`` (routing key ``system.{kind}``)."""
     if not kind or "." in kind or "#" in kind or "*" in kind:
         raise FrameError(f"bad system event kind {kind!r}")
@@ -285,7 +294,7 @@ def system_event(kind: str, details: dict, *, recv_ns: int, category: str | None
     return make_event(event_id=event_id, event_class="system", source=SOURCE_GATEWAY, category=category,
                       topic=kind, symbol=symbol if isinstance(symbol := details.get("symbol"), str) else None,
                       type_="event", exchange_ts=None, recv_ns=recv_ns, numbers=numbers,
-                      trace_id=trace_id, data=details, routing_key=f"system.{kind}")
+                      trace_id=trace_id, data=details, routing_key=f"system.{kind}", owner=owner)
 
 
 def envelope_system_event(env: Envelope, numbers: StreamNumbers | None = None) -> Event:
@@ -297,5 +306,5 @@ def envelope_system_event(env: Envelope, numbers: StreamNumbers | None = None) -
     if not isinstance(details, dict):
         raise FrameError("system payload is not an object")
     return system_event(env.topic, details, recv_ns=env.recv_ns, category=env.endpoint or None,
-                        trace_id=env.trace_id, numbers=numbers,
+                        trace_id=env.trace_id, numbers=numbers, owner=env.extra,
                         event_id=derive_id("system", env.epoch, env.topic, env.recv_ns, digest(env.payload)))
