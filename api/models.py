@@ -23,7 +23,10 @@ Requester = Annotated[str, Field(pattern=REQUESTER_PATTERN, max_length=64,
                                  description="Who holds the subscription (a service name).",
                                  examples=["strategy-a"])]
 # Symbols are checked in full by common.topics.build_topic; this only bounds the input.
-Symbol = Annotated[str, Field(min_length=1, max_length=40, examples=["BTCUSDT"])]
+Symbol = Annotated[str, Field(min_length=1, max_length=40, examples=["BTCUSDT"],
+                              description="The instrument (an option's strike may have decimals: "
+                                          "XRP-30OCT26-0.4-P-USDT); for insurance and adl_alert the pool: "
+                                          "USDT or USDC on linear, inverse on inverse.")]
 # Filters are compared as text; control characters (NUL above all, which PostgreSQL
 # cannot store) are refused as invalid input.
 FilterText = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -73,7 +76,8 @@ OPS_ERRORS = {422: ErrorBody, 500: ErrorBody}   # 422 listed so flask-openapi3 d
 class SubscriptionCreate(_Strict):
     channel: Channel
     category: Optional[Category] = Field(None, description="Required for public channels; "
-                                         "optional for order/execution/position.")
+                                         "optional for order/execution/execution_fast/position; "
+                                         "none for wallet and greeks.")
     symbol: Optional[Symbol] = None
     depth: Optional[Annotated[int, Field(strict=True)]] = Field(
         None, description="orderbook only: 1, 50, 200, 1000 (option: 25, 100).")
@@ -250,27 +254,26 @@ class RestBan(BaseModel):
     bans: int = Field(description="403 answers since ingest started.")
 
 
-class OwnedUnit(BaseModel):
-    unit: str = Field(description="private, or shard-<i>of<N> (public topics by a stable hash of endpoint:topic).")
-    epoch: int = Field(description="Lease epoch: +1 with every new owner (AMQP header owner_epoch).")
-    since: datetime = Field(description="When this owner took the unit.")
-    expires_in_s: float = Field(description="Seconds until the lease expires unless renewed.")
+class ExchangeNotice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    title: Optional[str] = None
+    state: Optional[str] = Field(None, description="scheduled or ongoing (completed and canceled ones are dropped).")
+    begin: Optional[int] = Field(None, description="ms since the epoch.")
+    end: Optional[int] = Field(None, description="ms since the epoch.")
+    maintainType: Optional[int] = Field(None, description="1 planned, 2 temporary, 3 incident.")
+    serviceTypes: Optional[list[int]] = Field(None, description="1 trading, 2 HTTP trading, 3 WS trading, "
+                                              "4 private WS stream, 5 market data.")
+    product: Optional[list[int]] = Field(None, description="1 futures, 2 spot, 3 option, 4 spread.")
+    href: Optional[str] = None
+    active: bool = Field(description="Ongoing now (not only scheduled).")
 
 
-class InstanceStatus(BaseModel):
-    instance_id: str
-    host: str
-    api_bind: Optional[str] = None
-    pid: Optional[int] = None
-    shards: int
-    capacity: int = Field(description="Public shards it may own (GW_SHARD_CAPACITY).")
-    private: bool = Field(description="It has Bybit keys: it may own the private stream.")
-    started_at: datetime
-    heartbeat_at: datetime
-    stopped_at: Optional[datetime] = None
-    heartbeat_age_s: Optional[float] = None
-    state: Literal["live", "stopped", "lost"] = Field(description="lost: no heartbeat for GW_LEASE_TTL_S.")
-    owns: list[OwnedUnit]
+class ExchangeStatus(BaseModel):
+    subscribed: bool = Field(description="ingest holds Bybit's system.status topic.")
+    error: Optional[str] = None
+    notices: list[ExchangeNotice] = Field(description="Bybit's maintenance and incident notices in force "
+                                          "(not past their end), by begin time.")
 
 
 class StatusReport(BaseModel):
@@ -282,7 +285,6 @@ class StatusReport(BaseModel):
     broker: BrokerStatus
     rest: Optional[RestBan] = Field(None, description="ingest's Bybit REST client (account reconciliation); "
                                     "null when ingest has none (no API key) or does not report.")
-    instances: list[InstanceStatus] = Field(default_factory=list, description="Every gateway instance sharing "
-                                            "this database, with the units it owns and since when.")
-    unowned_units: list[str] = Field(default_factory=list, description="Units no live lease covers: their "
-                                     "topics are published by nobody until an instance takes them.")
+    exchange: Optional[ExchangeStatus] = Field(None, description="Bybit's system status (its maintenance and "
+                                               "incident notices) as ingest hears it; null when turned off "
+                                               "(GW_EXCHANGE_STATUS=false) or ingest does not report.")

@@ -54,7 +54,8 @@ def status_report():
     event age and freshness; buffered and dropped counts per process (a status file
     older than 10 s means the process is not reporting); PostgreSQL and RabbitMQ
     reachability and queue depths (cached about 2 s); whether Bybit's REST API has banned
-    this IP (HTTP 403: no REST call until ``rest.until``, overall degraded meanwhile)."""
+    this IP (HTTP 403: no REST call until ``rest.until``, overall degraded meanwhile); Bybit's
+    maintenance and incident notices in force (``exchange``; they do not change ``overall``)."""
     settings = current_app.config["SETTINGS"]
     files = status.read_status_files(settings.status_dir)
     processes = status.process_list(files)
@@ -67,10 +68,6 @@ def status_report():
     judged = status.overall(processes, topics, database["reachable"], amqp["reachable"])
     report = {"overall": "degraded" if rest and rest["banned"] else judged,
               "processes": processes, "connections": status.connection_list(files),
-              "subscriptions": topics, "database": database, "broker": amqp, "rest": rest}
-    try:      # every instance sharing the database, what it owns and since when
-        report["instances"], report["unowned_units"] = status.instance_list(
-            *status.read_instances(get_db()), settings.lease_ttl_s)
-    except Exception:      # the database is reported unreachable above
-        pass
+              "subscriptions": topics, "database": database, "broker": amqp, "rest": rest,
+              "exchange": status.exchange_status(files)}
     return StatusReport.model_validate(report).model_dump(mode="json")
