@@ -254,6 +254,29 @@ class RestBan(BaseModel):
     bans: int = Field(description="403 answers since ingest started.")
 
 
+class OwnedUnit(BaseModel):
+    unit: str = Field(description="private, or shard-<i>of<N> (public topics by a stable hash of endpoint:topic).")
+    epoch: int = Field(description="Lease epoch: +1 with every new owner (AMQP header owner_epoch).")
+    since: datetime = Field(description="When this owner took the unit.")
+    expires_in_s: float = Field(description="Seconds until the lease expires unless renewed.")
+
+
+class InstanceStatus(BaseModel):
+    instance_id: str
+    host: str
+    api_bind: Optional[str] = None
+    pid: Optional[int] = None
+    shards: int
+    capacity: int = Field(description="Public shards it may own (GW_SHARD_CAPACITY).")
+    private: bool = Field(description="It has Bybit keys: it may own the private stream.")
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: Optional[datetime] = None
+    heartbeat_age_s: Optional[float] = None
+    state: Literal["live", "stopped", "lost"] = Field(description="lost: no heartbeat for GW_LEASE_TTL_S.")
+    owns: list[OwnedUnit]
+
+
 class ExchangeNotice(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
@@ -288,3 +311,7 @@ class StatusReport(BaseModel):
     exchange: Optional[ExchangeStatus] = Field(None, description="Bybit's system status (its maintenance and "
                                                "incident notices) as ingest hears it; null when turned off "
                                                "(GW_EXCHANGE_STATUS=false) or ingest does not report.")
+    instances: list[InstanceStatus] = Field(default_factory=list, description="Every gateway instance sharing "
+                                            "this database, with the units it owns and since when.")
+    unowned_units: list[str] = Field(default_factory=list, description="Units no live lease covers: their "
+                                     "topics are published by nobody until an instance takes them.")

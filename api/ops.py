@@ -70,4 +70,9 @@ def status_report():
               "processes": processes, "connections": status.connection_list(files),
               "subscriptions": topics, "database": database, "broker": amqp, "rest": rest,
               "exchange": status.exchange_status(files)}
+    try:      # every instance sharing the database, what it owns and since when
+        report["instances"], report["unowned_units"] = status.instance_list(
+            *status.read_instances(get_db()), settings.lease_ttl_s)
+    except Exception:      # the database is reported unreachable above
+        pass
     return StatusReport.model_validate(report).model_dump(mode="json")

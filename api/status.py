@@ -183,3 +183,47 @@ def overall(processes: list[dict], topics: list[dict], db_ok: bool, broker_ok: b
     healthy = (db_ok and broker_ok and all(p["reporting"] for p in processes)
                and not any(t["freshness"] == "stale" for t in topics))
     return "ok" if healthy else "degraded"
+
+
+# -- instances (several gateways sharing one database) ------------------------------------------
+INSTANCES_QUERY = """
+SELECT instance_id, host, api_bind, pid, shards, capacity, private, started_at, heartbeat_at, stopped_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 FROM gateway_instances ORDER BY instance_id
+"""
+LEASES_QUERY = """
+SELECT unit, owner, epoch, acquired_at, extract(epoch FROM expires_at - now())::float8 FROM gateway_leases
+ORDER BY unit
+"""
+_INSTANCE_COLUMNS = ("instance_id", "host", "api_bind", "pid", "shards", "capacity", "private", "started_at",
+                     "heartbeat_at", "stopped_at", "heartbeat_age_s")
+
+
+def read_instances(conn) -> tuple[list[dict], list[tuple]]:
+    """(instance rows, lease rows) as ``instance_list`` takes them; one short read each."""
+    with conn.cursor() as cur:
+        cur.execute(INSTANCES_QUERY)
+        instances = [dict(zip(_INSTANCE_COLUMNS, r)) for r in cur.fetchall()]
+        cur.execute(LEASES_QUERY)
+        leases = cur.fetchall()
+    return instances, leases
+
+
+def instance_list(instances: list[dict], leases: list[tuple], ttl_s: float) -> tuple[list[dict], list[str]]:
+    """Every instance that ever registered (live, stopped, or lost: no heartbeat for ``ttl_s``)
+    with the units it owns now and since when; and the units no live lease covers."""
+    owned: dict[str, list[dict]] = {}
+    unowned = []
+    for unit, owner, epoch, since, expires_in in leases:
+        if owner is None or expires_in is None or expires_in <= 0:
+            unowned.append(unit)
+            continue
+        owned.setdefault(owner, []).append({"unit": unit, "epoch": epoch, "since": since,
+                                            "expires_in_s": round(expires_in, 3)})
+    out = []
+    for row in instances:
+        age = row["heartbeat_age_s"]
+        state = "stopped" if row["stopped_at"] is not None else ("live" if age is not None and age < ttl_s else "lost")
+        out.append({**{k: row[k] for k in _INSTANCE_COLUMNS if k != "heartbeat_age_s"},
+                    "heartbeat_age_s": None if age is None else round(age, 3), "state": state,
+                    "owns": owned.get(row["instance_id"], [])})
+    return out, unowned

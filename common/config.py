@@ -103,6 +103,12 @@ class Settings:
     # reconciliation
     reconcile_interval_s: float = 300.0
     rest_ban_s: float = 600.0    # REST calls paused after an HTTP 403 (Bybit asks for 10 minutes at least)
+    # instances: each unit of work (private stream, public shard) is leased by one live instance
+    instance_id: str = "default"
+    shards: int = 16             # public topics are split by a stable hash of their key into this many shards
+    shard_capacity: int = 16     # shards this instance may own (default: all)
+    lease_ttl_s: float = 10.0    # a lease not renewed for this long expires (database time)
+    lease_renew_s: float = 2.0   # renewal (and heartbeat) interval
     # simulator
     sim_host: str = "127.0.0.1"
     sim_port: int = 8765
@@ -195,6 +201,27 @@ def _max_active_time(env: _Env) -> str:
     if not 30 <= seconds <= 600:
         raise ConfigError(f"BYBIT_MAX_ACTIVE_TIME: expected 30s..600s or 1m..10m, got {value!r}")
     return value
+
+
+def default_instance_id() -> str:
+    """The host name made into an instance id ("default" when there is none): one instance per
+    host needs no setting, and each replica of a scaled container gets its own."""
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip(".-_")
+    return name or "default"
+
+
+def _instances(e: _Env) -> dict:
+    instance_id = e.str("GW_INSTANCE_ID", "") or default_instance_id()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", instance_id):
+        raise ConfigError(f"GW_INSTANCE_ID: {instance_id!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                          "starting with a letter or digit")
+    shards = e.int("GW_SHARDS", 16, 1, 1024)
+    ttl = e.float("GW_LEASE_TTL_S", 10.0, 3.0, 300.0)
+    return {"instance_id": instance_id, "shards": shards,
+            "shard_capacity": e.int("GW_SHARD_CAPACITY", shards, 0, shards),
+            "lease_ttl_s": ttl, "lease_renew_s": e.float("GW_LEASE_RENEW_S", min(2.0, ttl / 3), 0.2, ttl / 3)}
 
 
 def settings_or_exit(process: str) -> Settings:
@@ -293,6 +320,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_ms=e.int("PERSISTER_BATCH_MS", 200, 1, 60_000),
         reconcile_interval_s=e.float("GW_RECONCILE_INTERVAL_S", 300.0, 1.0),
         rest_ban_s=e.float("GW_REST_BAN_S", 600.0, 600.0),
+        **_instances(e),
         sim_host=sim_host,
         sim_port=sim_port,
         sim_rate=e.float("SIM_RATE", 10.0, 0.0, 100_000.0),

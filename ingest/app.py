@@ -17,6 +17,8 @@ from ingest import recorder, store
 from ingest.control import ControlServer
 from ingest.exchange_status import ExchangeStatus
 from ingest.handoff import Handoff
+from ingest.leases import PRIVATE_UNIT, Coordinator, InstanceConflict, LeaseDB, UnitGate, unit_of
+from ingest.listen import Listener
 from ingest.manager import Manager
 from ingest.reconcile import Reconciler
 from ingest.supervise import supervise
@@ -38,11 +40,13 @@ def main() -> None:
             log.critical("bad_setting", error=str(exc))
             sys.exit(2)
     try:
-        asyncio.run(run(settings))
+        code = asyncio.run(run(settings))
     except Exception:
         log.exception("crashed")
         sys.exit(1)
     log.info("stopped")
+    if code:
+        sys.exit(code)
 
 
 def write_status(path, body: dict) -> None:
@@ -61,9 +65,18 @@ class Ingest:
         if settings.record_dir is not None:
             self.recorder = self.mgr.recorder = recorder.Recorder.from_settings(settings)
             self.recorder.start()
+        # which units (private stream, public shards) this instance owns, by lease
+        self.coord = self.mgr.ownership = Coordinator(settings, LeaseDB(settings), self.on_acquired, self.on_lost)
+        self.listener = None
+        self.exit_code = 0
+        self.stop: asyncio.Event | None = None
+        self._private_held = asyncio.Event()
         self.reconciler = None
         if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
-            self.reconciler = self.mgr.reconciler = Reconciler(settings, self.handoff)
+            # what it sends goes out only while this instance owns the private unit
+            gate = UnitGate(self.handoff, lambda: self.coord.held.get(PRIVATE_UNIT)
+                            if self.coord.owns(PRIVATE_UNIT) else None)
+            self.reconciler = self.mgr.reconciler = Reconciler(settings, gate)
             self.reconciler.client.pause_on_403(   # a 403 is an IP ban: no REST call for a while, and say so
                 settings.rest_ban_s, lambda kind, body: self.handoff.system(kind, body, endpoint="private"))
             self.reconciler.request("ingest_started")
@@ -77,6 +90,58 @@ class Ingest:
     def request_sync(self, trace_id: str = "") -> None:
         self._sync_trace = trace_id
         self._sync_now.set()
+
+    # -- instances and leases --------------------------------------------------------------
+    def on_notify(self, keys: list[str] | None) -> None:
+        """A subscription changed (through any instance's API): converge now if it is ours.
+        None: the listener (re)connected and may have missed some."""
+        if keys is None or any(self.coord.owns(unit_of(k.split(":", 1)[0], k, self.settings.shards)) for k in keys):
+            self.request_sync()
+
+    def on_acquired(self, acquired, lease) -> None:
+        """A unit is ours: announce it, subscribe its topics, and for the private unit fetch over
+        REST what the gap (old owner's last renewal -> now) may have cost."""
+        body = acquired.announcement(self.settings.instance_id)
+        private = acquired.unit == PRIVATE_UNIT
+        self.handoff.system("owner_changed", body, endpoint="private" if private else "", extra=lease.extra)
+        self.request_sync()
+        if private and self.reconciler is not None:
+            since = acquired.previous_renewed_at
+            self.reconciler.request("owner_changed", int(since * 1000) if since and acquired.previous_owner else None)
+            self._private_held.set()
+
+    def on_lost(self, unit: str, lease, why: str) -> None:
+        """Fenced: its topics are dropped (no frame of it is handed off any more) and unsubscribed."""
+        if unit == PRIVATE_UNIT:
+            self._private_held.clear()
+        topics = self.mgr.drop_unit(unit, lease)
+        self.handoff.system("lease_lost", {"unit": unit, "instance": self.settings.instance_id, "epoch": lease.epoch,
+                                           "reason": why, "topics": topics, "at": time.time()},
+                            endpoint="private" if unit == PRIVATE_UNIT else "")
+
+    async def leases_loop(self) -> None:
+        try:
+            await self.coord.run()
+        except InstanceConflict as exc:     # a second stack with our id, or another shard count
+            log.critical("instance_conflict", error=str(exc))
+            self.exit_code = 2
+            if self.stop is not None:
+                self.stop.set()
+            await asyncio.Future()          # the process is stopping: not a loop to restart
+
+    async def reconcile_loop(self) -> None:
+        """The reconciler runs only while this instance owns the private unit."""
+        while True:
+            await self._private_held.wait()
+            task = asyncio.create_task(self.reconciler.run(), name="reconcile-run")
+            try:
+                while self._private_held.is_set() and not task.done():
+                    await asyncio.wait({task}, timeout=0.2)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
 
     async def sync_loop(self) -> None:
         """Converge to PostgreSQL's desired set at start, when told, and every 30 s."""
@@ -126,6 +191,8 @@ class Ingest:
                 write_status(path, {"process": "ingest", "pid": os.getpid(), "updated_at": time.time(),
                                     "started_at": self.started, "epoch": self.handoff.epoch,
                                     "database": self.db_state, "handoff": self.handoff.stats(),
+                                    "instance": {**self.coord.status(),
+                                                 "listen": self.listener.status() if self.listener else None},
                                     "recording": self.recorder.status() if self.recorder else {"enabled": False},
                                     **self._mgr_status()})
             except OSError as exc:
@@ -145,6 +212,9 @@ class Ingest:
         if self.exchange is not None:
             await self.exchange.close()
         await self.mgr.close()
+        if self.listener is not None:
+            self.listener.close()
+        await self.coord.close()         # nothing is handed off any more: others may take over now
         if self.recorder is not None:    # after the sockets: every frame they read is written
             await asyncio.to_thread(self.recorder.close)
         self.mgr.flush_metrics()
@@ -169,9 +239,13 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     app = Ingest(settings)
     if app.exchange is not None:
         app.exchange.start()
-    jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.control.serve)]
+    app.stop = stop
+    app.listener = Listener(settings.database_url, loop, app.on_notify)
+    app.listener.start()
+    jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.control.serve),
+            ("leases", app.leases_loop), ("fence", app.coord.fence)]
     if app.reconciler is not None:
-        jobs += [("reconcile", app.reconciler.run), ("downstreams", app.reconciler.watch_downstreams)]
+        jobs += [("reconcile", app.reconcile_loop), ("downstreams", app.reconciler.watch_downstreams)]
     # each loop runs for good: one that raises or returns is logged, counted and started again
     tasks = [asyncio.create_task(supervise(name, name, job, app.mgr.task_failures,
                                            backoff_max_s=SUPERVISE_BACKOFF_MAX_S), name=name)
@@ -190,3 +264,4 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait_for(app.close(), 8.0)
         except asyncio.TimeoutError:
             log.warning("close_timed_out")
+    return app.exit_code
