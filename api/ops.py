@@ -61,8 +61,7 @@ def status_report():
     processes = status.process_list(files)
     database, rows = _database()
     now = datetime.now(timezone.utc)
-    live = status.ingest_last_events(files)
-    topics = [status.topic_status(r, now, live.get(f"{r['endpoint']}:{r['topic']}")) for r in rows]
+    topics = status.subscription_list(rows, now, files)
     amqp = broker.probe(settings.rabbitmq_url)
     rest = status.rest_ban(files)
     judged = status.overall(processes, topics, database["reachable"], amqp["reachable"])

@@ -40,16 +40,51 @@ def freshness(channel: str, endpoint: str, depth: int | None, age_s: float | Non
     return "fresh" if age_s <= gap + ACTIVITY_SLACK_S else "stale"
 
 
-def topic_status(row: dict, now: datetime, live_last: float | None = None) -> dict:
-    """One live subscription; ``live_last`` is ingest's own last-event time (epoch s), if known."""
+def topic_status(row: dict, now: datetime, live_last: float | None = None,
+                 delivery: tuple[float | None, float] | None = None) -> dict:
+    """One live subscription; ``live_last`` is ingest's own last-event time (epoch s), if known.
+    ``delivery``: (last time RabbitMQ confirmed one of the topic's events or None, since when
+    the publisher has been counting) for a public topic, when the publisher reports it: then
+    the age is judged on that alone, since what ingest reads may never reach consumers."""
     last = row.get("last_event_at")
-    ages = [(now - last).total_seconds()] if last is not None else []
-    if live_last is not None:
-        ages.append(now.timestamp() - live_last)
+    if delivery is not None and row["endpoint"] != "private":
+        delivered, since = delivery
+        ages = [now.timestamp() - (delivered if delivered is not None else since)]
+    else:
+        ages = [(now - last).total_seconds()] if last is not None else []
+        if live_last is not None:
+            ages.append(now.timestamp() - live_last)
     age = round(max(0.0, min(ages)), 3) if ages else None
     judged = freshness(row["channel"], row["endpoint"], row.get("depth"), age) if row["status"] == "active" else None
     return {"id": row["id"], "endpoint": row["endpoint"], "topic": row["topic"], "status": row["status"],
             "last_event_age_s": age, "freshness": judged}
+
+
+def publisher_deliveries(files: dict[str, dict]) -> tuple[dict[str, float], float] | None:
+    """({"endpoint:topic": last confirmed by RabbitMQ (epoch s), None if taken in but none
+    confirmed yet}, since when it counts) from the publisher's status file; None when it has
+    none (not written yet, or an older publisher).
+    A publisher that stopped reporting keeps its last times: they grow old, as they should."""
+    data = (files.get("publisher") or {}).get("data") or {}
+    delivered, since = data.get("delivered"), data.get("started_at")
+    if not isinstance(delivered, dict) or not isinstance(since, (int, float)) or isinstance(since, bool):
+        return None
+    return ({k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+             for k, v in delivered.items()}, float(since))
+
+
+def subscription_list(rows: list[dict], now: datetime, files: dict[str, dict]) -> list[dict]:
+    """Every live subscription with its age and freshness: public topics judged on what reached
+    RabbitMQ (the publisher's file) when it says so, else on what ingest read."""
+    live = ingest_last_events(files)
+    deliveries = publisher_deliveries(files)
+    out = []
+    for r in rows:
+        key = f"{r['endpoint']}:{r['topic']}"
+        # a topic the publisher has not taken in yet (just subscribed): judged on what ingest read
+        delivery = None if deliveries is None or key not in deliveries[0] else (deliveries[0][key], deliveries[1])
+        out.append(topic_status(r, now, live.get(key), delivery))
+    return out
 
 
 def read_status_files(status_dir: Path, now: float | None = None) -> dict[str, dict]:

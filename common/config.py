@@ -78,6 +78,13 @@ class Settings:
     max_new_connections_5min: int = 400
     handoff_buffer: int = 100_000
     handoff_buffer_mb: int = 32
+    # market data older than this since ingest received it is dropped before it is published
+    # (ingest's hand-off and the publisher alike); account and system events never are
+    market_max_age_ms_books: int = 500
+    market_max_age_ms_tickers: int = 500
+    market_max_age_ms_trades: int = 5_000
+    market_max_age_ms_liquidations: int = 30_000
+    market_max_age_ms_other: int = 5_000
     exchange_status: bool = True     # hold Bybit's system.status socket (maintenance, incidents)
     # recording of every raw frame ingest receives (ingest/recorder.py); None = off
     record_dir: Path | None = None
@@ -117,6 +124,14 @@ class Settings:
     @property
     def has_private(self) -> bool:
         return bool(self.bybit_api_key and self.bybit_api_secret)
+
+    def market_max_age_ns(self) -> dict[str, int]:
+        """{market class: age bound in ns} (common.freshness.age_bounds)."""
+        from common.freshness import age_bounds
+
+        return age_bounds(self.market_max_age_ms_books, self.market_max_age_ms_tickers,
+                          self.market_max_age_ms_trades, self.market_max_age_ms_liquidations,
+                          self.market_max_age_ms_other)
 
     @property
     def status_dir(self) -> Path:
@@ -298,6 +313,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_new_connections_5min=e.int("GW_MAX_NEW_CONNECTIONS_5MIN", 400, 1, 500),
         handoff_buffer=e.int("GW_HANDOFF_BUFFER", 100_000, 100),
         handoff_buffer_mb=e.int("GW_HANDOFF_BUFFER_MB", 32, 1, 4096),
+        market_max_age_ms_books=e.int("MARKET_MAX_AGE_MS_BOOKS", 500, 50, 60_000),
+        market_max_age_ms_tickers=e.int("MARKET_MAX_AGE_MS_TICKERS", 500, 50, 60_000),
+        market_max_age_ms_trades=e.int("MARKET_MAX_AGE_MS_TRADES", 5_000, 50, 600_000),
+        market_max_age_ms_liquidations=e.int("MARKET_MAX_AGE_MS_LIQUIDATIONS", 30_000, 50, 600_000),
+        market_max_age_ms_other=e.int("MARKET_MAX_AGE_MS_OTHER", 5_000, 50, 600_000),
         exchange_status=e.choice("GW_EXCHANGE_STATUS", ("true", "false"), "true") == "true",
         record_dir=Path(record_dir).resolve() if record_dir else None,
         record_rotate_mb=record_rotate_mb,

@@ -37,7 +37,7 @@ def parse_request(request: dict):
     """(op, topic or None, immediate reply or None) for one control request; pure."""
     rid = request.get("id")
     op = request.get("op")
-    if op in ("sync", "status"):
+    if op in ("sync", "status", "resync"):
         return op, None, None
     sub = request.get("subscription")
     if op not in ("add", "remove") or not isinstance(sub, dict):
@@ -49,6 +49,26 @@ def parse_request(request: dict):
         log.info("control_refused", op=op, error=str(exc), trace_id=str(request.get("trace_id") or "") or None)
         return op, None, {"id": rid, "ok": False, "error": f"{exc.field}: {exc}"}
     return op, topic, None
+
+
+MAX_RESYNC_TOPICS = 10_000
+
+
+def resync_topics(request: dict) -> list[tuple[str, str, str]]:
+    """(endpoint, topic, reason) of a ``resync`` request: ``{"op": "resync", "where": "publisher",
+    "topics": [{"endpoint", "topic", "reason"}]}`` (a downstream dropped frames of those topics);
+    pure. Raises ValueError naming what is wrong."""
+    topics = request.get("topics")
+    if not isinstance(topics, list) or len(topics) > MAX_RESYNC_TOPICS:
+        raise ValueError(f"resync: topics must be a list of at most {MAX_RESYNC_TOPICS}")
+    where = str(request.get("where") or "a downstream")[:40]
+    out = []
+    for t in topics:
+        if not (isinstance(t, dict) and isinstance(t.get("endpoint"), str) and isinstance(t.get("topic"), str)):
+            raise ValueError("resync: each topic needs endpoint and topic strings")
+        reason = str(t.get("reason") or "frames dropped")[:200]
+        out.append((t["endpoint"], t["topic"], f"dropped in the {where}: {reason}"))
+    return out
 
 
 def should_hold(op: str, wanted: bool | None) -> bool:
@@ -165,6 +185,9 @@ class ControlServer:
                 if op == "sync":
                     self.request_sync(str(request.get("trace_id") or ""))
                     reply = {"id": request.get("id"), "ok": True}
+                elif op == "resync":     # fire-and-forget from the publisher; answered all the same
+                    done = [f"{e}:{t}" for e, t, why in resync_topics(request) if self.mgr.resync_requested(e, t, why)]
+                    reply = {"id": request.get("id"), "ok": True, "resynced": done}
                 elif op == "status":
                     reply = {"id": request.get("id"), "ok": True, "status": self.mgr.status()}
             except Exception as exc:   # a bad request is answered, never fatal

@@ -2,8 +2,11 @@
 
 Each frame gets its per-(endpoint, topic) ``stream_seq`` here. Sends use NOBLOCK;
 when a downstream can't take more (its HWM is reached), frames wait in a bounded
-buffer: past the bound, market frames are dropped oldest first and counted per
-class, account frames are kept.
+buffer, one FIFO per market class sent earliest deadline first (common/freshness.py):
+a market frame older than its class's age bound is dropped rather than sent, and past
+the count or byte bound the frame nearest its deadline goes; both are counted per class
+and stream and announced (``system.events_dropped``, ``where: ingest``). Account frames
+are kept. The publisher sees the hole in ``stream_seq`` and heals books and tickers.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import uuid
 import zmq
 
 from common import addresses
-from common.classify import ACCOUNT_CLASSES
+from common import freshness
+from common.classify import ACCOUNT_CLASSES, UnknownTopic, public_route
 from common.envelope import FRAME, Envelope, json_envelope
 from common.logs import RateLimited, get_logger
 from ingest import metrics
@@ -24,10 +28,13 @@ log = get_logger(__name__)
 # waits in our buffer, where it is bounded in bytes and dropped by class, not in ZeroMQ's.
 HWM = 2_000
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
+DROP_NOTICE_EVERY_S = 5.0
+MAX_DROP_STREAMS = 1000
 
 
 class Downstream:
-    def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int, bound_bytes: int):
+    def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int, bound_bytes: int,
+                 max_age_ns: dict[str, int] | None = None):
         self.name = name
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
@@ -35,33 +42,51 @@ class Downstream:
         self.sock.connect(address)
         self.bound, self.bound_bytes = bound, bound_bytes
         self.account: collections.deque = collections.deque()
-        self.market: collections.deque = collections.deque()   # (parts, class, size)
-        self.market_bytes = 0
+        # market frames waiting: item (parts, endpoint, topic, seq)
+        self.market = freshness.MarketQueues(freshness.age_bounds() if max_age_ns is None else max_age_ns)
         self.dropped: collections.Counter = collections.Counter()
+        self.dropped_by: dict[str, collections.Counter] = {freshness.TOO_OLD: collections.Counter(),
+                                                           freshness.BUFFER_FULL: collections.Counter()}
+        # reason -> "endpoint:topic" -> [first seq, last seq, count], for the next notice
+        self.drop_ranges: dict[str, dict[str, list[int]]] = {freshness.TOO_OLD: {}, freshness.BUFFER_FULL: {}}
         self.sent = 0
         self._warn = RateLimited(log, 10.0)
+
+    @property
+    def market_bytes(self) -> int:
+        return self.market.bytes
 
     @property
     def buffered(self) -> int:
         return len(self.account) + len(self.market)
 
-    def send(self, parts: list[bytes], cls: str) -> None:
+    def send(self, parts: list[bytes], cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
+             seq: int = 0) -> None:
         if not self.account and not self.market and self._try(parts):
             return
         if cls in ACCOUNT_CLASSES or cls == "system" or cls == "":
             self.account.append(parts)      # never dropped
         else:
-            size = len(parts[1]) + len(parts[2]) + OVERHEAD
-            self.market.append((parts, cls, size))
-            self.market_bytes += size
-            while len(self.market) > self.bound or self.market_bytes > self.bound_bytes:
-                _, dropped_cls, dropped_size = self.market.popleft()
-                self.market_bytes -= dropped_size
-                self.dropped[dropped_cls] += 1
-                metrics.DROPPED.labels(self.name, dropped_cls).inc()
-                self._warn("warning", "handoff_dropping", downstream=self.name, dropped=sum(self.dropped.values()),
-                           buffered=len(self.market), buffered_mb=round(self.market_bytes / 2 ** 20, 1))
+            market = self.market
+            market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
+            while len(market) > self.bound or market.bytes > self.bound_bytes:
+                self._drop(market.pop(), freshness.BUFFER_FULL)
         self.flush()
+
+    def _drop(self, entry: list, reason: str) -> None:
+        cls, (_, endpoint, topic, seq) = entry[2], entry[3]
+        self.dropped[cls] += 1
+        self.dropped_by[reason][cls] += 1
+        metrics.DROPPED.labels(self.name, cls).inc()
+        ranges, stream = self.drop_ranges[reason], f"{endpoint}:{topic}"
+        r = ranges.get(stream)
+        if r is not None:
+            r[0], r[1], r[2] = min(r[0], seq), max(r[1], seq), r[2] + 1
+        elif len(ranges) < MAX_DROP_STREAMS:
+            ranges[stream] = [seq, seq, 1]
+        self._warn("warning", "handoff_dropping", downstream=self.name, reason=reason,
+                   dropped=sum(self.dropped.values()), buffered=len(self.market),
+                   buffered_mb=round(self.market.bytes / 2 ** 20, 1))
 
     def _try(self, parts) -> bool:
         try:
@@ -71,29 +96,63 @@ class Downstream:
         self.sent += 1
         return True
 
-    def flush(self) -> None:
+    def flush(self, now_ns: int | None = None) -> None:
         while self.account:
             if not self._try(self.account[0]):
                 return
             self.account.popleft()
-        while self.market:
-            if not self._try(self.market[0][0]):
+        market = self.market
+        if not market:
+            return
+        for entry in market.expired(time.time_ns() if now_ns is None else now_ns):
+            self._drop(entry, freshness.TOO_OLD)
+        while market:
+            q = market.earliest()
+            if not self._try(q[0][3][0]):
                 return
-            self.market_bytes -= self.market.popleft()[2]
+            market.take(q)
+
+    def take_drop_notices(self) -> list[dict]:
+        """``system.events_dropped`` details for the drops since the last call, one per reason."""
+        out = []
+        for reason, ranges in self.drop_ranges.items():
+            if not ranges:
+                continue
+            self.drop_ranges[reason] = {}
+            streams = {}
+            for stream, (first, last, n) in ranges.items():
+                endpoint, _, topic = stream.partition(":")
+                try:
+                    key = public_route(endpoint, topic)[3]
+                except (UnknownTopic, ValueError):
+                    key = None
+                streams[stream] = {"routing_key": key, "ingest_seq_from": first, "ingest_seq_to": last, "count": n}
+            out.append({"where": "ingest", "reason": reason, "downstream": self.name,
+                        "dropped_total": dict(self.dropped_by[reason]), "dropped_streams": streams,
+                        "max_age_ms": {c: b // 1_000_000 for c, b in sorted(self.market.bounds.items())}
+                        if reason == freshness.TOO_OLD else None})
+        return out
 
     def close(self) -> None:
         self.sock.close(linger=1000)
 
 
 class Handoff:
-    def __init__(self, run_dir, bound: int, bound_mb: int = 32, ctx: zmq.Context | None = None):
+    def __init__(self, run_dir, bound: int, bound_mb: int = 32, ctx: zmq.Context | None = None,
+                 max_age_ns: dict[str, int] | None = None):
         self.ctx = ctx or zmq.Context.instance()
         self.epoch = uuid.uuid4().hex[:12]
         self.publisher = Downstream(self.ctx, "publisher", addresses.publisher_frames(run_dir), bound,
-                                    bound_mb * 2 ** 20)
+                                    bound_mb * 2 ** 20, max_age_ns)
         self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound,
-                                    bound_mb * 2 ** 20)
+                                    bound_mb * 2 ** 20, max_age_ns)
         self._seq: dict[tuple[str, str], int] = {}
+        self._last_notice = 0.0
+
+    def set_max_age(self, max_age_ns: dict[str, int]) -> None:
+        """The age bound per market class (Settings.market_max_age_ns)."""
+        for d in (self.publisher, self.persister):
+            d.market.bounds = max_age_ns
 
     def frame(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
               trace_id: str = "", extra: dict | None = None) -> int:
@@ -104,7 +163,7 @@ class Handoff:
         self._seq[key] = seq
         parts = Envelope(FRAME, raw, endpoint, topic, recv_ns, seq, self.epoch, conn_id, trace_id,
                          extra or {}).encode()
-        self.publisher.send(parts, cls)
+        self.publisher.send(parts, cls, recv_ns, endpoint, topic, seq)
         if cls in ACCOUNT_CLASSES:
             self.persister.send(parts, cls)
         return seq
@@ -123,10 +182,17 @@ class Handoff:
         for d in (self.publisher, self.persister):
             d.flush()
             metrics.BUFFERED.labels(d.name).set(d.buffered)
+        if time.monotonic() - self._last_notice >= DROP_NOTICE_EVERY_S:
+            notices = self.publisher.take_drop_notices() + self.persister.take_drop_notices()
+            if notices:
+                self._last_notice = time.monotonic()
+                for body in notices:
+                    self.system("events_dropped", {**body, "at": time.time()})
 
     def stats(self) -> dict:
         return {d.name: {"sent": d.sent, "buffered": d.buffered, "buffered_mb": round(d.market_bytes / 2 ** 20, 1),
-                         "dropped": dict(d.dropped)}
+                         "dropped": dict(d.dropped),
+                         "dropped_by_reason": {r: dict(c) for r, c in d.dropped_by.items()}}
                 for d in (self.publisher, self.persister)}
 
     def close(self) -> None:

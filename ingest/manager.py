@@ -15,6 +15,7 @@ import time
 
 import orjson
 
+from common import freshness
 from common.classify import event_class
 from common.logs import RateLimited, get_logger
 from common.topics import PRIVATE, Topic
@@ -112,6 +113,8 @@ class Manager:
         self.reconciler = None     # ingest.reconcile.Reconciler when keys are configured (set by the app)
         self.ownership = None      # ingest.leases.Coordinator (set by the app); None: every topic is ours
         self.fenced = 0            # frames not handed off because their unit's lease had lapsed
+        if hasattr(handoff, "set_max_age"):
+            handoff.set_max_age(settings.market_max_age_ns())
 
     def lease_for(self, topic: Topic) -> Lease | None:
         """The lease under which ``topic`` may be held here; None when another instance owns its unit."""
@@ -278,6 +281,16 @@ class Manager:
         st.ticker_ok = False
         self._announce(conn, st, kind, reason)
         conn.request_resync(st.topic.name)
+
+    def resync_requested(self, endpoint: str, topic: str, reason: str) -> bool:
+        """A downstream lost frames of ``topic`` (an order book or a linear/inverse ticker), so
+        consumers' copy is wrong: resubscribe it for a fresh snapshot (``book_resync`` /
+        ``ticker_resync`` says why). False when it is not held here or is not such a topic."""
+        st = self.topics.get(f"{endpoint}:{topic}")
+        if st is None or st.conn is None or st.status != ACTIVE or not freshness.needs_snapshot(endpoint, topic):
+            return False
+        self._resync(st.conn, st, "ticker_resync" if st.cls == "tickers" else "book_resync", reason)
+        return True
 
     def _announce(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
         metrics.RESYNCS.labels(conn.endpoint).inc()

@@ -4,8 +4,12 @@ ingest never waits for us, so while RabbitMQ is slow or away events collect
 here. Two FIFO deques: account and system events leave first, market events after
 them; each keeps its arrival order. Past ``bound`` events (or bytes) in memory:
 
-- market events are dropped oldest first, counted per class (and per stream,
-  so the outage notice can say which ranges consumers will never see);
+- market events are dropped nearest their deadline first, counted per class (and per
+  stream, so the outage notice can say which ranges consumers will never see);
+- a market event older than its class's age bound (``max_age_ns``, common/freshness.py)
+  is dropped when its turn comes instead of being published, counted the same way under
+  reason ``too_old``; market events wait one FIFO per class and leave earliest deadline
+  first, so fresh books are not held behind seconds of trades;
 - account events are never dropped: once memory is full they go to an
   append-only spool file and come back, in order, as memory frees up.
 
@@ -20,6 +24,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
+from common.freshness import BUFFER_FULL, TOO_OLD, MarketQueues
 from publisher.events import Event
 
 SPOOL_CHUNK = 1000
@@ -106,19 +111,24 @@ def _size(ev: Event) -> int:
 
 
 class Outbox:
-    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns, bound_bytes: int = 48 << 20):
-        """``bound`` events and ``bound_bytes`` bytes in memory, whichever comes first."""
+    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns, bound_bytes: int = 48 << 20,
+                 max_age_ns: dict[str, int] | None = None):
+        """``bound`` events and ``bound_bytes`` bytes in memory, whichever comes first;
+        ``max_age_ns``: the age bound per market class (None: no bound)."""
         self.bound = bound
         self.bound_bytes = bound_bytes
         self.bytes = 0
         self.spool = spool
-        self._market: deque[Event] = deque()
+        self._market = MarketQueues(max_age_ns or {})
         self._account: deque[Event] = deque()
         # Sequence numbers keep growing across restarts (they start at the wall clock),
         # so events read back from an old spool never wait behind newer ones.
         self._seq = itertools.count(clock())
         self.dropped: Counter[str] = Counter()
-        self.drop_ranges: dict[str, list[int]] = {}   # stream -> [first_seq, last_seq, count]
+        self.dropped_by: dict[str, Counter[str]] = {BUFFER_FULL: Counter(), TOO_OLD: Counter()}
+        self.drop_ranges: dict[str, list[int]] = {}   # stream -> [first_seq, last_seq, count] (buffer full)
+        self.age_ranges: dict[str, list[int]] = {}    # the same for events too old
+        self.on_drop = None       # (event class, stream, reason) for each market event dropped
         if spool is not None and spool.depth:
             self._refill()
 
@@ -158,33 +168,57 @@ class Outbox:
             else:
                 self._account.append(event)
         else:
-            self.bytes += _size(event)
-            self._market.appendleft(event) if front else self._market.append(event)
+            size = _size(event)
+            self.bytes += size
+            (self._market.appendleft if front else self._market.append)(event.event_class, event.recv_ns, size, event)
         # A notice put in front may exceed the bound by one: dropping for it would
         # make the notice's own drop counts stale.
         while not front and self.full and self._market:
-            self._drop(self._market.popleft())
+            self._drop(self._market.pop()[3], BUFFER_FULL)
 
-    def _drop(self, ev: Event) -> None:
+    def _drop(self, ev: Event, reason: str) -> None:
         self.bytes -= _size(ev)
-        self.dropped[ev.event_class] += 1
-        r = self.drop_ranges.get(ev.stream)
+        self.note_drop(ev.event_class, ev.stream, ev.stream_seq, reason)
+
+    def note_drop(self, cls: str, stream: str, stream_seq: int, reason: str) -> None:
+        """Count a market event dropped (here, or before it was made: too old at intake)."""
+        self.dropped[cls] += 1
+        self.dropped_by[reason][cls] += 1
+        ranges = self.age_ranges if reason == TOO_OLD else self.drop_ranges
+        r = ranges.get(stream)
         if r is not None:
-            r[0], r[1], r[2] = min(r[0], ev.stream_seq), max(r[1], ev.stream_seq), r[2] + 1
-        elif len(self.drop_ranges) < MAX_DROP_STREAMS:
-            self.drop_ranges[ev.stream] = [ev.stream_seq, ev.stream_seq, 1]
+            r[0], r[1], r[2] = min(r[0], stream_seq), max(r[1], stream_seq), r[2] + 1
+        elif len(ranges) < MAX_DROP_STREAMS:
+            ranges[stream] = [stream_seq, stream_seq, 1]
+        if self.on_drop is not None:
+            self.on_drop(cls, stream, reason)
 
     def take_drop_ranges(self) -> dict[str, list[int]]:
         ranges, self.drop_ranges = self.drop_ranges, {}
         return ranges
 
+    def take_age_ranges(self) -> dict[str, list[int]]:
+        ranges, self.age_ranges = self.age_ranges, {}
+        return ranges
+
+    def expire(self, now_ns: int) -> int:
+        """Drop every waiting market event past its age bound; how many."""
+        gone = self._market.expired(now_ns) if self._market else ()
+        for entry in gone:
+            self._drop(entry[3], TOO_OLD)
+        return len(gone)
+
     def requeue(self, events: list[Event]) -> None:
         """Put unconfirmed/nacked events back, ahead of newer ones, in their original order."""
         for ev in sorted(events, key=lambda e: e.seq, reverse=True):
-            self.bytes += _size(ev)
-            (self._account if ev.is_account or ev.event_class == "system" else self._market).appendleft(ev)
+            size = _size(ev)
+            self.bytes += size
+            if ev.is_account or ev.event_class == "system":
+                self._account.appendleft(ev)
+            else:
+                self._market.appendleft(ev.event_class, ev.recv_ns, size, ev)
         while self.full and self._market:
-            self._drop(self._market.popleft())
+            self._drop(self._market.pop()[3], BUFFER_FULL)
 
     def _refill(self) -> None:
         if self.spool is not None and self.spool.depth and not self._account:
@@ -195,7 +229,8 @@ class Outbox:
                 self._account.append(ev)
 
     def pop(self) -> Event | None:
-        """The oldest waiting account/system event, else the oldest market event, or None."""
+        """The oldest waiting account/system event, else the market event with the earliest
+        deadline, or None. (``expire`` first drops those already too old.)"""
         if not self._account:
             self._refill()
         # Account and system events go first: they are other streams than market data (each
@@ -204,7 +239,7 @@ class Outbox:
         if self._account:
             ev = self._account.popleft()
         elif self._market:
-            ev = self._market.popleft()
+            ev = self._market.pop()[3]
         else:
             return None
         self.bytes -= _size(ev)

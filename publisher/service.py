@@ -23,6 +23,7 @@ from common import addresses, classify
 from common.classify import UnknownTopic
 from common.config import Settings, settings_or_exit
 from common.envelope import Envelope, EnvelopeError
+from common.freshness import BOOK_CLASSES, TOO_OLD
 from common.logs import RateLimited, get_logger, setup_logging
 from publisher import events as evmod, metrics
 from publisher.amqp import READY, Broker, backoff_delay
@@ -49,6 +50,8 @@ RESTORE_AGAIN_S = 10.0
 RESTORE_BACKOFF_MAX_S = 5.0
 RETENTION_RETRY_MIN_S = 5.0     # retention not applied: retry after 5, 10, 20 ... s
 RETENTION_RETRY_MAX_S = 300.0
+RESYNC_CHECK_S = 0.1          # how often streams awaiting a snapshot are looked at
+MAX_DELIVERED_KEYS = 20_000   # routing keys whose last confirm time is kept (freshness)
 
 
 class Service:
@@ -57,10 +60,18 @@ class Service:
         self.max_envelopes = max_envelopes
         self.tally = metrics.Tally()
         self.latency = metrics.LatencyCounts()   # received -> confirmed, every event
-        self.pipeline = Pipeline()
+        max_age = settings.market_max_age_ns()
+        self.pipeline = Pipeline(max_age_ns=max_age, clock=time.time_ns)
         self.spool_dir = settings.run_dir / "spool"
         self.spool = Spool(self.spool_dir / "publisher.spool")
-        self.outbox = Outbox(settings.publisher_buffer, self.spool, bound_bytes=settings.publisher_buffer_mb << 20)
+        self.outbox = Outbox(settings.publisher_buffer, self.spool, bound_bytes=settings.publisher_buffer_mb << 20,
+                             max_age_ns=max_age)
+        self.pipeline.on_drop = self.outbox.note_drop
+        self.outbox.on_drop = self._on_market_drop
+        self.started_at = time.time()
+        self.delivered: dict[str, float] = {}     # routing key -> last confirmed by RabbitMQ (epoch s)
+        self._control: zmq.Socket | None = None   # to ingest's control socket: resync requests
+        self.resync_sent = 0
         self.tally.dropped = self.outbox.dropped
         self.state_file = self.spool_dir / "publisher-streams.json"
         self.status_file = addresses.status_file(settings.run_dir, "publisher")
@@ -140,6 +151,8 @@ class Service:
         if n:
             self._last_rx = time.monotonic()
             self.pump()
+            if self.pipeline.healer.broken:
+                self._ask_resync()
             if self.max_envelopes is not None and self._handled >= self.max_envelopes:
                 self.request_stop()
         if n == DRAIN_BATCH:
@@ -176,6 +189,7 @@ class Service:
             return
         inflight, window, pop, publish, published = b.inflight, self.window, self.outbox.pop, b.publish, \
             self.tally.published
+        self.outbox.expire(time.time_ns())
         b.cork()
         try:
             while len(inflight) < window:
@@ -233,8 +247,12 @@ class Service:
                     ev.extra.pop("returned", None)
         if ok:
             confirmed, add, now_ns = self.tally.confirmed, self.latency.add, time.time_ns()
+            delivered, now_s = self.delivered, now_ns / 1e9
+            if len(delivered) > MAX_DELIVERED_KEYS:
+                delivered.clear()
             for ev, _t0 in settled:
                 confirmed[ev.event_class] += 1
+                delivered[ev.routing_key] = now_s
                 if ev.recv_ns:
                     add((now_ns - ev.recv_ns) / 1e6)
                 if ev.extra and ev.extra.get("spool"):
@@ -358,6 +376,67 @@ class Service:
                     duration_s=details["duration_s"])
         self.outbox.add(evmod.system_event("topology_restored", details, recv_ns=time.time_ns()), front=True)
 
+    # -- books and tickers that heal ---------------------------------------------------
+    def _on_market_drop(self, cls: str, stream: str, reason: str) -> None:
+        """A market event will never reach consumers: a book's loss breaks their copy. (A ticker
+        event dropped here was merged already: the next one published is complete.)"""
+        if cls in BOOK_CLASSES:
+            self.pipeline.healer.lost_key(stream, f"{reason} in the publisher", time.time())
+
+    def _ask_resync(self) -> None:
+        """Ask ingest (control op ``resync``, fire-and-forget) for a fresh snapshot of each broken
+        book/ticker stream that is due. Not while the broker is away: a snapshot would only wait
+        here and grow old; they are asked for once it is back."""
+        b = self.broker
+        if self._control is None or b is None or not b.ready:
+            return
+        due = self.pipeline.healer.due(time.time())
+        if not due:
+            return
+        topics = []
+        for stream, reason in due:
+            endpoint, _, topic = stream.partition(":")
+            topics.append({"endpoint": endpoint, "topic": topic, "reason": reason})
+        try:
+            self._control.send(orjson.dumps({"op": "resync", "where": "publisher", "topics": topics}), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:      # ingest not there (yet): asked again at the next check
+            self.pipeline.healer.unasked([s for s, _ in due])
+            self.rl("warning", "resync request not sent", topics=len(due), error=str(exc))
+            return
+        self.resync_sent += len(due)
+        self.rl("info", "asked ingest for fresh snapshots", topics=[t["endpoint"] + ":" + t["topic"] for t in topics][:10],
+                count=len(topics), reason=topics[0]["reason"])
+        try:
+            while True:                  # ingest's answers: not needed, but not left to pile up
+                self._control.recv(zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_CHECK_S)
+            if self.pipeline.healer.broken:
+                try:
+                    self._ask_resync()
+                except Exception as exc:     # never the end of the loop
+                    self.rl("error", "resync check failed", error=repr(exc), exc_info=True)
+
+    def delivered_topics(self) -> dict[str, float]:
+        """{"endpoint:topic": last time RabbitMQ confirmed one of its events, None if none yet}
+        for the public streams taken in (books of several depths share a routing key, hence a
+        time)."""
+        out: dict[str, float | None] = {}
+        for stream, state in self.pipeline.gaps._streams.items():
+            endpoint, topic = state[2], state[3]
+            if endpoint == "private":
+                continue
+            try:
+                at = self.delivered.get(evmod.market_routing_key(endpoint, topic))
+            except (classify.UnknownTopic, FrameError):
+                continue
+            out[stream] = None if at is None else round(at, 3)
+        return out
+
     # -- housekeeping -------------------------------------------------------------
     def status(self) -> dict:
         return status_doc(self)
@@ -385,14 +464,22 @@ class Service:
         metrics.UNCONFIRMED.set(len(b.inflight) if b else 0)
         metrics.BROKER_UP.set(1 if b is not None and b.state == READY else 0)
         metrics.RETENTION_NOT_APPLIED.set(1 if self.retention_state["how"] == "none" else 0)   # not while pending
-        if (self.outage_since is None and self.outbox.drop_ranges
+        if ((self.outbox.age_ranges or (self.outage_since is None and self.outbox.drop_ranges))
                 and time.monotonic() - self._last_drop_notice >= DROP_NOTICE_EVERY_S):
             self._last_drop_notice = time.monotonic()
-            ranges = self.outbox.take_drop_ranges()
-            self.outbox.add(evmod.system_event("events_dropped", {
-                "reason": "publisher buffer full", "dropped_total": dict(self.outbox.dropped),
-                "dropped_streams": {k: {"from_seq": a, "to_seq": z, "count": n} for k, (a, z, n) in ranges.items()},
-            }, recv_ns=time.time_ns()), front=True)
+            if self.outage_since is None and self.outbox.drop_ranges:
+                ranges = self.outbox.take_drop_ranges()
+                self.outbox.add(evmod.system_event("events_dropped", {
+                    "where": "publisher", "reason": "publisher buffer full", "dropped_total": dict(self.outbox.dropped),
+                    "dropped_streams": {k: {"from_seq": a, "to_seq": z, "count": n} for k, (a, z, n) in ranges.items()},
+                }, recv_ns=time.time_ns()), front=True)
+            if self.outbox.age_ranges:
+                ranges = self.outbox.take_age_ranges()
+                self.outbox.add(evmod.system_event("events_dropped", {
+                    "where": "publisher", "reason": TOO_OLD, "dropped_total": dict(self.outbox.dropped_by[TOO_OLD]),
+                    "max_age_ms": {c: b // 1_000_000 for c, b in sorted(self.s.market_max_age_ns().items())},
+                    "dropped_streams": {k: {"from_seq": a, "to_seq": z, "count": n} for k, (a, z, n) in ranges.items()},
+                }, recv_ns=time.time_ns()), front=True)
             self.pump()
         try:
             write_json(self.status_file, self.status())
@@ -448,6 +535,12 @@ class Service:
         log.info("publisher started", address=address, window=self.window, buffer=self.s.publisher_buffer,
                  spooled=self.outbox.spool_depth, settings=self.s.describe())
         self.broker.start()
+        self._control = ctx.socket(zmq.DEALER)
+        self._control.setsockopt(zmq.SNDHWM, 100)
+        self._control.setsockopt(zmq.RCVHWM, 100)
+        self._control.setsockopt(zmq.LINGER, 0)
+        self._control.connect(addresses.ingest_control(self.s.run_dir))
+        resync_task = asyncio.create_task(self._resync_loop())
         retention_task = asyncio.create_task(self._apply_retention())
         fd = sock.getsockopt(zmq.FD)
         loop.add_reader(fd, self._on_readable)
@@ -464,12 +557,14 @@ class Service:
                 self._more.cancel()
             self._drain_socket()
             drained = self._handled - drained
+            resync_task.cancel()
+            self._control.close(0)
             sock.close(0)
             ctx.term()
             self.pump()
             await self._finish(drained)
             retention_task.cancel()
-            await asyncio.gather(retention_task, house_task, return_exceptions=True)
+            await asyncio.gather(retention_task, house_task, resync_task, return_exceptions=True)
             await self.broker.close()
             self._spool_leftovers()
             self.housekeeping()

@@ -20,13 +20,19 @@ def status_doc(svc) -> dict:
     b = svc.broker
     t = svc.tally
     return {
-        "process": "publisher", "pid": os.getpid(), "updated_at": time.time(),
+        "process": "publisher", "pid": os.getpid(), "updated_at": time.time(), "started_at": svc.started_at,
         "broker": {"state": b.state if b else "down", "since": b.since if b else None,
                    "connects": b.connects if b else 0, "last_error": b.last_error if b else "",
                    "path": b.path if b else None},
         "buffered": len(svc.outbox), "in_memory": svc.outbox.in_memory,
         "spool_depth": svc.outbox.spool_depth, "unconfirmed": len(b.inflight) if b else 0,
-        "dropped": dict(svc.outbox.dropped), "returned": dict(t.returned), "published": dict(t.published),
+        "dropped": dict(svc.outbox.dropped),
+        "dropped_by_reason": {r: dict(c) for r, c in svc.outbox.dropped_by.items()},
+        "max_age_ms": {c: b // 1_000_000 for c, b in sorted(svc.s.market_max_age_ns().items())},
+        # what reaches RabbitMQ, per public topic: /api/v1/status judges freshness on it
+        "delivered": svc.delivered_topics(),
+        "resync": {**svc.pipeline.healer.status(), "sent": svc.resync_sent},
+        "returned": dict(t.returned), "published": dict(t.published),
         "confirmed": dict(t.confirmed), "nacked": dict(t.nacked), "events_in": dict(t.events_in),
         "bad_input": dict(t.bad_input), "stream_gaps": svc.pipeline.counts["stream_gap"],
         "ticker_delta_without_snapshot": svc.pipeline.counts["ticker_delta_no_snapshot"],

@@ -1,0 +1,120 @@
+"""How old market data may be when it goes out, and the queues that enforce it. Pure (no I/O;
+the caller passes the time).
+
+Market data is worth little once it is late: a book or ticker a second old misleads more than
+it informs. Each market class has an age bound, measured from ingest's receive time
+(``recv_ns``); past it an event is dropped instead of published. Account and system events have
+no bound: they are never dropped.
+
+``MarketQueues`` holds waiting market items one FIFO per class and hands them out earliest
+deadline first (``recv_ns + bound``), so a book received now is not stuck behind seconds of
+trades that are still within their longer bound; expired heads are taken out first.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from common.classify import MARKET_CLASSES
+
+BOOK_CLASSES = frozenset({"orderbook", "orderbook_rpi"})
+# class -> the setting group that bounds it (MARKET_MAX_AGE_MS_{GROUP})
+GROUPS = {"orderbook": "books", "orderbook_rpi": "books", "tickers": "tickers", "trades": "trades",
+          "liquidations": "liquidations"}
+NEVER = 1 << 62           # the deadline of an item with no bound or an unknown receive time
+TOO_OLD, BUFFER_FULL = "too_old", "buffer_full"
+
+
+def age_bounds(books_ms: int = 500, tickers_ms: int = 500, trades_ms: int = 5_000,
+               liquidations_ms: int = 30_000, other_ms: int = 5_000) -> dict[str, int]:
+    """{market class: bound in ns}; classes not listed (account, system) have none."""
+    ms = {"books": books_ms, "tickers": tickers_ms, "trades": trades_ms, "liquidations": liquidations_ms}
+    return {cls: ms.get(GROUPS.get(cls, ""), other_ms) * 1_000_000 for cls in MARKET_CLASSES}
+
+
+def too_old(bounds: dict[str, int], cls: str, recv_ns: int, now_ns: int) -> bool:
+    """Whether an item of ``cls`` received at ``recv_ns`` is past its bound at ``now_ns``."""
+    bound = bounds.get(cls)
+    return bound is not None and recv_ns > 0 and now_ns - recv_ns > bound
+
+
+def needs_snapshot(endpoint: str, topic: str) -> bool:
+    """Whether losing one frame of this topic leaves consumers' state wrong until the next
+    snapshot: order books (not depth 1, which is snapshots only) and linear/inverse tickers
+    (deltas carry only the fields that changed)."""
+    if topic.startswith("orderbook."):
+        return not topic.startswith("orderbook.1.")
+    return topic.startswith("tickers.") and endpoint in ("linear", "inverse")
+
+
+class MarketQueues:
+    """Waiting market items, one FIFO per class, taken earliest deadline first.
+
+    An entry is ``[deadline_ns, size, cls, item]``; ``size`` counts towards ``bytes``.
+    """
+
+    __slots__ = ("bounds", "queues", "n", "bytes")
+
+    def __init__(self, bounds: dict[str, int]):
+        self.bounds = bounds
+        self.queues: dict[str, deque] = {}
+        self.n = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def _entry(self, cls: str, recv_ns: int, size: int, item) -> list:
+        bound = self.bounds.get(cls)
+        return [recv_ns + bound if bound is not None and recv_ns > 0 else NEVER, size, cls, item]
+
+    def append(self, cls: str, recv_ns: int, size: int, item) -> None:
+        q = self.queues.get(cls)
+        if q is None:
+            q = self.queues[cls] = deque()
+        q.append(self._entry(cls, recv_ns, size, item))
+        self.n += 1
+        self.bytes += size
+
+    def appendleft(self, cls: str, recv_ns: int, size: int, item) -> None:
+        """Back in front of its class (an item taken out that could not go)."""
+        q = self.queues.get(cls)
+        if q is None:
+            q = self.queues[cls] = deque()
+        q.appendleft(self._entry(cls, recv_ns, size, item))
+        self.n += 1
+        self.bytes += size
+
+    def earliest(self) -> deque | None:
+        """The class queue whose head has the earliest deadline (None when empty)."""
+        best, best_at = None, NEVER + 1
+        for q in self.queues.values():
+            if q and q[0][0] < best_at:
+                best, best_at = q, q[0][0]
+        return best
+
+    def take(self, q: deque) -> list:
+        """Remove and return the head entry of ``q`` (from ``earliest``)."""
+        entry = q.popleft()
+        self.n -= 1
+        self.bytes -= entry[1]
+        return entry
+
+    def pop(self) -> list | None:
+        """The entry with the earliest deadline, removed (None when empty)."""
+        q = self.earliest()
+        return None if q is None else self.take(q)
+
+    def expired(self, now_ns: int) -> list[list]:
+        """Remove and return every entry whose deadline has passed (the heads of each class:
+        within a class entries arrive in receive order)."""
+        out = []
+        for q in self.queues.values():
+            while q and q[0][0] < now_ns:
+                entry = q.popleft()
+                self.n -= 1
+                self.bytes -= entry[1]
+                out.append(entry)
+        return out
