@@ -64,9 +64,9 @@ def test_every_channel_of_every_category_flows(ingest, ingest_db, sim):
              message="a push from every private topic")
     # account pushes go to the persister too, market data does not
     assert {e.endpoint for e in ingest.persister.frames()} == {"private"}
-    # one public connection per category in use, one private
+    # one public connection per category in use, one private, and Bybit's system-status socket
     assert sorted(c["endpoint"] for c in ingest.status()["connections"]) == \
-        ["inverse", "linear", "option", "private", "spot"]
+        ["inverse", "linear", "misc", "option", "private", "spot"]
     # stream_seq rises by one per frame of a stream
     seqs = [e.stream_seq for e in ingest.publisher.frames("publicTrade.BTCUSDT", "linear")]
     assert seqs == list(range(1, len(seqs) + 1))
