@@ -21,8 +21,9 @@ from collections import OrderedDict
 
 import pika
 
-EVENT_CLASSES = ("trades", "tickers", "orderbook", "klines", "liquidations",
-                 "order_status", "executions", "positions", "balances", "system")
+EVENT_CLASSES = ("trades", "tickers", "orderbook", "orderbook_rpi", "klines", "liquidations", "price_limits",
+                 "insurance", "adl_alerts", "order_status", "executions", "executions_fast", "positions",
+                 "balances", "greeks", "exchange_status", "system")
 
 
 class Seen:
