@@ -213,7 +213,7 @@ class Manager:
         if conn.endpoint == PRIVATE and self._overlaps and self._duplicate_push(conn, session, topic, obj):
             return
         cls = st.cls
-        if cls == "orderbook":
+        if cls == "orderbook" or cls == "orderbook_rpi":     # the RPI book is sequenced the same way
             try:
                 upd = parse.book_update(obj)
             except parse.FrameError as exc:

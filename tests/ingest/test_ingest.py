@@ -138,9 +138,11 @@ def test_one_invalid_topic_fails_alone(ingest, ingest_db, sim, mode):
     wait_for(lambda: all(frame_counts(ingest.publisher)[k] > 0 for k in good), 10, message="good topics flowing")
 
 
+@pytest.mark.parametrize("channel", ["orderbook", "orderbook_rpi"])
 @pytest.mark.parametrize("hook", ["book_gap", "book_reset"])
-def test_book_gap_and_restart_snapshot_resync(ingest, ingest_db, sim, hook):
-    topic = build_topic("orderbook", "linear", "BTCUSDT", 50)
+def test_book_gap_and_restart_snapshot_resync(ingest, ingest_db, sim, hook, channel):
+    topic = build_topic("orderbook", "linear", "BTCUSDT", 50) if channel == "orderbook" else \
+        build_topic("orderbook_rpi", "linear", "BTCUSDT")
     subscribe_all(ingest, ingest_db, [topic])
     wait_active(ingest, [topic.key])
     wait_for(lambda: len(ingest.publisher.frames(topic.name)) > 5, 10, message="book flowing")
