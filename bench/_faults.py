@@ -24,6 +24,7 @@ KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) wit
 RECONNECT_TARGET_S = 30.0   # DESIGN: reconnection attempted at least every 30 s
 RESUBSCRIBE_TARGET_S = 2.0  # brief: every subscription back within 2 s of a drop
 RESYNC_TARGET_S = 5.0       # no DESIGN figure: a book resynced within 5 s
+TICKERS_BACK_S = 5.0        # brief: after a publisher restart every ticker flows again within 5 s
 OUTAGE_TARGET_S = 30.0      # no DESIGN figure: publishing/persisting again within 30 s of the store's return
 SETTLE_TIMEOUT_S = 30.0
 
@@ -170,6 +171,35 @@ class Run:
             res.recovered_s = round(time.time() - t0, 2)
             ev = self.event("process_crashed", t0, 60, lambda e: e["data"].get("program") == program)
             res.detected_by, res.detect_s = "system.process_crashed (ops eventlistener)", round(ev["t"] - t0, 2)
+        return run
+
+    def kill9_tickers(self, topics: list[str]):
+        """The publisher killed with -9 while linear tickers stream. The new one holds no full
+        ticker to merge deltas onto, so it asks ingest for snapshots: recovered when RabbitMQ has
+        confirmed a ticker of every topic again (its status file's ``delivered``; every ticker
+        published is complete), counted from the new publisher being ready."""
+        def run(res: Result) -> None:
+            keys = [f"linear:{t}" for t in topics]
+            old = pids(self.gw)["publisher"]
+            t0 = time.time()
+            os.kill(old, signal.SIGKILL)
+            res.target_s = TICKERS_BACK_S
+            new = wait_for(lambda: (p := pids(self.gw, ("STARTING", "RUNNING")).get("publisher")) not in (None, old)
+                           and p, 60, interval=0.05, message="publisher restarted")
+            wait_for(lambda: (s := status_file(self.gw, "publisher"))["pid"] == new and s["broker"]["state"] == "ready",
+                     60, interval=0.05, message="publisher ready")
+            ready = time.time()
+
+            def delivered() -> dict:
+                return status_file(self.gw, "publisher").get("delivered") or {}
+
+            got = wait_for(lambda: (d := delivered()) and all((d.get(k) or 0) > ready for k in keys) and d, 60,
+                           interval=0.1, message="every ticker confirmed by RabbitMQ again")
+            res.recovered_s = round(max(0.0, max(got[k] for k in keys) - ready), 2)
+            res.recovery_what = f"all {len(keys)} linear tickers confirmed again (from the new publisher ready)"
+            ev = self.event("ticker_resync", t0, 30, lambda e: "publisher" in str(e["data"].get("reason")))
+            res.detected_by = f"system.ticker_resync ({ev['data'].get('reason')})"
+            res.detect_s = round(ev["t"] - t0, 2)
         return run
 
     def drop(self, endpoint: str):

@@ -30,6 +30,7 @@ from _faults import Run  # noqa: E402
 from _results import table  # noqa: E402
 
 TRADE_TOPICS, BOOK = 20, "orderbook.50.B0USDT"
+TICKERS = ("K0USDT", "K1USDT")      # linear tickers: snapshot once, then deltas
 # How quickly a dead link is noticed is a setting: the run uses a short ping so it stays short.
 GATEWAY_ENV = {"GW_PING_INTERVAL_S": "2", "GW_DEAD_AFTER_S": "6", "GW_BACKOFF_MAX_S": "30",
                "PUBLISHER_BACKOFF_MAX_S": os.environ.get("PUBLISHER_BACKOFF_MAX_S", "5"),
@@ -39,6 +40,7 @@ GATEWAY_ENV = {"GW_PING_INTERVAL_S": "2", "GW_DEAD_AFTER_S": "6", "GW_BACKOFF_MA
 def faults(run: Run) -> list[tuple[str, object]]:
     return [
         ("kill9_ingest", run.kill9("ingest")), ("kill9_publisher", run.kill9("publisher")),
+        ("kill9_publisher_tickers", run.kill9_tickers([f"tickers.{s}" for s in TICKERS])),
         ("kill9_persister", run.kill9("persister")), ("kill9_api", run.kill9("api")),
         ("drop_public", run.drop("linear")), ("drop_private", run.drop("private")),
         ("no_pong", run.no_pong("linear")), ("stall", run.stall("linear")),
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
         consumer = None
         try:
             gw.start()
-            subscribe(gw, market_requests(TRADE_TOPICS, books=1) + private_requests())
+            subscribe(gw, market_requests(TRADE_TOPICS, books=1) + private_requests()
+                      + [{"channel": "tickers", "category": "linear", "symbol": s} for s in TICKERS])
             consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-fc-")))
             run = Run(gw, consumer, account_rate=args.account_rate, cluster=cluster, outage_s=args.outage)
             run.sim_rate(rate=args.rate / (TRADE_TOPICS + 1), account_rate=args.account_rate)
