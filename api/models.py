@@ -78,7 +78,8 @@ class SubscriptionCreate(_Strict):
     category: Optional[Category] = Field(None, description="Required for public channels; "
                                          "optional for order/execution/execution_fast/position; "
                                          "none for wallet and greeks.")
-    symbol: Optional[Symbol] = None
+    symbol: Optional[Symbol] = Field(None, description="The instrument; \"*\" for every symbol Bybit lists as "
+                                     "trading in the category (one subscription, kept up with listings).")
     depth: Optional[Annotated[int, Field(strict=True)]] = Field(
         None, description="orderbook only: 1, 50, 200, 1000 (option: 25, 100).")
     interval: Optional[Interval] = Field(None, description="kline only.")
@@ -100,6 +101,10 @@ class Subscription(BaseModel):
     created_at: datetime
     updated_at: datetime
     last_event_at: Optional[datetime] = None
+    symbol_count: Optional[int] = Field(None, description="symbol \"*\": how many listed symbols it covers "
+                                        "(null until ingest fetched the list; null for one-topic subscriptions).")
+    refused_topics: Optional[list[str]] = Field(None, description="symbol \"*\": its topics Bybit refused "
+                                                "(the rest stay subscribed).")
 
 
 class SubscriptionChange(Subscription):
@@ -235,6 +240,8 @@ class TopicStatus(BaseModel):
     freshness: Optional[Freshness] = Field(None, description="Judged for active subscriptions by what the "
                                            "topic type should send; trades, liquidations and private "
                                            "topics may be quiet.")
+    symbol_count: Optional[int] = Field(None, description="symbol \"*\": listed symbols it covers.")
+    refused_topics: Optional[list[str]] = Field(None, description="symbol \"*\": its topics Bybit refused.")
 
 
 class Reachability(BaseModel):

@@ -56,8 +56,11 @@ def topic_status(row: dict, now: datetime, live_last: float | None = None,
             ages.append(now.timestamp() - live_last)
     age = round(max(0.0, min(ages)), 3) if ages else None
     judged = freshness(row["channel"], row["endpoint"], row.get("depth"), age) if row["status"] == "active" else None
-    return {"id": row["id"], "endpoint": row["endpoint"], "topic": row["topic"], "status": row["status"],
-            "last_event_age_s": age, "freshness": judged}
+    out = {"id": row["id"], "endpoint": row["endpoint"], "topic": row["topic"], "status": row["status"],
+           "last_event_age_s": age, "freshness": judged}
+    if row.get("symbol_count") is not None or row.get("refused_topics") is not None:   # a whole-category row
+        out.update(symbol_count=row.get("symbol_count"), refused_topics=row.get("refused_topics") or [])
+    return out
 
 
 def publisher_deliveries(files: dict[str, dict]) -> tuple[dict[str, float], float] | None:

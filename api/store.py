@@ -18,7 +18,7 @@ import psycopg2.extensions
 from common.topics import PRIVATE, Topic
 
 _COLUMNS = ("id", "channel", "category", "symbol", "depth", "interval", "topic", "endpoint", "status",
-            "last_error", "requesters", "created_at", "updated_at", "last_event_at")
+            "last_error", "requesters", "created_at", "updated_at", "last_event_at", "symbol_count", "refused_topics")
 COLUMNS = ", ".join(_COLUMNS)
 
 
@@ -212,7 +212,8 @@ def list_page(conn, filters: dict, limit: int, offset: int) -> tuple[list[dict],
 
 
 def live_rows(conn) -> list[dict]:
-    names = ("id", "endpoint", "topic", "channel", "depth", "status", "last_event_at")
+    names = ("id", "endpoint", "topic", "channel", "depth", "status", "last_event_at", "symbol_count",
+             "refused_topics")
     with conn.cursor() as cur:
         cur.execute(f"SELECT {', '.join(names)} FROM subscriptions WHERE status <> 'removed' ORDER BY endpoint, topic")
         return [dict(zip(names, v)) for v in cur.fetchall()]

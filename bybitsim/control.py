@@ -79,6 +79,12 @@ class ControlMethods:
         """Post or update (same ``id``) a system.status notice; subscribers get it at once."""
         return self._call("status_notice", {"title": title, "state": state, **fields})
 
+    def listing(self, category: str, action: str, symbol: str | None = None) -> dict:
+        """Realistic listing (SIM_LISTING=realistic): ``action`` list or delist ``symbol`` now
+        (None: a new coin's USDT pair, or a quiet symbol); the answer names it."""
+        return self._call("listing", {"category": category, "action": action,
+                                      **({"symbol": symbol} if symbol else {})})
+
     def rest_log(self) -> list[dict]:
         return self._call("rest_log", None)["calls"]
 

@@ -7,6 +7,7 @@ its seed and timestamps. Prices are Decimal, quantised to the instrument's tick.
 from __future__ import annotations
 
 import math
+import random
 import re
 import zlib
 from dataclasses import dataclass
@@ -139,3 +140,83 @@ def rng_uuid(rng) -> str:
     """A version-4 UUID string drawn from ``rng`` (reproducible, unlike uuid.uuid4)."""
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+# -- a realistic listing (SIM_LISTING=realistic) ------------------------------------------------
+LISTING_SIZES = {"linear": 800, "spot": 700}
+QUIET_WEIGHT = 0.003      # the tail: a topic of a quiet symbol sends SIM_RATE * this frames/s
+NEW_LISTING_WEIGHT = 0.5  # a fresh listing trades busily
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class Listing:
+    """The symbols listed as trading per category, each with its share of SIM_RATE (its activity).
+
+    Deterministic from the seed: the well-known coins first and busiest, then generated coins,
+    activity falling as 1/rank down to a quiet floor, so a whole category costs about eight
+    busy topics' worth of frames. Symbols may be listed and delisted while it runs."""
+
+    def __init__(self, seed: int = 0, sizes: dict[str, int] | None = None):
+        self.seed = seed
+        self.listed: dict[str, dict[str, float]] = {}
+        self.serial = 0            # symbols listed while running
+        rng = random.Random(stable_hash(seed, "listing"))
+        bases = list(_BASE_PRICES)
+        taken = set(bases)
+        total = max((sizes or LISTING_SIZES).values())
+        while len(bases) < total:
+            name = "".join(rng.choice(_LETTERS) for _ in range(rng.choice((3, 4, 4, 5, 6))))
+            if name not in taken and not _QUOTE.search(name):
+                taken.add(name)
+                bases.append(name)
+        self._taken = taken
+        for category, size in (sizes or LISTING_SIZES).items():
+            symbols = [f"{b}USDT" for b in bases[:size]]
+            # a few other quotes, as Bybit lists them (USDC perpetuals are BASEPERP; spot pairs in USDC)
+            other = "PERP" if category == "linear" else "USDC"
+            for i in range(0, size, 20):
+                symbols[i] = f"{bases[i]}{other}" if i else symbols[i]
+            self.listed[category] = {s: max(1.0 / (rank + 1), QUIET_WEIGHT) for rank, s in enumerate(symbols)}
+
+    def symbols(self, category: str) -> list[str] | None:
+        """The listed symbols (sorted); None when this listing does not cover ``category``."""
+        listed = self.listed.get(category)
+        return None if listed is None else sorted(listed)
+
+    def weight(self, category: str, symbol: str) -> float | None:
+        listed = self.listed.get(category)
+        return None if listed is None else listed.get(symbol)
+
+    def list_symbol(self, category: str, symbol: str | None = None) -> str:
+        """List ``symbol`` (default: a new coin's USDT pair); returns it. Raises ValueError."""
+        listed = self._category(category)
+        if symbol is None:
+            while True:
+                self.serial += 1
+                base = "NEW" + "".join(_LETTERS[(self.serial // 26 ** i) % 26] for i in range(3))
+                if base not in self._taken:
+                    break
+            self._taken.add(base)
+            symbol = f"{base}USDT"
+        if symbol in listed:
+            raise ValueError(f"{symbol} is already listed on {category}")
+        listed[symbol] = NEW_LISTING_WEIGHT
+        return symbol
+
+    def delist_symbol(self, category: str, symbol: str | None = None) -> str:
+        """Delist ``symbol`` (default: a quiet one, chosen from the seed); returns it. Raises ValueError."""
+        listed = self._category(category)
+        if symbol is None:
+            quiet = sorted(s for s, w in listed.items() if w <= QUIET_WEIGHT)
+            if not quiet:
+                raise ValueError(f"no quiet symbol left to delist on {category}")
+            symbol = quiet[stable_hash(self.seed, category, len(listed)) % len(quiet)]
+        if listed.pop(symbol, None) is None:
+            raise ValueError(f"{symbol} is not listed on {category}")
+        return symbol
+
+    def _category(self, category: str) -> dict[str, float]:
+        listed = self.listed.get(category)
+        if listed is None:
+            raise ValueError(f"category must be one of {', '.join(self.listed)}")
+        return listed

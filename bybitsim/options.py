@@ -12,6 +12,9 @@ from .faults import REJECT_MODES
 from .protocol import Symbols
 
 
+LISTINGS = ("open", "realistic")
+
+
 @dataclass(frozen=True)
 class SimOptions:
     host: str = "127.0.0.1"
@@ -27,6 +30,8 @@ class SimOptions:
     max_pushes: int = 100_000         # the private push log (ground truth "pushes"): at most this many frames
     push_window_s: float = 300.0      # ... sent in the last this many seconds
     max_stalled_pushes: int = 10_000  # pushes a stalled private connection may queue; past it, dropped
+    listing: str = "open"             # SIM_LISTING: open (every symbol exists) or realistic (market.Listing)
+    churn_s: float = 0.0              # SIM_CHURN_S: realistic listing lists or delists a symbol this often (0: never)
 
     def __post_init__(self):
         if self.rate < 0 or self.account_rate < 0:
@@ -35,6 +40,10 @@ class SimOptions:
             raise ConfigError("max_pushes must be >= 1 and push_window_s > 0")
         if self.max_stalled_pushes < 1:
             raise ConfigError("max_stalled_pushes must be >= 1")
+        if self.listing not in LISTINGS:
+            raise ConfigError(f"SIM_LISTING must be one of {', '.join(LISTINGS)}, got {self.listing!r}")
+        if self.churn_s < 0:
+            raise ConfigError("SIM_CHURN_S must be >= 0")
         if self.reject_mode not in REJECT_MODES:
             raise ConfigError(f"reject_mode must be one of {REJECT_MODES}, got {self.reject_mode!r}")
         try:
@@ -77,4 +86,6 @@ def options_from_env(settings: Settings, env: Mapping[str, str] | None = None) -
         seed=_int(env, "SIM_SEED", 0),
         reject_mode=(env.get("SIM_REJECT_MODE") or "whole").lower(),
         account_symbols=account_symbols,
+        listing=(env.get("SIM_LISTING") or "open").lower(),
+        churn_s=_float(env, "SIM_CHURN_S", 0.0),
     )

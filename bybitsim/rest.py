@@ -245,9 +245,12 @@ def _executions(account, q, now_ms):
 
 def _instruments(sim, q, now_ms):
     cat = _category(q)
-    symbols = sim.symbols.in_category(cat) or (list(sim.account.symbols) if cat == "linear" else [])
+    listed = sim.listed_symbols(cat)
+    symbols = listed if listed is not None else (
+        sim.symbols.in_category(cat) or (list(sim.account.symbols) if cat == "linear" else []))
     if q.get("symbol"):
-        symbols = [q["symbol"]] if sim.symbols.allows(cat, q["symbol"]) else []
+        known = q["symbol"] in symbols if listed is not None else sim.symbols.allows(cat, q["symbol"])
+        symbols = [q["symbol"]] if known else []
     out = []
     for sym in sorted(symbols):
         inst = sim.market.instrument(cat, sym)
@@ -265,8 +268,8 @@ def _instruments(sim, q, now_ms):
     limit = _limit(q, 500, 1000)
     start = 0
     if q.get("cursor"):
-        after = unquote(q["cursor"])
-        start = next((i + 1 for i, r in enumerate(out) if r["symbol"] == after), len(out))
+        after = unquote(q["cursor"])   # the previous page's last symbol: right even if it was delisted since
+        start = next((i for i, r in enumerate(out) if r["symbol"] > after), len(out))
     items = out[start:start + limit]
     more = start + limit < len(out)
     return {"category": cat, "list": items, "nextPageCursor": quote(items[-1]["symbol"]) if more else ""}

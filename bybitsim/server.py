@@ -223,7 +223,7 @@ class SimServer:
                 batch.append(orjson.dumps(stream.next(ts)))
                 # Jittered gaps (mean = interval): topics drift out of phase, so frames arrive
                 # spread out as from an exchange, not as one burst of every topic per period.
-                due += interval * (0.5 + sim.pace_rng.random())
+                due += interval * sim.slowness(conn.endpoint, topic) * (0.5 + sim.pace_rng.random())
                 n += 1
             if due < now - 1.0:
                 due = now                   # more than a second behind: skip, do not burst

@@ -18,7 +18,7 @@ from common.logs import RateLimited, get_logger
 from . import facts
 from .account import Account
 from .faults import REJECT_MODES, Faults
-from .market import Market
+from .market import Listing, Market
 from .options import SimOptions
 from .protocol import ENDPOINTS, PRIVATE, Symbols
 from .rest import FAULT_KINDS, PATHS, RestFault
@@ -44,6 +44,11 @@ class Simulator:
         self.account_rate = opts.account_rate
         self.symbols = Symbols(opts.symbols)
         self.market = Market(opts.seed)
+        # a realistic market (about 800 linear and 700 spot symbols, a few busy): only without an explicit list
+        self.listing = Listing(opts.seed) if opts.listing == "realistic" and not self.symbols.configured else None
+        self._slowness: dict[tuple[str, str], float] = {}
+        self._churned = 0
+        self._started = time.monotonic()
         self.faults = Faults(reject_mode=opts.reject_mode)
         self.account = Account(self.market, opts.seed, opts.account_symbols, opts.max_pushes, opts.push_window_s)
         self.conns: dict[str, Conn] = {}
@@ -85,6 +90,62 @@ class Simulator:
 
     def sent(self, conn: Conn, topic: str) -> None:
         self.frames_sent[f"{conn.endpoint}:{topic}"] += 1
+
+    def slowness(self, endpoint: str, topic: str) -> float:
+        """How many ``1/rate`` intervals apart a topic's frames are: 1 unless the realistic listing
+        makes its symbol quieter (a busy coin sends at SIM_RATE, the tail at a small share of it)."""
+        key = (endpoint, topic)
+        value = self._slowness.get(key)
+        if value is None:
+            parsed = facts.parse_public(endpoint, topic) if self.listing is not None else None
+            weight = self.listing.weight(endpoint, parsed.symbol) if parsed is not None else None
+            value = self._slowness[key] = 1.0 / weight if weight else 1.0
+        return value
+
+    def listed_symbols(self, category: str) -> list[str] | None:
+        """The realistic listing of ``category`` (None: not listed that way), after any churn due."""
+        if self.listing is None:
+            return None
+        self.churn()
+        return self.listing.symbols(category)
+
+    def churn(self) -> None:
+        """SIM_CHURN_S: the listing changes by one symbol every so often, in turn a listing and a
+        delisting on linear, then on spot; applied when someone looks (REST or state)."""
+        if self.listing is None or not self.opts.churn_s:
+            return
+        due = int((time.monotonic() - self._started) // self.opts.churn_s)
+        while self._churned < due:
+            step = self._churned % 4
+            category = "linear" if step < 2 else "spot"
+            try:
+                if step % 2 == 0:
+                    self.list_symbol(category, None)
+                else:
+                    self.delist_symbol(category, None)
+            except ValueError as exc:
+                log.warning("churn_skipped", error=str(exc))
+            self._churned += 1
+
+    def list_symbol(self, category: str, symbol: str | None) -> str:
+        symbol = self.listing.list_symbol(category, symbol)
+        self._slowness.clear()
+        log.info("symbol_listed", category=category, symbol=symbol)
+        return symbol
+
+    def delist_symbol(self, category: str, symbol: str | None) -> str:
+        """Delist: its streams stop at once; subscriptions stay until the client lets go (as at Bybit)."""
+        symbol = self.listing.delist_symbol(category, symbol)
+        self._slowness.clear()
+        silenced = 0
+        for conn in self.matching(category):
+            for topic in list(conn.due):
+                parsed = facts.parse_public(category, topic)
+                if parsed is not None and parsed.symbol == symbol:
+                    del conn.due[topic]
+                    silenced += 1
+        log.info("symbol_delisted", category=category, symbol=symbol, streams_stopped=silenced)
+        return symbol
 
     def book_frame_faults(self, conn: Conn, topic: str, stream) -> None:
         """Apply a pending gap/reset hook to this book stream before its next frame."""
@@ -165,6 +226,7 @@ class Simulator:
         return value
 
     def op_state(self, payload: dict) -> dict:
+        self.churn()
         subscribed = {e: sorted({t for c in self.matching(e) for t in c.topics})
                       for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)}
         return {"connections": [c.describe() for c in self.conns.values()],
@@ -173,7 +235,25 @@ class Simulator:
                 "auth_attempts": self.auth_attempts, "auth_failures": self.auth_failures,
                 "pings": dict(self.pings), "frames_sent": dict(self.frames_sent),
                 "faults": self.faults.to_dict(), "rate": self.rate, "account_rate": self.account_rate,
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters),
+                "listing": None if self.listing is None else {c: len(s) for c, s in self.listing.listed.items()}}
+
+    def op_listing(self, payload: dict) -> dict:
+        """``{"category": "linear"|"spot", "action": "list"|"delist", "symbol"?}``: change the realistic
+        listing now (no symbol: a new coin's USDT pair is listed, a quiet symbol delisted)."""
+        if self.listing is None:
+            raise ControlError("the listing is not realistic: start with SIM_LISTING=realistic and no SIM_SYMBOLS")
+        action, category, symbol = payload.get("action"), payload.get("category"), payload.get("symbol")
+        if action not in ("list", "delist"):
+            raise ControlError("action must be list or delist")
+        if symbol is not None and (not isinstance(symbol, str) or not facts.symbol_ok(category or "", symbol)):
+            raise ControlError("symbol must be an upper-case symbol of the category, or absent")
+        try:
+            symbol = (self.list_symbol if action == "list" else self.delist_symbol)(category, symbol)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return {"ok": True, "action": action, "category": category, "symbol": symbol,
+                "symbols": len(self.listing.listed[category])}
 
     def op_drop(self, payload: dict) -> dict:
         conns = self.matching(self._endpoint(payload))

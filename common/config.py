@@ -110,6 +110,8 @@ class Settings:
     # reconciliation
     reconcile_interval_s: float = 300.0
     rest_ban_s: float = 600.0    # REST calls paused after an HTTP 403 (Bybit asks for 10 minutes at least)
+    # whole-category subscriptions (symbol "*"): each category's instrument list is fetched this often
+    category_refresh_s: float = 120.0
     # instances: each unit of work (private stream, public shard) is leased by one live instance
     instance_id: str = "default"
     shards: int = 16             # public topics are split by a stable hash of their key into this many shards
@@ -340,6 +342,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_ms=e.int("PERSISTER_BATCH_MS", 200, 1, 60_000),
         reconcile_interval_s=e.float("GW_RECONCILE_INTERVAL_S", 300.0, 1.0),
         rest_ban_s=e.float("GW_REST_BAN_S", 600.0, 600.0),
+        category_refresh_s=e.float("GW_CATEGORY_REFRESH_S", 120.0, 5.0, 3600.0),
         **_instances(e),
         sim_host=sim_host,
         sim_port=sim_port,

@@ -69,6 +69,12 @@ TWO_FORM_CHANNELS = tuple(c for c, cats in PRIVATE_CATEGORIES.items() if cats)
 PLAIN_SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{1,39}")
 OPTION_SYMBOL_RE = re.compile(r"[A-Z0-9]+-\d{1,2}[A-Z]{3}\d{2}-\d+(?:\.\d+)?-[CP](?:-[A-Z0-9]+)?")
 MAX_SYMBOL_LEN = 40
+# symbol "*": every symbol Bybit lists as trading in the category (ingest expands it, and keeps up
+# with listings); one subscription row, topic ``tickers.*``. Pools (insurance, adl_alert) have none.
+WILDCARD = "*"
+WILDCARD_CHANNELS = ("trades", "tickers", "orderbook", "kline", "liquidation", "orderbook_rpi", "price_limit")
+# Options are listed per base coin, thousands of strikes, at most 2,000 topics per connection: not by "*".
+WILDCARD_CATEGORIES = ("spot", "linear", "inverse")
 # Spot allows at most 10 args per subscribe request; option 2,000 topics per connection;
 # every public connection at most 21,000 characters of topic names.
 MAX_ARGS_PER_REQUEST = {"spot": 10}
@@ -99,6 +105,15 @@ class Topic:
         """Unique across the gateway: one subscription per endpoint and topic."""
         return f"{self.endpoint}:{self.name}"
 
+    @property
+    def whole_category(self) -> bool:
+        """Every listed symbol of the category (symbol "*"), not one topic at Bybit."""
+        return self.symbol == WILDCARD
+
+    def for_symbol(self, symbol: str) -> "Topic":
+        """This whole-category topic made concrete for one listed ``symbol``. Raises TopicError."""
+        return build_topic(self.channel, self.category, symbol, self.depth, self.interval)
+
 
 def symbol_ok(symbol) -> bool:
     """A Bybit symbol's shape: plain (BTCUSDT) or an option, whose strike may have decimals."""
@@ -123,13 +138,21 @@ def build_topic(channel: str, category: str | None = None, symbol: str | None = 
     if symbol is None:
         what = "pool" if channel in POOL_CHANNELS else "symbol"
         raise TopicError("symbol", f"symbol (the {what}) is required for channel {channel!r}")
-    if channel in POOL_CHANNELS:
+    if symbol == WILDCARD:
+        if channel not in WILDCARD_CHANNELS:
+            raise TopicError("symbol", f"symbol '*' (every symbol of the category) is not available for {channel!r}; "
+                                       f"use it with {_list(WILDCARD_CHANNELS)}")
+        if category not in WILDCARD_CATEGORIES:
+            raise TopicError("symbol", f"symbol '*' is available on {_list(WILDCARD_CATEGORIES)}, not on {category!r} "
+                                       "(options are listed per base coin, thousands of strikes): name the symbols")
+    elif channel in POOL_CHANNELS:
         if symbol not in POOLS[category]:
             raise TopicError("symbol", f"{channel} on {category} is per pool: symbol must be one of "
                                        f"{_list(POOLS[category])}")
     elif not symbol_ok(symbol):
         raise TopicError("symbol", "symbol must be 2-40 uppercase letters, digits or '-' (e.g. BTCUSDT); "
-                                   "an option's strike may have decimals (XRP-30OCT26-0.4-P-USDT)")
+                                   "an option's strike may have decimals (XRP-30OCT26-0.4-P-USDT); '*' means every symbol "
+                                   "of the category")
     if channel != "orderbook" and depth is not None:
         raise TopicError("depth", "depth applies to channel 'orderbook' only")
     if channel != "kline" and interval is not None:

@@ -22,6 +22,7 @@ from ingest.listen import Listener
 from ingest.manager import Manager
 from ingest.reconcile import Reconciler
 from ingest.supervise import supervise
+from ingest.universe import HeldByUniverse, Universe, load_rows
 
 log = get_logger("ingest")
 SYNC_EVERY_S = 30.0
@@ -80,7 +81,11 @@ class Ingest:
             self.reconciler.client.pause_on_403(   # a 403 is an IP ban: no REST call for a while, and say so
                 settings.rest_ban_s, lambda kind, body: self.handoff.system(kind, body, endpoint="private"))
             self.reconciler.request("ingest_started")
-        self.control = ControlServer(settings.run_dir, self.mgr, self.request_sync)
+        # whole-category rows (symbol "*"): expanded here into a topic per listed symbol
+        self.universe = Universe(settings, self.mgr, self.request_sync, owns_row=lambda key: self.coord.owns(
+            unit_of(key.split(":", 1)[0], key, settings.shards)))
+        self.control = ControlServer(settings.run_dir, HeldByUniverse(self.mgr, self.universe, self.request_sync),
+                                     self.request_sync)
         self.exchange = ExchangeStatus(self.mgr, self.handoff) if settings.exchange_status else None
         self._sync_now = asyncio.Event()
         self._sync_trace = ""
@@ -94,8 +99,10 @@ class Ingest:
     # -- instances and leases --------------------------------------------------------------
     def on_notify(self, keys: list[str] | None) -> None:
         """A subscription changed (through any instance's API): converge now if it is ours.
-        None: the listener (re)connected and may have missed some."""
-        if keys is None or any(self.coord.owns(unit_of(k.split(":", 1)[0], k, self.settings.shards)) for k in keys):
+        None: the listener (re)connected and may have missed some. A whole-category row's topics
+        span every shard: any instance may hold some of them."""
+        if keys is None or any(k.endswith(".*") or self.coord.owns(unit_of(k.split(":", 1)[0], k, self.settings.shards))
+                               for k in keys):
             self.request_sync()
 
     def on_acquired(self, acquired, lease) -> None:
@@ -152,6 +159,7 @@ class Ingest:
             seq = self.control.reads.begin()    # a control read started after this one wins over it
             try:
                 desired, invalid = await asyncio.to_thread(store.load_desired, self.settings.database_url)
+                whole_rows = await asyncio.to_thread(load_rows, self.settings.database_url)
             except Exception as exc:
                 if self.db_state["reachable"] is not False:
                     log.warning("desired_state_unavailable", error=str(exc).strip(), retry_in_s=delay)
@@ -163,7 +171,10 @@ class Ingest:
                 for sid, why in invalid:
                     log.error("invalid_stored_subscription", id=sid, error=why)
                 self.db_state.update(reachable=True, error=None, last_sync=time.time())
-                self.mgr.converge(self.control.converge_view(desired, seq))
+                _, desired = Universe.split(desired)
+                for sid, why in self.universe.set_rows(whole_rows):
+                    log.error("invalid_stored_subscription", id=sid, error=why)
+                self.mgr.converge(self.universe.desired(self.control.converge_view(desired, seq)))
                 if trace_id:
                     log.info("synced", topics=len(desired), trace_id=trace_id)
                 wait, delay = SYNC_EVERY_S, 0.5
@@ -200,6 +211,8 @@ class Ingest:
 
     def _mgr_status(self) -> dict:
         out = self.mgr.status()
+        out["universe"] = self.universe.status()
+        out["topics"].update(self.universe.topic_entries(out["topics"]))
         if self.exchange is not None:   # Bybit's system-status socket: its connection and notices
             exchange = out["exchange_status"] = self.exchange.status()
             out["connections"].append(exchange["connection"])
@@ -211,6 +224,7 @@ class Ingest:
             await self.reconciler.close()
         if self.exchange is not None:
             await self.exchange.close()
+        await self.universe.close()
         await self.mgr.close()
         if self.listener is not None:
             self.listener.close()
@@ -243,7 +257,7 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     app.listener = Listener(settings.database_url, loop, app.on_notify)
     app.listener.start()
     jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.control.serve),
-            ("leases", app.leases_loop), ("fence", app.coord.fence)]
+            ("leases", app.leases_loop), ("fence", app.coord.fence), ("universe", app.universe.run)]
     if app.reconciler is not None:
         jobs += [("reconcile", app.reconcile_loop), ("downstreams", app.reconciler.watch_downstreams)]
     # each loop runs for good: one that raises or returns is logged, counted and started again
