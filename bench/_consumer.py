@@ -47,10 +47,12 @@ def percentile(hist: dict, p: float) -> float | None:
     return max(hist)
 
 
-def merge(windows: list[dict]) -> Counter:
+def merge(windows: list[dict], cls: str | None = None) -> Counter:
+    """The windows' market latency histograms merged (``cls``: that class's only)."""
     out: Counter = Counter()
     for w in windows:
-        out.update({float(k): v for k, v in w["hist"].items()})
+        h = w["hist"] if cls is None else (w.get("hist_by_class") or {}).get(cls, {})
+        out.update({float(k): v for k, v in h.items()})
     return out
 
 
@@ -89,7 +91,7 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
     out = Path(out_dir)
     files = {name: open(out / f"{name}.jsonl", "ab", buffering=0) for name in ("windows", "account", "system")}
     streams = Streams()
-    state = {"hist": Counter(), "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
+    state = {"hist": Counter(), "by_class": {}, "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
 
     def on_message(channel, method, props, body):
         now = time.time_ns()
@@ -97,7 +99,12 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
         cls = doc.get("event_class")
         state["counts"][cls] += 1
         if cls in MARKET:
-            state["hist"][bucket((now - iso_to_ns(doc["received_at"])) / 1e6)] += 1
+            b = bucket((now - iso_to_ns(doc["received_at"])) / 1e6)
+            state["hist"][b] += 1
+            by = state["by_class"].get(cls)
+            if by is None:
+                by = state["by_class"][cls] = Counter()
+            by[b] += 1
             streams.see(f"{method.routing_key}@{doc.get('stream_epoch')}", doc["stream_seq"])
         elif cls in ACCOUNT:
             files["account"].write(orjson.dumps({
@@ -120,9 +127,10 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
     def window() -> None:
         files["windows"].write(orjson.dumps({
             "t": time.time(), "hist": {str(k): v for k, v in state["hist"].items()},
+            "hist_by_class": {c: {str(k): v for k, v in h.items()} for c, h in state["by_class"].items()},
             "counts": dict(state["counts"]), "gaps": streams.gaps, "dups": streams.dups,
             "restarts": streams.restarts, "reconnects": state["reconnects"]}) + b"\n")
-        state["hist"], state["counts"] = Counter(), Counter()
+        state["hist"], state["counts"], state["by_class"] = Counter(), Counter(), {}
 
     next_window = time.monotonic() + window_s
     first = True

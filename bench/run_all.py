@@ -33,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
-from _gw import (ROOT, BenchGateway, exit_on_sigterm, market_requests, private_requests, rss_by_program,  # noqa: E402
-                 status_file, stores, subscribe)
+from _gw import (ROOT, BenchGateway, children, exit_on_sigterm, market_requests, pids,  # noqa: E402
+                 private_requests, rss_by_program, status_file, stores, subscribe)
 from publisher.metrics import percentile_ms  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
 
@@ -199,6 +199,94 @@ def gateway_phase(args) -> dict:
     return out
 
 
+def cpu_s(gw) -> float:
+    """User + system CPU seconds used so far by every program of the tree (the API's workers too),
+    not the simulator (the exchange)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for program, pid in pids(gw).items():
+        if program == "simulator":
+            continue
+        for p in [pid] + (children(pid) if program == "api" else []):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+OVERLOAD_BOOKS, OVERLOAD_TICKERS = 5, 5
+
+
+def overload_phase(args, capacity: float) -> dict:
+    """The whole gateway offered 1x, 2x and 4x the machine's capacity (bare pika's rate measured in
+    this run), over trades, books and linear tickers, the account trading at 20 events/s. Per step:
+    what the simulator really sent, what the consumer got per second, the age of what it got per
+    class (event ``received_at`` -> consume time), drops per class and reason (ingest + publisher),
+    books resynced, the account checked against the simulator, RSS and CPU per delivered event."""
+    out: dict = {"capacity": capacity, "steps": []}
+    with stores() as (pg_url, amqp_url, _):
+        gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning",
+                          GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30")
+        consumer = None
+        try:
+            gw.start()
+            tickers = [{"channel": "tickers", "category": "linear", "symbol": f"K{i}USDT"} for i in range(OVERLOAD_TICKERS)]
+            subscribe(gw, market_requests(TOPICS, books=OVERLOAD_BOOKS) + tickers + private_requests())
+            consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bo-")))
+            run = Run(gw, consumer, account_rate=20)
+            n_topics = TOPICS + OVERLOAD_BOOKS + OVERLOAD_TICKERS
+            for mult in (1, 2, 4):
+                run.sim_rate(rate=capacity * mult / n_topics, account_rate=20)
+                time.sleep(2)                               # into the steady state of this step
+                sampler = RssSampler(gw)
+                sampler.start()
+                p0, i0, c0 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_s(gw)
+                sim0 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+                t0 = time.time()
+                time.sleep(args.overload)
+                t1 = time.time()
+                p1, i1, c1 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_s(gw)
+                sim1 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+                rss = sampler.stop()
+                run.sim_rate(rate=0)
+                wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the step")
+                wins = consumer.windows(t0, t1)
+                delivered = sum(sum(v for c, v in w["counts"].items() if c in ("trades", "tickers", "orderbook"))
+                                for w in wins)
+                ages = {}
+                for cls in ("orderbook", "tickers", "trades"):
+                    h = merge(wins, cls)
+                    ages[cls] = (percentile(h, 50), percentile(h, 99), sum(h.values()))
+
+                def diff(a: dict, b: dict) -> dict:
+                    return {k: v - a.get(k, 0) for k, v in b.items() if v - a.get(k, 0)}
+
+                drops = {"publisher": {r: diff((p0.get("dropped_by_reason") or {}).get(r, {}), c)
+                                       for r, c in (p1.get("dropped_by_reason") or {}).items()},
+                         "ingest": {r: diff((i0["handoff"]["publisher"].get("dropped_by_reason") or {}).get(r, {}), c)
+                                    for r, c in (i1["handoff"]["publisher"].get("dropped_by_reason") or {}).items()}}
+                resync = (p1.get("resync") or {}).get("sent", 0) - (p0.get("resync") or {}).get("sent", 0)
+                book_resyncs = len([e for e in consumer.system("book_resync", t0)
+                                    if "dropped in" in str(e["data"].get("reason"))])
+                acct = run.measure(f"overload_{mult}x", lambda res: None)
+                out["steps"].append({
+                    "mult": mult, "offered": capacity * mult, "sim_per_s": (sim1 - sim0) / (t1 - t0),
+                    "delivered_per_s": delivered / (t1 - t0), "ages": ages, "drops": drops,
+                    "resync_requests": resync, "book_resync_events": book_resyncs,
+                    "account_missing": acct.account_missing, "rss": rss,
+                    "cpu_us_per_event": (c1 - c0) / delivered * 1e6 if delivered else None})
+                print(f"overload {mult}x: {out['steps'][-1]}", flush=True)
+        finally:
+            try:
+                if consumer is not None:
+                    consumer.close(remove=True)
+            finally:
+                gw.stop()
+    return out
+
+
 def reconcile_phase(args, seconds: float = 20.0) -> dict:
     """Push -> consumer latency of fills while reconciliations run, at the 5,000 frames/s load.
 
@@ -287,18 +375,56 @@ def faults_rows() -> dict[str, list[str]]:
     return rows
 
 
+def overload_rows(over: dict, bare: str) -> list[str]:
+    """The overload table (markdown): one row per multiple of the machine's capacity."""
+    cpu = num(r"([\d.]+) us CPU per message", bare)
+    lines = [f"## Overload: offered 1x, 2x, 4x this machine's capacity ({over['capacity']:,.0f} msg/s = bare pika "
+             f"forwarder with async confirms, gateway-shaped messages, same run; its CPU {cpu if cpu is not None else '?'} us/message)", "",
+             "Age = event `received_at` (ingest's receive time) -> taken by a consumer process, per class "
+             "p50/p99 ms. Drops per reason and class, ingest's hand-off and the publisher. Targets: book and "
+             "ticker p99 <= 1000 ms; delivered >= 0.8x bare pika.", "",
+             "| offered | simulator sent/s | delivered/s (x bare) | books p50/p99 | tickers p50/p99 | trades p50/p99 "
+             "| dropped (ingest; publisher) | resync requests / book_resync | account | RSS MB | tree CPU us/event | "
+             "result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for st in over["steps"]:
+        a = st["ages"]
+
+        def age(cls: str) -> str:
+            p50, p99, n = a[cls]
+            return f"{p50}/{p99} ({n:,})" if n else "-"
+
+        ok = all(a[c][1] is None or a[c][1] <= 1000 for c in ("orderbook", "tickers")) and not st["account_missing"]
+        cpu_cell = f"{st['cpu_us_per_event']:.0f}" if st["cpu_us_per_event"] else "-"
+        ratio = st["delivered_per_s"] / over["capacity"] if over["capacity"] else 0
+        lines.append(
+            f"| {st['mult']}x = {st['offered']:,.0f}/s | {st['sim_per_s']:,.0f} | {st['delivered_per_s']:,.0f} "
+            f"({ratio:.2f}x) | {age('orderbook')} | {age('tickers')} | {age('trades')} | {st['drops']['ingest']}; "
+            f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | "
+            f"{'untouched' if not st['account_missing'] else st['account_missing']} | "
+            + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
+            + f" | {cpu_cell} | {'PASS' if ok and ratio >= 0.8 else 'FAIL'} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--warmup", type=float, default=3)
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--flood", type=float, default=10)
+    ap.add_argument("--overload", type=float, default=15, help="seconds per overload step (1x, 2x, 4x)")
+    ap.add_argument("--only-overload", action="store_true", help="the overload table alone (printed, not written)")
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the bench itself)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "latest.md"))
     args = ap.parse_args(argv)
     exit_on_sigterm()
     if args.quick:
-        args.duration, args.flood = 5, 4
+        args.duration, args.flood, args.overload = 5, 4, 6
+    if args.only_overload:
+        bare = run_script(["bench/bare_pika.py", "--messages", "100000", "--same"], 300)
+        capacity = num(r"([\d,.]+) msg/s", bare) or 10_000.0
+        print("\n".join(overload_rows(overload_phase(args, capacity), bare)))
+        return 0
     started = time.monotonic()
     info = machine()
     load0 = os.getloadavg()
@@ -308,6 +434,10 @@ def main(argv=None) -> int:
     print(f"gateway phase: {gw}", flush=True)
     fills = reconcile_phase(args, seconds=8 if args.quick else 20)
     print(f"reconciliation phase: {fills}", flush=True)
+    bare = run_script(["bench/bare_pika.py", "--messages", "100000", "--same"], 300)
+    capacity = num(r"([\d,.]+) msg/s", bare) or 10_000.0
+    over = overload_phase(args, capacity)
+    print(f"overload phase: {over}", flush=True)
     pipe = run_script(["bench/pipeline.py", "--rates", "5000", "--duration", "3" if args.quick else "5",
                        "--ramp", "10000,15000,20000,25000", "--flood", "30000" if args.quick else "60000"], 600)
     api = run_script(["bench/api_bench.py", "--requests", "500" if args.quick else "2000", "--capacity",
@@ -369,6 +499,7 @@ def main(argv=None) -> int:
     row("flood: account events untouched (simulator truth vs PostgreSQL and queues)",
         f"missing {fl['account_missing'] or 'none'} (checked after the drain, settled in {fl['settle_s']} s)",
         not fl["account_missing"])
+    over_lines = overload_rows(over, bare)
     p95 = num(r"worst p95 over the API scenarios: ([\d.]+) ms", api)
     capacity = re.search(r"highest rate with p95 < 20 ms at \d+ clients \(req/s\): (.*)", api)
     row("REST p95 < 20 ms at 50 concurrent clients",
@@ -424,6 +555,7 @@ def main(argv=None) -> int:
              f"{time.monotonic() - started:.0f} s (`make bench`).", "",
              "| target | measured | result |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {r} |" for t, m, r in rows]
+    lines += ["", *over_lines]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,9 @@ class Downstream:
                     key = None
                 streams[stream] = {"routing_key": key, "ingest_seq_from": first, "ingest_seq_to": last, "count": n}
             out.append({"where": "ingest", "reason": reason, "downstream": self.name,
-                        "dropped_total": dict(self.dropped_by[reason]), "dropped_streams": streams,
+                        # not "dropped_streams": these are ingest's frame numbers, not the consumers'
+                        # stream_seq (the publisher's stream_gap names those)
+                        "dropped_total": dict(self.dropped_by[reason]), "dropped_frames": streams,
                         "max_age_ms": {c: b // 1_000_000 for c, b in sorted(self.market.bounds.items())}
                         if reason == freshness.TOO_OLD else None})
         return out

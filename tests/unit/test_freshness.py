@@ -211,7 +211,7 @@ def test_handoff_drops_frames_past_their_bound_and_announces_them(short_tmp):
         assert dict(d.dropped_by[TOO_OLD]) == {"orderbook": 10} and len(d.market) == 0 and len(d.account) == 1
         [notice] = d.take_drop_notices()
         assert notice["reason"] == TOO_OLD and notice["where"] == "ingest"
-        assert notice["dropped_streams"] == {"linear:orderbook.50.BTCUSDT": {
+        assert notice["dropped_frames"] == {"linear:orderbook.50.BTCUSDT": {
             "routing_key": "orderbook.linear.BTCUSDT", "ingest_seq_from": 1, "ingest_seq_to": 10, "count": 10}}
         d.sock.close(0)
     finally:
