@@ -18,7 +18,7 @@ import zmq
 
 from common import addresses
 from common import freshness
-from common.classify import ACCOUNT_CLASSES, UnknownTopic, public_route
+from common.classify import ACCOUNT_CLASSES, DURABLE_CLASSES, UnknownTopic, public_route
 from common.envelope import FRAME, Envelope, json_envelope
 from common.logs import RateLimited, get_logger
 from ingest import metrics
@@ -64,7 +64,7 @@ class Downstream:
              seq: int = 0) -> None:
         if not self.account and not self.market and self._try(parts):
             return
-        if cls in ACCOUNT_CLASSES or cls == "system" or cls == "":
+        if cls in DURABLE_CLASSES or cls == "":
             self.account.append(parts)      # never dropped
         else:
             market = self.market

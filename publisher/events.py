@@ -50,6 +50,11 @@ class Event:
     def is_account(self) -> bool:
         return self.event_class in classify.ACCOUNT_CLASSES
 
+    @property
+    def durable(self) -> bool:
+        """Never dropped by the gateway: account data, its own notices and Bybit's status notices."""
+        return self.event_class in classify.DURABLE_CLASSES
+
     def to_record(self) -> bytes:
         """One spool line (orjson, no newline inside)."""
         return orjson.dumps({"i": self.event_id, "c": self.event_class, "k": self.routing_key,

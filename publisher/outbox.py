@@ -156,7 +156,7 @@ class Outbox:
     def add(self, event: Event, front: bool = False) -> None:
         """Queue a new event (``front``: ahead of everything, e.g. an outage notice)."""
         event.seq = -1 if front else next(self._seq)
-        if event.is_account or event.event_class == "system":
+        if event.durable:
             sp = self.spool
             # Once spooling, every account event goes to the spool until it is drained: order.
             if not front and sp is not None and (sp.depth > 0 or (self.at_limit and not self._market)):
@@ -213,7 +213,7 @@ class Outbox:
         for ev in sorted(events, key=lambda e: e.seq, reverse=True):
             size = _size(ev)
             self.bytes += size
-            if ev.is_account or ev.event_class == "system":
+            if ev.durable:
                 self._account.appendleft(ev)
             else:
                 self._market.appendleft(ev.event_class, ev.recv_ns, size, ev)

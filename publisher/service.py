@@ -630,14 +630,14 @@ class Service:
             b.inflight.clear()
         while (ev := self.outbox.pop()) is not None:
             left.append(ev)
-        keep = [ev for ev in left if ev.is_account or ev.event_class == "system"]
+        keep = [ev for ev in left if ev.durable]
         lost = len(left) - len(keep)
         if keep:
             self.spool.rewrite_front(keep)
         if keep or lost:
             log.warning("stopped with events not confirmed", spooled=len(keep), market_dropped=lost)
             for ev in left:
-                if not (ev.is_account or ev.event_class == "system"):
+                if not ev.durable:
                     self.outbox.dropped[ev.event_class] += 1
 
 

@@ -198,3 +198,17 @@ def test_latency_counts_percentiles_over_a_window():
     assert percentile_ms(before, after, 100) == float("inf")
     assert percentile_ms(after, after, 99) is None
     assert percentile_ms(None, before, 100) == 4
+
+
+def test_outbox_never_drops_bybit_status_notices(tmp_path):
+    """exchange_status is published persistent, so it is kept like account data, never dropped."""
+    box = Outbox(bound=2, spool=Spool(tmp_path / "s"))
+    box.add(ev("exchange_status", 1))
+    for i in range(1, 6):
+        box.add(ev("trades", i))
+    box.add(ev("exchange_status", 2))
+    assert box.dropped["exchange_status"] == 0 and box.dropped["trades"] >= 3
+    out = []
+    while (e := box.pop()) is not None:
+        out.append(e.event_class)
+    assert out.count("exchange_status") == 2
