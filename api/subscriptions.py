@@ -61,7 +61,10 @@ def create(body: SubscriptionCreate):
     requester is added to its holders). The row is written before ingest is told; joining
     an active subscription does not ask ingest (``ingest: not_needed``). 409
     ``conflicting_subscription`` when the other form of a private channel is pending or active
-    (``order`` with ``order.linear``, and the same for execution and position)."""
+    (``order`` with ``order.linear``, and the same for execution and position).
+
+    ``symbol: "*"`` is one subscription for every symbol Bybit lists as trading in the category
+    (ingest expands it and follows listings); ``symbol_count`` is null until ingest fetched the list."""
     try:
         topic = build_topic(body.channel, body.category, body.symbol, body.depth, body.interval)
     except TopicError as exc:
