@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
@@ -199,62 +201,178 @@ def gateway_phase(args) -> dict:
     return out
 
 
-def cpu_s(gw) -> float:
-    """User + system CPU seconds used so far by every program of the tree (the API's workers too),
-    not the simulator (the exchange)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for program, pid in pids(gw).items():
-        if program == "simulator":
-            continue
-        for p in [pid] + (children(pid) if program == "api" else []):
+def _ticks(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rabbitmq_pid() -> int | None:
+    """The broker's Erlang VM (shared with everyone's tests: its CPU is context, not ours)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
             try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
-    return total
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"beam.smp" in cmd and b"rabbit\x00boot" in cmd:
+                return int(d.name)
+    return None
+
+
+TREE = ("ingest", "publisher", "persister", "api", "ops", "supervisord")
+
+
+def cpu_by_process(gw, extra: dict[str, int | None] | None = None) -> dict[str, float]:
+    """CPU seconds so far per program of the tree (the API's workers counted with it; the ops
+    listener and supervisord too), the simulator, and ``extra`` ({name: pid}: the consumer,
+    RabbitMQ, the bare forwarder)."""
+    out: dict[str, float] = {}
+    for program, pid in pids(gw).items():
+        out[program] = sum(_ticks(p) for p in [pid] + (children(pid) if program == "api" else []))
+    if gw.proc is not None:
+        out["supervisord"] = _ticks(gw.proc.pid)
+    for name, pid in (extra or {}).items():
+        if pid:
+            out[name] = _ticks(pid)
+    return out
+
+
+def cpu_s(gw) -> float:
+    """User + system CPU seconds used so far by every program of the tree, not the simulator."""
+    return sum(v for k, v in cpu_by_process(gw).items() if k in TREE)
 
 
 OVERLOAD_BOOKS, OVERLOAD_TICKERS = 5, 5
+FLOOD_PER_TOPIC = 100_000 / 35       # "as fast as the simulator goes"
 
 
-def overload_phase(args, capacity: float) -> dict:
-    """The whole gateway offered 1x, 2x and 4x the machine's capacity (bare pika's rate measured in
-    this run), over trades, books and linear tickers, the account trading at 20 events/s. Per step:
-    what the simulator really sent, what the consumer got per second, the age of what it got per
-    class (event ``received_at`` -> consume time), drops per class and reason (ingest + publisher),
-    books resynced, the account checked against the simulator, RSS and CPU per delivered event."""
-    out: dict = {"capacity": capacity, "steps": []}
+def overload_topics() -> tuple[list[dict], list[str]]:
+    """(subscription requests, the same as Bybit topics on the linear socket)."""
+    tickers = [{"channel": "tickers", "category": "linear", "symbol": f"K{i}USDT"} for i in range(OVERLOAD_TICKERS)]
+    reqs = market_requests(TOPICS, books=OVERLOAD_BOOKS) + tickers
+    topics = ([f"publicTrade.T{i}USDT" for i in range(TOPICS)] + [f"orderbook.50.B{i}USDT" for i in range(OVERLOAD_BOOKS)]
+              + [f"tickers.K{i}USDT" for i in range(OVERLOAD_TICKERS)])
+    return reqs, topics
+
+
+MARKET_COUNTED = ("trades", "tickers", "orderbook")
+
+
+def _delivered(wins: list[dict]) -> int:
+    return sum(sum(v for c, v in w["counts"].items() if c in MARKET_COUNTED) for w in wins)
+
+
+def reference_phase(args, gw, run, consumer, amqp_url: str, topics: list[str], rmq: int | None) -> dict:
+    """Before the gateway subscribes anything: (1) a reader that drops every frame, to see how fast
+    the simulator itself goes on these cores; (2) the bare pika forwarder (bench/bare_forwarder.py)
+    on the same topics, broker, vhost and consumer, the simulator flooding. Its delivered rate
+    (counted by the consumer, like the gateway's) is the machine's capacity for the table."""
+    out: dict = {}
+    ws_url = f"ws://127.0.0.1:{gw.env['SIM_PORT']}/v5/public/linear"
+    for mode in ("discard", "forward"):
+        status = Path(tempfile.mkdtemp(prefix="wsgw-bf-")) / "bare.json"
+        argv = [PY, str(ROOT / "bench" / "bare_forwarder.py"), ws_url, amqp_url, "--topics", ",".join(topics),
+                "--status", str(status)] + (["--discard"] if mode == "discard" else [])
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(status.with_suffix(".err"), "wb"))
+        try:
+            wait_for(lambda: status.exists() or proc.poll() is not None, 30, message="bare forwarder up")
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare forwarder exited: {status.with_suffix('.err').read_text()[-2000:]}")
+            run.sim_rate(rate=FLOOD_PER_TOPIC, account_rate=0)
+            time.sleep(2)
+            extra = {"consumer": consumer.proc.pid, "rabbitmq": rmq, "bare": proc.pid}
+            s0, c0, sim0 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), \
+                sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+            t0 = time.time()
+            time.sleep(args.overload)
+            t1 = time.time()
+            s1, c1, sim1 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), \
+                sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+            run.sim_rate(rate=0, account_rate=0)
+            depth = QueueDepths(amqp_url)
+            backlog = sum(depth.read().values())
+            depth.close()
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+        if mode == "discard":
+            out["simulator_alone"] = {"sim_per_s": (sim1 - sim0) / (t1 - t0),
+                                      "read_per_s": (s1["read"] - s0["read"]) / (t1 - t0),
+                                      "cpu_s": {k: round(v, 2) for k, v in cpu.items()}, "seconds": t1 - t0}
+            continue
+        wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the bare run")
+        wins = consumer.windows(t0, t1)
+        delivered = _delivered(wins)
+        ages = {cls: (percentile(h := merge(wins, cls), 50), percentile(h, 99), sum(h.values()))
+                for cls in ("orderbook", "tickers", "trades")}
+        out["bare"] = {"sim_per_s": (sim1 - sim0) / (t1 - t0), "read_per_s": (s1["read"] - s0["read"]) / (t1 - t0),
+                       "confirmed_per_s": (s1["confirmed"] - s0["confirmed"]) / (t1 - t0),
+                       "delivered_per_s": delivered / (t1 - t0), "delivered": delivered, "ages": ages,
+                       "queued_at_end": backlog, "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+                       "cpu_us_per_event": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {},
+                       "seconds": t1 - t0}
+        # what the bare run left in the queues is consumed before the gateway's steps start
+        depth = QueueDepths(amqp_url)
+        try:
+            wait_for(lambda: sum(depth.read().values()) == 0, 60, interval=0.5, message="bare run's queues drained")
+        finally:
+            depth.close()
+    print(f"reference: {out}", flush=True)
+    return out
+
+
+def overload_phase(args) -> dict:
+    """The reference run first (``reference_phase``: the simulator's own ceiling and the bare pika
+    forwarder's delivered rate, which is the capacity), then the whole gateway offered 1x, 2x and
+    4x that capacity over the same trades, books and linear tickers, the account trading at 20
+    events/s. Per step: what the simulator really sent, what the consumer got per second, the
+    age of what it got per class (event ``received_at`` -> consume time), what was left queued in
+    RabbitMQ at the end (the consumer keeping up or not), drops per class and reason (ingest +
+    publisher), books resynced, the account checked against the simulator, RSS and CPU per
+    delivered event per process."""
+    out: dict = {"steps": []}
     with stores() as (pg_url, amqp_url, _):
         gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning",
                           GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30")
         consumer = None
         try:
             gw.start()
-            tickers = [{"channel": "tickers", "category": "linear", "symbol": f"K{i}USDT"} for i in range(OVERLOAD_TICKERS)]
-            subscribe(gw, market_requests(TOPICS, books=OVERLOAD_BOOKS) + tickers + private_requests())
+            reqs, topics = overload_topics()
             consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bo-")))
             run = Run(gw, consumer, account_rate=20)
-            n_topics = TOPICS + OVERLOAD_BOOKS + OVERLOAD_TICKERS
+            rmq = rabbitmq_pid()
+            ref = reference_phase(args, gw, run, consumer, amqp_url, topics, rmq)
+            out.update(ref)
+            capacity = out["capacity"] = ref["bare"]["delivered_per_s"]
+            subscribe(gw, reqs + private_requests())
+            run.sim_rate(rate=0, account_rate=20)
+            n_topics = len(topics)
+            extra = {"consumer": consumer.proc.pid, "rabbitmq": rmq}
             for mult in (1, 2, 4):
                 run.sim_rate(rate=capacity * mult / n_topics, account_rate=20)
                 time.sleep(2)                               # into the steady state of this step
                 sampler = RssSampler(gw)
                 sampler.start()
-                p0, i0, c0 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_s(gw)
+                p0, i0, c0 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_by_process(gw, extra)
                 sim0 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
                 t0 = time.time()
                 time.sleep(args.overload)
                 t1 = time.time()
-                p1, i1, c1 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_s(gw)
+                p1, i1, c1 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_by_process(gw, extra)
                 sim1 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+                depth = QueueDepths(amqp_url)
+                queued = sum(depth.read().values())
+                depth.close()
                 rss = sampler.stop()
                 run.sim_rate(rate=0)
                 wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the step")
                 wins = consumer.windows(t0, t1)
-                delivered = sum(sum(v for c, v in w["counts"].items() if c in ("trades", "tickers", "orderbook"))
-                                for w in wins)
+                delivered = _delivered(wins)
                 ages = {}
                 for cls in ("orderbook", "tickers", "trades"):
                     h = merge(wins, cls)
@@ -271,12 +389,16 @@ def overload_phase(args, capacity: float) -> dict:
                 book_resyncs = len([e for e in consumer.system("book_resync", t0)
                                     if "dropped in" in str(e["data"].get("reason"))])
                 acct = run.measure(f"overload_{mult}x", lambda res: None)
+                cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+                tree = sum(v for k, v in cpu.items() if k in TREE)
                 out["steps"].append({
                     "mult": mult, "offered": capacity * mult, "sim_per_s": (sim1 - sim0) / (t1 - t0),
                     "delivered_per_s": delivered / (t1 - t0), "ages": ages, "drops": drops,
-                    "resync_requests": resync, "book_resync_events": book_resyncs,
+                    "queued_at_end": queued, "resync_requests": resync, "book_resync_events": book_resyncs,
                     "account_missing": acct.account_missing, "rss": rss,
-                    "cpu_us_per_event": (c1 - c0) / delivered * 1e6 if delivered else None})
+                    "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+                    "cpu_us_per_event": tree / delivered * 1e6 if delivered else None,
+                    "cpu_us_by_process": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {}})
                 print(f"overload {mult}x: {out['steps'][-1]}", flush=True)
         finally:
             try:
@@ -338,6 +460,53 @@ def reconcile_phase(args, seconds: float = 20.0) -> dict:
             "during": stats(inside), "otherwise": stats(outside)}
 
 
+def whole_category_phase(args, seconds: float = 20.0) -> dict:
+    """What whole-category subscriptions cost: tickers and trades of every linear (800) and spot
+    (700) symbol of the simulator's realistic listing (``SIM_LISTING=realistic``: a few symbols busy
+    at ``SIM_RATE``, most quiet), four subscriptions, about 3,000 topics. Frames/s read by ingest,
+    CPU of ingest and the publisher per event, RSS of every program."""
+    with stores() as (pg_url, amqp_url, _):
+        gw = BenchGateway(pg_url, amqp_url, SIM_LISTING="realistic", SIM_RATE="10", SIM_ACCOUNT_RATE="0",
+                          GW_LOG_LEVEL="warning", GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40")
+        consumer = None
+        try:
+            gw.start()
+            t_sub = time.monotonic()
+            subscribe(gw, [{"channel": c, "category": cat, "symbol": "*"}
+                           for c in ("tickers", "trades") for cat in ("linear", "spot")], timeout=120)
+            active_s = time.monotonic() - t_sub
+            consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bw-")))
+            topics = sum(r["n"] for r in gw.query("SELECT sum(symbol_count) AS n FROM subscriptions "
+                                                  "WHERE status = 'active'"))
+            sampler = RssSampler(gw)
+            sampler.start()
+            time.sleep(args.warmup)
+
+            def frames() -> int:
+                return sum(t.get("frames") or 0 for k, t in status_file(gw, "ingest")["topics"].items()
+                           if not k.endswith(".*"))
+
+            def confirmed() -> int:
+                return sum(status_file(gw, "publisher")["confirmed"].values())
+
+            cpu0, f0, c0, t0 = cpu_by_process(gw), frames(), confirmed(), time.time()
+            time.sleep(seconds)
+            cpu1, f1, c1, t1 = cpu_by_process(gw), frames(), confirmed(), time.time()
+            conns = len([c for c in status_file(gw, "ingest")["connections"] if c.get("endpoint") in ("linear", "spot")])
+            n = max(f1 - f0, 1)
+            return {"topics": topics, "active_s": round(active_s, 1), "connections": conns,
+                    "frames_per_s": (f1 - f0) / (t1 - t0), "confirmed_per_s": (c1 - c0) / (t1 - t0),
+                    "ingest_us": (cpu1.get("ingest", 0) - cpu0.get("ingest", 0)) / n * 1e6,
+                    "publisher_us": (cpu1.get("publisher", 0) - cpu0.get("publisher", 0)) / n * 1e6,
+                    "rss": sampler.stop()}
+        finally:
+            try:
+                if consumer is not None:
+                    consumer.close(remove=True)
+            finally:
+                gw.stop()
+
+
 def run_script(argv: list[str], timeout: float) -> str:
     """Run another author's bench script; its output (what it printed so far, if it overran)."""
     import signal
@@ -375,34 +544,57 @@ def faults_rows() -> dict[str, list[str]]:
     return rows
 
 
-def overload_rows(over: dict, bare: str) -> list[str]:
-    """The overload table (markdown): one row per multiple of the machine's capacity."""
-    cpu = num(r"([\d.]+) us CPU per message", bare)
-    lines = [f"## Overload: offered 1x, 2x, 4x this machine's capacity ({over['capacity']:,.0f} msg/s = bare pika "
-             f"forwarder with async confirms, gateway-shaped messages, same run; its CPU {cpu if cpu is not None else '?'} us/message)", "",
+def overload_rows(over: dict) -> list[str]:
+    """The overload table (markdown): the reference run, then one row per multiple of the capacity,
+    then CPU per delivered event per process."""
+    ref, alone = over.get("bare") or {}, over.get("simulator_alone") or {}
+    bcpu = ref.get("cpu_us_per_event") or {}
+
+    def age3(a: dict, cls: str) -> str:
+        p50, p99, n = a[cls]
+        return f"{p50}/{p99} ({n:,})" if n else "-"
+
+    lines = [f"## Overload: offered 1x, 2x, 4x this machine's capacity ({over['capacity']:,.0f} events/s)", "",
+             "Capacity = what the bare pika forwarder (bench/bare_forwarder.py: simulator socket -> parse -> "
+             "basic_publish with async confirms, window 2000 -> same broker, vhost, topology and consumer process) "
+             f"delivered to the consumer with the simulator flooding, measured in this run before the gateway "
+             f"subscribed: simulator sent {ref.get('sim_per_s', 0):,.0f}/s, forwarder read "
+             f"{ref.get('read_per_s', 0):,.0f}/s, consumer got {ref.get('delivered_per_s', 0):,.0f}/s, ages books "
+             f"{age3(ref['ages'], 'orderbook') if ref else '-'}, tickers {age3(ref['ages'], 'tickers') if ref else '-'}, "
+             f"trades {age3(ref['ages'], 'trades') if ref else '-'} ms, {ref.get('queued_at_end', '?')} left queued; "
+             f"forwarder CPU {bcpu.get('bare', 0):.0f} us/event. The simulator alone (a reader dropping every frame) "
+             f"sent {alone.get('sim_per_s', 0):,.0f} frames/s: above that no offered load is real.", "",
              "Age = event `received_at` (ingest's receive time) -> taken by a consumer process, per class "
-             "p50/p99 ms. Drops per reason and class, ingest's hand-off and the publisher. Targets: book and "
-             "ticker p99 <= 1000 ms; delivered >= 0.8x bare pika.", "",
-             "| offered | simulator sent/s | delivered/s (x bare) | books p50/p99 | tickers p50/p99 | trades p50/p99 "
-             "| dropped (ingest; publisher) | resync requests / book_resync | account | RSS MB | tree CPU us/event | "
-             "result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p50/p99 ms. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
+             "in RabbitMQ at the end of the step (the consumer not keeping up). Targets: book and ticker p99 <= "
+             "1000 ms; delivered >= 0.8x the bare forwarder.", "",
+             "| offered (simulator sent/s) | delivered/s (x bare) | books p50/p99 | tickers p50/p99 | trades p50/p99 "
+             "| queued | dropped (ingest; publisher) | resync requests / book_resync | account | RSS MB | "
+             "tree CPU us/event (bare) | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for st in over["steps"]:
         a = st["ages"]
-
-        def age(cls: str) -> str:
-            p50, p99, n = a[cls]
-            return f"{p50}/{p99} ({n:,})" if n else "-"
-
         ok = all(a[c][1] is None or a[c][1] <= 1000 for c in ("orderbook", "tickers")) and not st["account_missing"]
-        cpu_cell = f"{st['cpu_us_per_event']:.0f}" if st["cpu_us_per_event"] else "-"
+        cpu_cell = f"{st['cpu_us_per_event']:.0f} ({bcpu.get('bare', 0):.0f})" if st["cpu_us_per_event"] else "-"
         ratio = st["delivered_per_s"] / over["capacity"] if over["capacity"] else 0
         lines.append(
-            f"| {st['mult']}x = {st['offered']:,.0f}/s | {st['sim_per_s']:,.0f} | {st['delivered_per_s']:,.0f} "
-            f"({ratio:.2f}x) | {age('orderbook')} | {age('tickers')} | {age('trades')} | {st['drops']['ingest']}; "
+            f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}) | {st['delivered_per_s']:,.0f} "
+            f"({ratio:.2f}x) | {age3(a, 'orderbook')} | {age3(a, 'tickers')} | {age3(a, 'trades')} | "
+            f"{st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | "
             f"{'untouched' if not st['account_missing'] else st['account_missing']} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
             + f" | {cpu_cell} | {'PASS' if ok and ratio >= 0.8 else 'FAIL'} |")
+    names = [n for n in ("ingest", "publisher", "persister", "api", "ops", "supervisord", "bare", "simulator",
+                         "consumer", "rabbitmq")]
+    lines += ["", "CPU per delivered market event, us, per process (RabbitMQ is shared with other work on this "
+              "machine: context only):", "",
+              "| run | " + " | ".join(names) + " | tree |", "|---" * (len(names) + 2) + "|"]
+    rows = [("bare forwarder", bcpu)] + [(f"gateway {st['mult']}x", st.get("cpu_us_by_process") or {})
+                                         for st in over["steps"]]
+    for label, c in rows:
+        tree = sum(v for k, v in c.items() if k in TREE or k == "bare")
+        lines.append(f"| {label} | " + " | ".join(f"{c[n]:.1f}" if n in c else "-" for n in names)
+                     + f" | {tree:.1f} |")
     return lines
 
 
@@ -421,9 +613,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.flood, args.overload = 5, 4, 6
     if args.only_overload:
-        bare = run_script(["bench/bare_pika.py", "--messages", "100000", "--same"], 300)
-        capacity = num(r"([\d,.]+) msg/s", bare) or 10_000.0
-        print("\n".join(overload_rows(overload_phase(args, capacity), bare)))
+        print("\n".join(overload_rows(overload_phase(args))))
         return 0
     started = time.monotonic()
     info = machine()
@@ -434,9 +624,9 @@ def main(argv=None) -> int:
     print(f"gateway phase: {gw}", flush=True)
     fills = reconcile_phase(args, seconds=8 if args.quick else 20)
     print(f"reconciliation phase: {fills}", flush=True)
-    bare = run_script(["bench/bare_pika.py", "--messages", "100000", "--same"], 300)
-    capacity = num(r"([\d,.]+) msg/s", bare) or 10_000.0
-    over = overload_phase(args, capacity)
+    whole = whole_category_phase(args, seconds=8 if args.quick else 20)
+    print(f"whole-category phase: {whole}", flush=True)
+    over = overload_phase(args)
     print(f"overload phase: {over}", flush=True)
     pipe = run_script(["bench/pipeline.py", "--rates", "5000", "--duration", "3" if args.quick else "5",
                        "--ramp", "10000,15000,20000,25000", "--flood", "30000" if args.quick else "60000"], 600)
@@ -499,7 +689,7 @@ def main(argv=None) -> int:
     row("flood: account events untouched (simulator truth vs PostgreSQL and queues)",
         f"missing {fl['account_missing'] or 'none'} (checked after the drain, settled in {fl['settle_s']} s)",
         not fl["account_missing"])
-    over_lines = overload_rows(over, bare)
+    over_lines = overload_rows(over)
     p95 = num(r"worst p95 over the API scenarios: ([\d.]+) ms", api)
     capacity = re.search(r"highest rate with p95 < 20 ms at \d+ clients \(req/s\): (.*)", api)
     row("REST p95 < 20 ms at 50 concurrent clients",
@@ -540,6 +730,13 @@ def main(argv=None) -> int:
     row("persister rows/s (its own target >= 50,000, batch 1000)",
         ", ".join(f"{t} {a}/{b}" for t, a, b in pm) + " ins/upd rows/s" if pm else "not measured",
         low is not None and low >= 50_000)
+    row("whole-category subscriptions: tickers and trades of every linear and spot symbol (simulator's realistic "
+        "listing, per-topic rates: a few busy, most quiet) (cost, no target)",
+        f"{whole['topics']:,} topics on {whole['connections']} connections, active {whole['active_s']} s after the "
+        f"POSTs; ingest read {whole['frames_per_s']:,.0f} frames/s, publisher confirmed {whole['confirmed_per_s']:,.0f}/s; "
+        f"CPU per event: ingest {whole['ingest_us']:.0f} us, publisher {whole['publisher_us']:.0f} us; RSS MB "
+        + ", ".join(f"{k} {v:.0f}" for k, v in whole["rss"].items()),
+        None)
     rss = gw["rss_steady"]
     row("RSS during the 5,000 frames/s run (MB, max)", ", ".join(f"{k} {v:.0f}" for k, v in rss.items()),
         bool(rss) and max(rss.values()) < 150)
