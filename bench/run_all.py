@@ -507,53 +507,6 @@ def whole_category_phase(args, seconds: float = 20.0) -> dict:
                 gw.stop()
 
 
-def whole_category_phase(args, seconds: float = 20.0) -> dict:
-    """What whole-category subscriptions cost: tickers and trades of every linear (800) and spot
-    (700) symbol of the simulator's realistic listing (``SIM_LISTING=realistic``: a few symbols busy
-    at ``SIM_RATE``, most quiet), four subscriptions, about 3,000 topics. Frames/s read by ingest,
-    CPU of ingest and the publisher per event, RSS of every program."""
-    with stores() as (pg_url, amqp_url, _):
-        gw = BenchGateway(pg_url, amqp_url, SIM_LISTING="realistic", SIM_RATE="10", SIM_ACCOUNT_RATE="0",
-                          GW_LOG_LEVEL="warning", GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40")
-        consumer = None
-        try:
-            gw.start()
-            t_sub = time.monotonic()
-            subscribe(gw, [{"channel": c, "category": cat, "symbol": "*"}
-                           for c in ("tickers", "trades") for cat in ("linear", "spot")], timeout=120)
-            active_s = time.monotonic() - t_sub
-            consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bw-")))
-            topics = sum(r["n"] for r in gw.query("SELECT sum(symbol_count) AS n FROM subscriptions "
-                                                  "WHERE status = 'active'"))
-            sampler = RssSampler(gw)
-            sampler.start()
-            time.sleep(args.warmup)
-
-            def frames() -> int:
-                return sum(t.get("frames") or 0 for k, t in status_file(gw, "ingest")["topics"].items()
-                           if not k.endswith(".*"))
-
-            def confirmed() -> int:
-                return sum(status_file(gw, "publisher")["confirmed"].values())
-
-            cpu0, f0, c0, t0 = cpu_by_process(gw), frames(), confirmed(), time.time()
-            time.sleep(seconds)
-            cpu1, f1, c1, t1 = cpu_by_process(gw), frames(), confirmed(), time.time()
-            conns = len([c for c in status_file(gw, "ingest")["connections"] if c.get("endpoint") in ("linear", "spot")])
-            n = max(f1 - f0, 1)
-            return {"topics": topics, "active_s": round(active_s, 1), "connections": conns,
-                    "frames_per_s": (f1 - f0) / (t1 - t0), "confirmed_per_s": (c1 - c0) / (t1 - t0),
-                    "ingest_us": (cpu1.get("ingest", 0) - cpu0.get("ingest", 0)) / n * 1e6,
-                    "publisher_us": (cpu1.get("publisher", 0) - cpu0.get("publisher", 0)) / n * 1e6,
-                    "rss": sampler.stop()}
-        finally:
-            try:
-                if consumer is not None:
-                    consumer.close(remove=True)
-            finally:
-                gw.stop()
-
-
 def run_script(argv: list[str], timeout: float) -> str:
     """Run another author's bench script; its output (what it printed so far, if it overran)."""
     import signal
@@ -673,8 +626,6 @@ def main(argv=None) -> int:
     print(f"reconciliation phase: {fills}", flush=True)
     whole = whole_category_phase(args, seconds=8 if args.quick else 20)
     print(f"whole-category phase: {whole}", flush=True)
-    whole = whole_category_phase(args, seconds=8 if args.quick else 20)
-    print(f"whole-category phase: {whole}", flush=True)
     over = overload_phase(args)
     print(f"overload phase: {over}", flush=True)
     pipe = run_script(["bench/pipeline.py", "--rates", "5000", "--duration", "3" if args.quick else "5",
@@ -779,13 +730,6 @@ def main(argv=None) -> int:
     row("persister rows/s (its own target >= 50,000, batch 1000)",
         ", ".join(f"{t} {a}/{b}" for t, a, b in pm) + " ins/upd rows/s" if pm else "not measured",
         low is not None and low >= 50_000)
-    row("whole-category subscriptions: tickers and trades of every linear and spot symbol (simulator's realistic "
-        "listing, per-topic rates: a few busy, most quiet) (cost, no target)",
-        f"{whole['topics']:,} topics on {whole['connections']} connections, active {whole['active_s']} s after the "
-        f"POSTs; ingest read {whole['frames_per_s']:,.0f} frames/s, publisher confirmed {whole['confirmed_per_s']:,.0f}/s; "
-        f"CPU per event: ingest {whole['ingest_us']:.0f} us, publisher {whole['publisher_us']:.0f} us; RSS MB "
-        + ", ".join(f"{k} {v:.0f}" for k, v in whole["rss"].items()),
-        None)
     row("whole-category subscriptions: tickers and trades of every linear and spot symbol (simulator's realistic "
         "listing, per-topic rates: a few busy, most quiet) (cost, no target)",
         f"{whole['topics']:,} topics on {whole['connections']} connections, active {whole['active_s']} s after the "
