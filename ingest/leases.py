@@ -199,6 +199,7 @@ SELECT unit, epoch, holder, prev_epoch, extract(epoch FROM renewed_at)::float8, 
 _RELEASE = """
 UPDATE gateway_leases SET owner = NULL, renewed_at = now(), expires_at = now()
 WHERE owner = %(id)s AND (unit, epoch) IN (SELECT * FROM unnest(%(units)s::text[], %(epochs)s::bigint[]))
+RETURNING unit
 """
 
 
@@ -286,10 +287,16 @@ class LeaseDB:
             return [Acquired(u, e, h, pe, r, rel, at) for u, e, h, pe, r, rel, at in cur.fetchall()]
         return self._run(run)
 
-    def release(self, held: dict[str, int]) -> None:
-        if held:
-            units = list(held)
-            self._run(lambda cur: cur.execute(_RELEASE, self._args(units=units, epochs=[held[u] for u in units])))
+    def release(self, held: dict[str, int]) -> list[str]:
+        """Give up ``held`` (unit -> epoch); returns the units that were still ours to give."""
+        if not held:
+            return []
+        units = list(held)
+
+        def run(cur):
+            cur.execute(_RELEASE, self._args(units=units, epochs=[held[u] for u in units]))
+            return sorted(r[0] for r in cur.fetchall())
+        return self._run(run)
 
     def deregister(self) -> None:
         self._run(lambda cur: cur.execute("UPDATE gateway_instances SET stopped_at = now() "
@@ -387,9 +394,9 @@ class Coordinator:
             for unit in release:
                 self._lose(unit, "rebalance: above this instance's share")
             try:
-                await self._db(self.db.release, gone)
-                self.state["released"] += len(gone)
-                log.info("leases_released", units=sorted(gone), instances=len(view.instances) + 1)
+                released = await self._db(self.db.release, gone)
+                self.state["released"] += len(released)
+                log.info("leases_released", units=released, instances=len(view.instances) + 1)
             except Exception as exc:   # it expires on its own
                 self._warn("warning", "lease_release_failed", error=str(exc).strip()[:300])
         if acquire:
@@ -423,9 +430,9 @@ class Coordinator:
         self.held.clear()
         try:
             if self.registered:
-                await self._db(self.db.release, held)
+                released = await self._db(self.db.release, held)
                 await self._db(self.db.deregister)
-                log.info("instance_stopped", released=sorted(held))
+                log.info("instance_stopped", released=released)
         except Exception as exc:
             log.warning("lease_release_failed", error=str(exc).strip()[:300], action="they expire on their own")
         finally:
