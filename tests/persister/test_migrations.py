@@ -62,11 +62,13 @@ INDEXES_0003 = INDEXES_0002 - {"executions_time"}
 @pytest.mark.timeout(60)
 def test_up_down_up(empty_db):
     assert migrate(empty_db, "up") == ("applied: 0001_subscriptions, 0002_account_state, 0003_write_throughput, "
-                                       "0004_subscriptions_page")
+                                       "0004_subscriptions_page, 0005_instances_leases, 0006_whole_category")
     assert tables(empty_db) == APP_TABLES
     assert indexes_and_options(empty_db) == (INDEXES_0003, {"balances": ["fillfactor=50"],
                                                             "positions": ["fillfactor=50"], "orders": None})
-    assert migrate(empty_db, "down") == "reverted: 0004_subscriptions_page"    # only the last
+    assert migrate(empty_db, "down") == "reverted: 0006_whole_category"       # only the last
+    assert migrate(empty_db, "down") == "reverted: 0005_instances_leases"
+    assert migrate(empty_db, "down") == "reverted: 0004_subscriptions_page"
     assert migrate(empty_db, "down") == "reverted: 0003_write_throughput"
     assert indexes_and_options(empty_db) == (INDEXES_0002, {"balances": None, "positions": None, "orders": None})
     assert migrate(empty_db, "down") == "reverted: 0002_account_state"
@@ -75,7 +77,7 @@ def test_up_down_up(empty_db):
     assert tables(empty_db) == set()
     assert migrate(empty_db, "down") == "reverted: nothing"
     assert migrate(empty_db, "up") == ("applied: 0001_subscriptions, 0002_account_state, 0003_write_throughput, "
-                                       "0004_subscriptions_page")
+                                       "0004_subscriptions_page, 0005_instances_leases, 0006_whole_category")
     assert tables(empty_db) == APP_TABLES
     assert indexes_and_options(empty_db)[0] == INDEXES_0003
     assert migrate(empty_db, "up") == "applied: nothing"
