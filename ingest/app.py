@@ -136,6 +136,12 @@ class Ingest:
                 self.stop.set()
             await asyncio.Future()          # the process is stopping: not a loop to restart
 
+    async def serve_control(self) -> None:
+        """Control messages are answered once this instance knows what it owns (the first lease
+        tick), so an answer's ``held`` is true from the start; they wait in ZeroMQ meanwhile."""
+        await self.coord.first_tick.wait()
+        await self.control.serve()
+
     async def reconcile_loop(self) -> None:
         """The reconciler runs only while this instance owns the private unit."""
         while True:
@@ -256,7 +262,7 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     app.stop = stop
     app.listener = Listener(settings.database_url, loop, app.on_notify)
     app.listener.start()
-    jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.control.serve),
+    jobs = [("sync", app.sync_loop), ("report", app.report_loop), ("control", app.serve_control),
             ("leases", app.leases_loop), ("fence", app.coord.fence), ("universe", app.universe.run)]
     if app.reconciler is not None:
         jobs += [("reconcile", app.reconcile_loop), ("downstreams", app.reconciler.watch_downstreams)]

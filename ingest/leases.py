@@ -329,6 +329,7 @@ class Coordinator:
                       "released": 0}
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leases")
         self._warn = RateLimited(log, 5.0)
+        self.first_tick = asyncio.Event()    # set once the first attempt to register and acquire ended
 
     # -- used on the hot path ----------------------------------------------------------------
     def lease_for(self, endpoint: str, key: str) -> Lease | None:
@@ -348,7 +349,10 @@ class Coordinator:
         """One tick every ``lease_renew_s``; InstanceConflict ends it (the caller exits)."""
         while True:
             started = clock()
-            await self.tick()
+            try:
+                await self.tick()
+            finally:
+                self.first_tick.set()
             await asyncio.sleep(max(0.05, self.s.lease_renew_s - (clock() - started)))
 
     async def fence(self) -> None:
