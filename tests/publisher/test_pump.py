@@ -73,7 +73,7 @@ def test_an_unexpected_error_in_handle_costs_one_envelope(tmp_path, monkeypatch)
     svc = _service(tmp_path)
     calls = []
 
-    def boom(env):
+    def boom(env, *_args):
         calls.append(env)
         if len(calls) == 1:
             raise AttributeError("a bug")
