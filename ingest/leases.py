@@ -16,11 +16,11 @@ can take the unit. Every frame handed off carries the unit's owner and epoch.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import math
 import os
 import socket
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ log = get_logger(__name__)
 PRIVATE_UNIT = "private"
 FENCE_MARGIN_S = 1.0          # stop this long before the lease could expire at the database
 FENCE_CHECK_S = 0.2           # how often held leases are checked against the local clock
+DB_CALL_TIMEOUT_S = 3.0       # a lease statement not answered by then is given up (at least 1.5 renewals)
 
 _CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
@@ -136,7 +137,7 @@ class Acquired:
         if self.previous_owner is None:
             reason = "first_owner"
         elif self.previous_owner == instance:
-            reason = "restarted"
+            reason = "reacquired"      # its own unit again: after an ingest restart or a lost lease
         else:
             reason = "handed_over" if self.released else "expired"
         gap_s = None if self.previous_renewed_at is None else round(max(0.0, self.at - self.previous_renewed_at), 3)
@@ -216,23 +217,35 @@ class LeaseDB:
         timeout_ms = int(max(500, settings.lease_renew_s * 1000))
         self.options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
 
-    def _cursor(self):
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg2.connect(self.url, connect_timeout=max(2, int(self.s.lease_renew_s)),
-                                         application_name=f"ws-gateway-leases-{self.s.instance_id}",
-                                         options=self.options, keepalives=1, keepalives_idle=2,
-                                         keepalives_interval=1, keepalives_count=2,
-                                         tcp_user_timeout=int(self.s.lease_renew_s * 1000) + 1000)
-            self.conn.autocommit = True
-        return self.conn.cursor()
+    def _connection(self):
+        conn = self.conn
+        if conn is None or conn.closed:
+            conn = self.conn = psycopg2.connect(self.url, connect_timeout=max(2, int(self.s.lease_renew_s)),
+                                                application_name=f"ws-gateway-leases-{self.s.instance_id}",
+                                                options=self.options, keepalives=1, keepalives_idle=2,
+                                                keepalives_interval=1, keepalives_count=2,
+                                                tcp_user_timeout=int(self.s.lease_renew_s * 1000) + 1000)
+            conn.autocommit = True
+        return conn
 
     def _run(self, fn):
+        conn = self._connection()
         try:
-            with self._cursor() as cur:
+            with conn.cursor() as cur:
                 return fn(cur)
         except psycopg2.Error:
-            self.close()
+            if self.conn is conn:
+                self.conn = None
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
             raise
+
+    def abandon(self) -> None:
+        """A call hangs on the kept connection (a half-open link): the next call opens another;
+        the hung one closes its own when it finally fails."""
+        self.conn = None
 
     def _args(self, **kw) -> dict:
         return {"id": self.s.instance_id, "token": self.token, "ttl": self.s.lease_ttl_s, "pid": os.getpid(), **kw}
@@ -327,7 +340,6 @@ class Coordinator:
         self.view = View()
         self.state = {"database": None, "error": None, "last_renewal": None, "acquired": 0, "lost": 0,
                       "released": 0}
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leases")
         self._warn = RateLimited(log, 5.0)
         self.first_tick = asyncio.Event()    # set once the first attempt to register and acquire ended
 
@@ -343,7 +355,32 @@ class Coordinator:
 
     # -- loops ------------------------------------------------------------------------------------
     async def _db(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """``fn(*args)`` in a daemon thread of its own (one call at a time: every call is awaited),
+        given up after DB_CALL_TIMEOUT_S: a call hung on a half-open connection must neither stop
+        the renewals that follow nor keep the process from exiting."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result, exc) -> None:
+            if not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(result)
+
+        def run() -> None:
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:      # handed to the awaiting coroutine
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(done, result, exc)
+            except RuntimeError:            # the loop is closed: the process is stopping
+                pass
+
+        threading.Thread(target=run, name="leases-db", daemon=True).start()
+        try:
+            return await asyncio.wait_for(fut, max(DB_CALL_TIMEOUT_S, self.s.lease_renew_s * 1.5))
+        except asyncio.TimeoutError:
+            self.db.abandon()
+            raise TimeoutError(f"no answer from PostgreSQL within {DB_CALL_TIMEOUT_S} s") from None
 
     async def run(self) -> None:
         """One tick every ``lease_renew_s``; InstanceConflict ends it (the caller exits)."""
@@ -440,8 +477,7 @@ class Coordinator:
         except Exception as exc:
             log.warning("lease_release_failed", error=str(exc).strip()[:300], action="they expire on their own")
         finally:
-            await self._db(self.db.close)
-            self._pool.shutdown(wait=False)
+            self.db.close()
 
     def status(self) -> dict:
         return {"instance": self.me, "shards": self.s.shards, "capacity": self.s.shard_capacity,

@@ -111,6 +111,6 @@ def test_announcement_names_old_and_new_owner_and_the_gap():
                                       "new_owner": "gw-a", "new_epoch": 7, "reason": "expired",
                                       "gap_from": 1000.0, "gap_to": 1011.5, "gap_s": 11.5}
     assert Acquired("private", 1, None, None, None, False, 5.0).announcement("gw-a")["reason"] == "first_owner"
-    assert Acquired("private", 2, "gw-a", 1, 4.0, False, 5.0).announcement("gw-a")["reason"] == "restarted"
+    assert Acquired("private", 2, "gw-a", 1, 4.0, False, 5.0).announcement("gw-a")["reason"] == "reacquired"
     assert Acquired("private", 2, "gw-b", 1, 4.0, True, 5.0).announcement("gw-a")["reason"] == "handed_over"
     assert ALWAYS.valid() and ALWAYS.extra == {}
