@@ -87,15 +87,16 @@ def test_compose_file_shape():
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert cond == {"condition": "service_healthy"}, (name, dep)
         for port in svc.get("ports", []):
-            host_ip, host_port, _ = str(port).split(":")
-            assert host_ip == "127.0.0.1" and int(host_port) not in DEFAULT_PORTS, port
+            host_ip, host_port, _ = str(port).split(":")      # a range (a1-a2) for a scalable service
+            assert host_ip == "127.0.0.1" and not {int(p) for p in host_port.split("-")} & DEFAULT_PORTS, port
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0]
-            assert source.startswith("./") and (ROOT / source).exists() or source in doc["volumes"], volume
+            assert (source.startswith("./") and (ROOT / source).exists() or source in doc["volumes"]
+                    or ":" not in volume), volume               # or anonymous: one per container
     gw = services["gateway"]
     assert gw["depends_on"].keys() == {"postgres", "rabbitmq"}
     assert gw["healthcheck"]["test"] == ["CMD", *HEALTH_COMMAND]
-    assert any(v.endswith(":/run/ws-gateway") for v in gw["volumes"])     # spools survive the container
+    assert any(v.split(":")[-1] == "/run/ws-gateway" for v in gw["volumes"])     # spools survive the container
     # supervisord stops one program after another: the grace period covers them all
     assert seconds(gw["stop_grace_period"]) > sum(supervisord_stopwaits().values())
 
