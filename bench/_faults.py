@@ -15,12 +15,13 @@ import time
 
 from _account import db_missing, queue_missing
 from _consumer import iso_to_ns
-from _gw import pids, status_file
+from _gw import BenchGateway, kill_all, lease_owners, pids, status_file
 from _results import Result
 from tests.helpers import wait_for
 from tests.ledger import Ledger
 
 KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) within 5-10 s
+TAKEOVER_TARGET_S = 15.0    # brief: a dead instance's units taken over within 15 s
 RECONNECT_TARGET_S = 30.0   # DESIGN: reconnection attempted at least every 30 s
 RESUBSCRIBE_TARGET_S = 2.0  # brief: every subscription back within 2 s of a drop
 RESYNC_TARGET_S = 5.0       # no DESIGN figure: a book resynced within 5 s
@@ -458,15 +459,65 @@ class Run:
                 f0 = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"]
                 time.sleep(self.outage_s)   # the outage itself
                 flowing = status_file(self.gw, "ingest")["handoff"]["publisher"]["sent"] > f0
+                # leases cannot be renewed: ingest keeps its units until they would expire, then stops
+                fenced = not status_file(self.gw, "ingest")["instance"]["owned"]
             finally:
                 t1 = time.time()
                 self.cluster.start()
             wait_for(lambda: status_file(self.gw, "persister")["database"]["up"], 60, interval=0.1,
                      message="persister reconnected")
+            wait_for(lambda: status_file(self.gw, "ingest")["instance"]["owned"], 60, interval=0.1,
+                     message="ingest owns its units again")
             res.recovered_s, res.target_s = round(time.time() - t1, 2), OUTAGE_TARGET_S
-            res.recovery_what = f"database back -> persister writing; ingest kept reading: {flowing}"
+            res.recovery_what = (f"database back -> persister writing, ingest's units taken back (new epoch); "
+                                 f"ingest kept reading: {flowing}; fenced at the end of the outage: {fenced}")
             if not flowing:
                 res.error = "ingest stopped handing off during the database outage"
+        return run
+
+    def takeover(self, instance_id: str = "faults-b"):
+        """A second instance (its own supervisord stack, the same stores and simulator) shares the
+        market and ends up owning the private stream (this gateway's ingest is stopped, hands
+        everything over, then started: it takes its share of the shards back); then every process of the
+        second is killed (kill -9 of its supervisord and programs). Recovered when this gateway
+        owns every unit again and holds every subscription, private ones included; detected by
+        system.owner_changed for the private unit (reason expired, with the gap)."""
+        def run(res: Result) -> None:
+            keep = ("GW_PING_INTERVAL_S", "GW_DEAD_AFTER_S", "GW_BACKOFF_MAX_S", "PUBLISHER_BACKOFF_MAX_S",
+                    "GW_LOG_LEVEL", "SIM_RATE", "SIM_ACCOUNT_RATE", "GW_LEASE_TTL_S", "GW_LEASE_RENEW_S")
+            b = BenchGateway(self.gw.pg_url, self.gw.amqp_url, sim_of=self.gw, GW_INSTANCE_ID=instance_id,
+                             **{k: self.gw.env[k] for k in keep if k in self.gw.env})
+            try:
+                b.start()
+                self.gw.ctl("stop", "ingest")     # it gives every unit up; the other takes them all
+                wait_for(lambda: set(lease_owners(self.gw).values()) == {instance_id}, 60, interval=0.25,
+                         message=f"{instance_id} owns every unit")
+                self.gw.ctl("start", "ingest")    # and takes its share of the shards back
+                wait_for(lambda: (o := lease_owners(self.gw)).get("private") == instance_id and all(o.values())
+                         and len(set(o.values())) == 2, 90, interval=0.25,
+                         message=f"{instance_id} owns the private stream, the shards shared by both")
+                wait_for(lambda: all(st["status"] == "active" for st in status_file(b, "ingest")["topics"].values()),
+                         30, interval=0.25, message=f"{instance_id} subscribed")
+                units = sorted(u for u, o in lease_owners(self.gw).items() if o == instance_id)
+                t0 = time.time()
+                kill_all(b)
+                res.target_s = TAKEOVER_TARGET_S
+                want = {"linear": self.expect_linear, "private": self.expect_private}
+                wait_for(lambda: len(set(lease_owners(self.gw).values())) == 1 and None not in
+                         lease_owners(self.gw).values(), 60, interval=0.1, message="every unit owned by this gateway")
+                wait_for(lambda: all(f"{e}:{t}" in (st := status_file(self.gw, "ingest")["topics"])
+                                     and st[f"{e}:{t}"]["status"] == "active" for e in want for t in want[e]),
+                         60, interval=0.1, message="every subscription held again")
+                res.recovered_s = round(time.time() - t0, 2)
+                res.recovery_what = (f"{len(units)} units of the killed instance (private + "
+                                     f"{len(units) - 1} shards) owned here, every subscription held again")
+                ev = self.event("owner_changed", t0, 30, lambda e: e["data"].get("unit") == "private"
+                                and e["data"].get("old_owner") == instance_id)
+                res.detected_by = (f"system.owner_changed (private: {instance_id} -> {ev['data']['new_owner']}, "
+                                   f"{ev['data']['reason']}, gap {ev['data']['gap_s']} s)")
+                res.detect_s = round(ev["t"] - t0, 2)
+            finally:
+                b.stop()
         return run
 
     # -- what must come back -----------------------------------------------------------------

@@ -51,12 +51,17 @@ def stores(own_cluster: bool = False):
 
 
 class BenchGateway(Gateway):
-    """supervisord with the four programs and the simulator; ``stop()`` always cleans up."""
+    """supervisord with the four programs and the simulator; ``stop()`` always cleans up.
+    ``sim_of``: a further instance (give it its own ``GW_INSTANCE_ID``) on the same stores,
+    without a simulator of its own: it uses that gateway's."""
 
-    def __init__(self, pg_url: str, amqp_url: str, **overrides):
+    def __init__(self, pg_url: str, amqp_url: str, sim_of: "BenchGateway | None" = None, **overrides):
         run_dir = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))
+        if sim_of is not None:
+            overrides = {**overrides, "GW_SIM_AUTOSTART": "false", "SIM_PORT": sim_of.env["SIM_PORT"]}
         env = gateway_env(run_dir, pg_url, amqp_url, **overrides)
         super().__init__(env, pg_url, amqp_url)
+        self.programs = PROGRAMS if sim_of is None else tuple(p for p in PROGRAMS if p != "simulator")
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "BenchGateway":
@@ -68,7 +73,7 @@ class BenchGateway(Gateway):
                  interval=0.1, message="supervisord socket")
         if self.proc.poll() is not None:
             raise RuntimeError(f"supervisord exited: {(self.run_dir / 'supervisord.out').read_text()}")
-        self.wait_running(PROGRAMS, timeout)
+        self.wait_running(self.programs, timeout)
         wait_for(lambda: self.api("GET", "/health").status_code == 200, timeout, message="API /health")
         return self
 
@@ -119,6 +124,30 @@ def pids(gw: Gateway, states=("RUNNING",)) -> dict[str, int]:
     proxy = ServerProxy("http://127.0.0.1", transport=SupervisorTransport(
         None, None, f"unix://{gw.run_dir / 'supervisor.sock'}"))
     return {p["name"]: p["pid"] for p in proxy.supervisor.getAllProcessInfo() if p["statename"] in states}
+
+
+def kill_all(gw: "BenchGateway") -> None:
+    """kill -9 of supervisord and every process under it (each program is a process group of its
+    own, so the stack is not one group), supervisord first so nothing is restarted."""
+    import psutil
+
+    try:
+        top = psutil.Process(gw.proc.pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    gw.proc.wait(10)
+
+
+def lease_owners(gw: Gateway) -> dict[str, str | None]:
+    """{unit: owner of its live lease, None when none}."""
+    return {r["unit"]: (r["owner"] if r["live"] else None)
+            for r in gw.query("SELECT unit, owner, expires_at > now() AS live FROM gateway_leases")}
 
 
 def status_file(gw: Gateway, process: str) -> dict:

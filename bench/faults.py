@@ -49,6 +49,7 @@ def faults(run: Run) -> list[tuple[str, object]]:
         ("book_u1_reset", run.book("book_reset")), ("max_active_time_close", run.max_active_time()),
         ("rest_10006", run.rest_10006()), ("deleted_account_queue", run.delete_account_queue()),
         ("stalled_ingest", run.stalled_ingest()), ("wallet_a_b_a", run.wallet_a_b_a()),
+        ("instance_takeover", run.takeover()),
         ("rabbitmq_stop_start", run.rabbitmq_outage()), ("postgres_stop_start", run.postgres_outage()),
     ]
 

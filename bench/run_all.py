@@ -9,6 +9,8 @@
    time) and a publisher kill -9 under account load; then a flood (the simulator as fast as it
    goes) with RSS, ingest's read rate, drops per class and the account checked against the
    simulator's ground truth.
+   Then the same steady run with one and with two gateway instances (their own supervisord
+   stacks on the same stores and simulator, the shards shared): CPU per event and p99.
 2. ``bench/pipeline.py`` (publisher-only): flood throughput and the zero-loss ramp against bare
    pika's ceiling measured in the same run.
 3. ``bench/api_bench.py``: REST p95 at 50 concurrent clients.
@@ -35,8 +37,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
 from _faults import Run  # noqa: E402
-from _gw import (ROOT, BenchGateway, children, exit_on_sigterm, market_requests, pids,  # noqa: E402
-                 private_requests, rss_by_program, status_file, stores, subscribe)
+from _gw import (ROOT, BenchGateway, children, exit_on_sigterm, lease_owners, market_requests,  # noqa: E402
+                 pids, private_requests, rss_by_program, status_file, stores, subscribe)
 from publisher.metrics import percentile_ms  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
 
@@ -198,6 +200,68 @@ def gateway_phase(args) -> dict:
                     consumer.close(remove=True)
             finally:
                 gw.stop()
+    return out
+
+
+def instances_phase(args) -> dict:
+    """The steady run of ``gateway_phase`` (5,000 frames/s over 25 linear trade topics, the account
+    at 5 events/s) with one instance, then with two on the same stores and simulator (the second
+    without one of its own), the shards shared 8 + 8. Per run: CPU per consumed market event of
+    every program of every instance (simulator, consumer and RabbitMQ left out), the publishers'
+    received -> confirmed p99 (their bucket counts added), the consumer-side p99, and how many
+    events each instance published."""
+    out: dict = {}
+    env = dict(SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning", GW_PING_INTERVAL_S="20",
+               GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30", PUBLISHER_BACKOFF_MAX_S="5")
+    for n in (1, 2):
+        with stores() as (pg_url, amqp_url, _):
+            gws: list[BenchGateway] = []
+            consumer = None
+            try:
+                gws.append(BenchGateway(pg_url, amqp_url, GW_INSTANCE_ID="bench-1", **env).start())
+                for i in range(2, n + 1):
+                    gws.append(BenchGateway(pg_url, amqp_url, sim_of=gws[0], GW_INSTANCE_ID=f"bench-{i}", **env).start())
+                wait_for(lambda: None not in (o := lease_owners(gws[0])).values() and len(set(o.values())) == n, 60,
+                         interval=0.25, message=f"units shared by {n} instance(s)")
+                subscribe(gws[0], market_requests(TOPICS) + private_requests())
+                consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bi-")))
+                run = Run(gws[0], consumer, account_rate=5)
+                run.sim_rate(rate=args.rate / TOPICS, account_rate=5)
+                time.sleep(args.warmup)                    # warm-up: the measured window starts after it
+
+                def snap() -> tuple[float, list, dict]:
+                    cpu = sum(v for g in gws for k, v in cpu_by_process(g).items() if k in TREE)
+                    pubs = [status_file(g, "publisher") for g in gws]
+                    return cpu, pubs, {g.env["GW_INSTANCE_ID"]: sum(p["confirmed"].values()) for g, p in zip(gws, pubs)}
+
+                (cpu0, pubs0, conf0), t0 = snap(), time.time()
+                time.sleep(args.duration)                  # the measured window itself
+                (cpu1, pubs1, conf1), t1 = snap(), time.time()
+                run.sim_rate(rate=0, account_rate=0)
+                wait_for(lambda: consumer.windows(since=t1 + 1), 10, message="consumer window after the run")
+                hist = merge(consumer.windows(t0, t1))
+                events = sum(hist.values())
+
+                def added(docs: list) -> dict | None:
+                    docs = [d.get("received_to_confirmed_ms") for d in docs]
+                    if not all(docs):
+                        return None
+                    return {"edges_ms": docs[0]["edges_ms"], "counts": [sum(c) for c in zip(*(d["counts"] for d in docs))]}
+
+                lat0, lat1 = added(pubs0), added(pubs1)
+                out[n] = {"events": events, "per_s": events / (t1 - t0),
+                          "cpu_us_per_event": (cpu1 - cpu0) / events * 1e6 if events else None,
+                          "confirmed_p99": percentile_ms(lat0, lat1, 99) if lat0 and lat1 else None,
+                          "consumer_p99": percentile(hist, 99),
+                          "published": {k: v - conf0.get(k, 0) for k, v in conf1.items()}}
+            finally:
+                try:
+                    if consumer is not None:
+                        consumer.close(remove=True)
+                finally:
+                    for g in reversed(gws):
+                        g.stop()
+        print(f"instances phase, {n}: {out[n]}", flush=True)
     return out
 
 
@@ -622,6 +686,7 @@ def main(argv=None) -> int:
 
     gw = gateway_phase(args)
     print(f"gateway phase: {gw}", flush=True)
+    inst = instances_phase(args)
     fills = reconcile_phase(args, seconds=8 if args.quick else 20)
     print(f"reconciliation phase: {fills}", flush=True)
     whole = whole_category_phase(args, seconds=8 if args.quick else 20)
@@ -652,6 +717,17 @@ def main(argv=None) -> int:
         f"({st['per_s']:,.0f}/s consumed); gaps {st['gaps']}, dropped {st['dropped']}; backlog at the end "
         + ", ".join(f"{k} {v}" for k, v in st["backlog"].items()),
         None)
+    one, two = inst.get(1) or {}, inst.get(2) or {}
+
+    def inst_cell(r: dict) -> str:
+        if not r.get("events"):
+            return "not measured"
+        return (f"{r['cpu_us_per_event']:.0f} us of CPU per event, received -> confirmed p99 <= {r['confirmed_p99']} ms, "
+                f"consumer p99 {r['consumer_p99']} ms, {r['per_s']:,.0f}/s consumed; published "
+                + " + ".join(f"{k} {v:,}" for k, v in r["published"].items()))
+    row("several instances: the same 5,000 frames/s run with one and with two instances on this machine "
+        "(CPU per event: every program of every instance; p99)",
+        f"one: {inst_cell(one)}; two: {inst_cell(two)}", None)
     m = re.search(r"\n\s*5000\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)", pipe)
     # A diagnostic, not the target: a pusher sends one envelope every 0.2 ms, so every event is a
     # wake-up of its own (the worst case for the publisher's CPU per event), into one queue read
