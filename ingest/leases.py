@@ -83,6 +83,7 @@ class View:
     """One read of the tables: live instances (id -> capacity) and each unit's state."""
     instances: dict[str, int] = field(default_factory=dict)
     owners: dict[str, str | None] = field(default_factory=dict)   # unit -> live owner (None: free)
+    private: set[str] = field(default_factory=set)                # live instances with Bybit keys
 
 
 def plan(me: str, capacity: int, mine: set[str], view: View, shards: list[str],
@@ -174,7 +175,7 @@ _READ = """
 SELECT unit, CASE WHEN owner IS NOT NULL AND expires_at > now() THEN owner END FROM gateway_leases;
 """
 _LIVE = """
-SELECT instance_id, capacity FROM gateway_instances
+SELECT instance_id, capacity, private FROM gateway_instances
 WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %(ttl)s)
 """
 _ACQUIRE = """
@@ -288,10 +289,10 @@ class LeaseDB:
                 cur.execute(_RENEW, self._args(units=units, epochs=[held[u] for u in units]))
                 renewed = {r[0] for r in cur.fetchall()}
             cur.execute(_LIVE, self._args())
-            instances = dict(cur.fetchall())
+            live = cur.fetchall()
             cur.execute(_READ)
             owners = {u: o for u, o in cur.fetchall()}
-            return renewed, View(instances, owners)
+            return renewed, View({i: c for i, c, _ in live}, owners, {i for i, _, p in live if p})
         return self._run(run)
 
     def acquire(self, units: list[str]) -> list[Acquired]:
@@ -348,6 +349,10 @@ class Coordinator:
         """The valid lease of the unit ``key`` belongs to, None when this process does not own it."""
         lease = self.held.get(unit_of(endpoint, key, self.s.shards))
         return lease if lease is not None and lease.valid() else None
+
+    def private_elsewhere(self) -> bool:
+        """Another live instance has Bybit keys: the private stream is its to hold, not ours to refuse."""
+        return bool(self.view.private - {self.me})
 
     def owns(self, unit: str) -> bool:
         lease = self.held.get(unit)

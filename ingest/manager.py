@@ -164,7 +164,9 @@ class Manager:
         """Make held topics equal ``desired`` (key -> (topic, trace_id, stored status)), as far
         as this instance owns their units."""
         if self.ownership is not None:
-            desired = {k: v for k, v in desired.items() if self.lease_for(v[0]) is not None}
+            desired = {k: v for k, v in desired.items() if self.lease_for(v[0]) is not None
+                       or v[0].endpoint == PRIVATE and not self.settings.has_private
+                       and not self.ownership.private_elsewhere()}     # add() says why it cannot
         for key in [k for k in self.topics if k not in desired]:
             self.remove(key)
         for key, (topic, trace_id, stored) in desired.items():
