@@ -274,6 +274,9 @@ class LeaseDB:
                     f"{row[2]:.1f} s ago): give this one its own GW_INSTANCE_ID, or stop the other first")
             cur.execute("INSERT INTO gateway_leases (unit) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                         (self.units,))
+            # instances gone for a day (a replaced container's host name, say) leave the status page
+            cur.execute("DELETE FROM gateway_instances WHERE heartbeat_at < now() - interval '1 day' "
+                        "AND instance_id <> %(id)s", self._args())
         self._run(run)
 
     def tick(self, held: dict[str, int]) -> tuple[set[str], View]:
