@@ -330,91 +330,133 @@ def _delivered(wins: list[dict]) -> int:
     return sum(sum(v for c, v in w["counts"].items() if c in MARKET_COUNTED) for w in wins)
 
 
-def reference_phase(args, gw, run, consumer, amqp_url: str, topics: list[str], rmq: int | None) -> dict:
-    """Before the gateway subscribes anything: (1) a reader that drops every frame, to see how fast
-    the simulator itself goes on these cores; (2) the bare pika forwarder (bench/bare_forwarder.py)
-    on the same topics, broker, vhost and consumer, the simulator flooding. Its delivered rate
-    (counted by the consumer, like the gateway's) is the machine's capacity for the table."""
-    out: dict = {}
-    ws_url = f"ws://127.0.0.1:{gw.env['SIM_PORT']}/v5/public/linear"
-    for mode in ("discard", "forward"):
-        status = Path(tempfile.mkdtemp(prefix="wsgw-bf-")) / "bare.json"
-        argv = [PY, str(ROOT / "bench" / "bare_forwarder.py"), ws_url, amqp_url, "--topics", ",".join(topics),
-                "--status", str(status)] + (["--discard"] if mode == "discard" else [])
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(status.with_suffix(".err"), "wb"))
+class RefSimulator:
+    """A second simulator process, only for the bare forwarder: the reference can then be measured
+    between the gateway's steps (the gateway's own simulator keeps its subscriptions) and each
+    step is compared with the forwarder measured just before and just after it."""
+
+    def __init__(self, gw):
+        from tests.helpers import free_port
+
+        self.port = free_port()
+        env = {**gw.env, "SIM_PORT": str(self.port), "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0"}
+        self.log = open(gw.run_dir / "ref-simulator.out", "wb")
+        self.proc = subprocess.Popen([PY, "-m", "bybitsim"], cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: self._up() or self.proc.poll() is not None, 30, message="reference simulator up")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"reference simulator exited: {(gw.run_dir / 'ref-simulator.out').read_text()[-2000:]}")
+
+    def _up(self) -> bool:
+        import httpx
+
         try:
-            wait_for(lambda: status.exists() or proc.poll() is not None, 30, message="bare forwarder up")
-            if proc.poll() is not None:
-                raise RuntimeError(f"bare forwarder exited: {status.with_suffix('.err').read_text()[-2000:]}")
-            run.sim_rate(rate=FLOOD_PER_TOPIC, account_rate=0)
-            time.sleep(2)
-            extra = {"consumer": consumer.proc.pid, "rabbitmq": rmq, "bare": proc.pid}
-            s0, c0, sim0 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), \
-                sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
-            t0 = time.time()
-            time.sleep(args.overload)
-            t1 = time.time()
-            s1, c1, sim1 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), \
-                sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
-            run.sim_rate(rate=0, account_rate=0)
-            depth = QueueDepths(amqp_url)
-            backlog = sum(depth.read().values())
-            depth.close()
-        finally:
-            proc.terminate()
-            proc.wait(15)
-        cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
-        if mode == "discard":
-            out["simulator_alone"] = {"sim_per_s": (sim1 - sim0) / (t1 - t0),
-                                      "read_per_s": (s1["read"] - s0["read"]) / (t1 - t0),
-                                      "cpu_s": {k: round(v, 2) for k, v in cpu.items()}, "seconds": t1 - t0}
-            continue
-        wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the bare run")
-        wins = consumer.windows(t0, t1)
-        delivered = _delivered(wins)
-        ages = {cls: (percentile(h := merge(wins, cls), 50), percentile(h, 99), sum(h.values()))
-                for cls in ("orderbook", "tickers", "trades")}
-        out["bare"] = {"sim_per_s": (sim1 - sim0) / (t1 - t0), "read_per_s": (s1["read"] - s0["read"]) / (t1 - t0),
-                       "confirmed_per_s": (s1["confirmed"] - s0["confirmed"]) / (t1 - t0),
-                       "delivered_per_s": delivered / (t1 - t0), "delivered": delivered, "ages": ages,
-                       "queued_at_end": backlog, "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
-                       "cpu_us_per_event": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {},
-                       "seconds": t1 - t0}
-        # what the bare run left in the queues is consumed before the gateway's steps start
+            return httpx.get(self.url + "/__sim/state", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        import httpx
+
+        return httpx.request(method, self.url + path, json=body, timeout=30).json()
+
+    def sent(self) -> int:
+        return sum(self.call("GET", "/__sim/state")["frames_sent"].values())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def bare_run(args, gw, ref: RefSimulator, consumer, amqp_url: str, topics: list[str], rmq: int | None,
+             discard: bool = False) -> dict:
+    """The bare pika forwarder (bench/bare_forwarder.py) on the reference simulator flooding the
+    same topics, into the gateway's broker, vhost and topology, read by the same consumer; its
+    delivered rate (counted by the consumer, like the gateway's) is the machine's capacity.
+    ``discard``: a reader that drops every frame instead (how fast the simulator itself goes)."""
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="wsgw-bf-"))
+    status = tmp / "bare.json"
+    argv = [PY, str(ROOT / "bench" / "bare_forwarder.py"), f"ws://127.0.0.1:{ref.port}/v5/public/linear", amqp_url,
+            "--topics", ",".join(topics), "--status", str(status)] + (["--discard"] if discard else [])
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "bare.err", "wb"))
+    try:
+        wait_for(lambda: status.exists() or proc.poll() is not None, 30, message="bare forwarder up")
+        if proc.poll() is not None:
+            raise RuntimeError(f"bare forwarder exited: {(tmp / 'bare.err').read_text()[-2000:]}")
+        ref.call("POST", "/__sim/rate", {"rate": FLOOD_PER_TOPIC, "account_rate": 0})
+        time.sleep(2)
+        extra = {"consumer": consumer.proc.pid, "rabbitmq": rmq, "bare": proc.pid, "ref_simulator": ref.proc.pid}
+        s0, c0, sim0 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), ref.sent()
+        t0 = time.time()
+        time.sleep(args.overload)
+        t1 = time.time()
+        s1, c1, sim1 = orjson.loads(status.read_bytes()), cpu_by_process(gw, extra), ref.sent()
+        ref.call("POST", "/__sim/rate", {"rate": 0, "account_rate": 0})
         depth = QueueDepths(amqp_url)
-        try:
-            wait_for(lambda: sum(depth.read().values()) == 0, 60, interval=0.5, message="bare run's queues drained")
-        finally:
-            depth.close()
-    print(f"reference: {out}", flush=True)
+        backlog = sum(depth.read().values())
+        depth.close()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)
+    cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+    cpu["simulator"] = cpu.pop("ref_simulator", 0.0)     # the simulator that served this run
+    out = {"sim_per_s": (sim1 - sim0) / (t1 - t0), "read_per_s": (s1["read"] - s0["read"]) / (t1 - t0),
+           "cpu_s": {k: round(v, 2) for k, v in cpu.items()}, "seconds": t1 - t0, "at": (t0 + t1) / 2}
+    if discard:
+        return out
+    wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the bare run")
+    wins = consumer.windows(t0, t1)
+    delivered = _delivered(wins)
+    out.update({"confirmed_per_s": (s1["confirmed"] - s0["confirmed"]) / (t1 - t0),
+                "delivered_per_s": delivered / (t1 - t0), "delivered": delivered, "queued_at_end": backlog,
+                "ages": {cls: (percentile(h := merge(wins, cls), 50), percentile(h, 99), sum(h.values()))
+                         for cls in ("orderbook", "tickers", "trades")},
+                "cpu_us_per_event": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {}})
+    depth = QueueDepths(amqp_url)        # what it left queued is consumed before the next step
+    try:
+        wait_for(lambda: sum(depth.read().values()) == 0, 60, interval=0.5, message="bare run's queues drained")
+    finally:
+        depth.close()
+    print(f"bare forwarder: {out}", flush=True)
     return out
 
 
 def overload_phase(args) -> dict:
-    """The reference run first (``reference_phase``: the simulator's own ceiling and the bare pika
-    forwarder's delivered rate, which is the capacity), then the whole gateway offered 1x, 2x and
-    4x that capacity over the same trades, books and linear tickers, the account trading at 20
-    events/s. Per step: what the simulator really sent, what the consumer got per second, the
-    age of what it got per class (event ``received_at`` -> consume time), what was left queued in
-    RabbitMQ at the end (the consumer keeping up or not), drops per class and reason (ingest +
-    publisher), books resynced, the account checked against the simulator, RSS and CPU per
-    delivered event per process."""
-    out: dict = {"steps": []}
+    """The whole gateway offered 1x, 2x and 4x the machine's capacity over trades, books and
+    linear tickers, the account trading at 20 events/s; the capacity is the bare pika forwarder's
+    delivered rate (``bare_run``), measured before the first step, between steps and after the
+    last, on a simulator of its own: each step is compared with the mean of the forwarder runs
+    just before and after it (the machine is shared: its load moves within a run). Per step: what
+    the simulator really sent, what the consumer got per second, the age of what it got per class
+    (event ``received_at`` -> consume time), what was left queued in RabbitMQ at the end (the
+    consumer keeping up or not), drops per class and reason (ingest + publisher), books resynced,
+    the account checked against the simulator, RSS and CPU per delivered event per process."""
+    out: dict = {"steps": [], "bare_runs": []}
     with stores() as (pg_url, amqp_url, _):
         gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning",
                           GW_PING_INTERVAL_S="20", GW_DEAD_AFTER_S="40", GW_BACKOFF_MAX_S="30")
-        consumer = None
+        consumer = ref = None
         try:
             gw.start()
             reqs, topics = overload_topics()
             consumer = ConsumerProcess(amqp_url, Path(tempfile.mkdtemp(prefix="wsgw-bo-")))
+            ref = RefSimulator(gw)
             run = Run(gw, consumer, account_rate=20)
             rmq = rabbitmq_pid()
-            ref = reference_phase(args, gw, run, consumer, amqp_url, topics, rmq)
-            out.update(ref)
-            capacity = out["capacity"] = ref["bare"]["delivered_per_s"]
+            out["simulator_alone"] = bare_run(args, gw, ref, consumer, amqp_url, topics, rmq, discard=True)
             subscribe(gw, reqs + private_requests())
-            run.sim_rate(rate=0, account_rate=20)
+            run.sim_rate(rate=0, account_rate=0)
+            out["bare_runs"].append(bare_run(args, gw, ref, consumer, amqp_url, topics, rmq))
+            capacity = out["capacity"] = out["bare_runs"][0]["delivered_per_s"]
             n_topics = len(topics)
             extra = {"consumer": consumer.proc.pid, "rabbitmq": rmq}
             for mult in (1, 2, 4):
@@ -433,7 +475,7 @@ def overload_phase(args) -> dict:
                 queued = sum(depth.read().values())
                 depth.close()
                 rss = sampler.stop()
-                run.sim_rate(rate=0)
+                run.sim_rate(rate=0, account_rate=20)
                 wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the step")
                 wins = consumer.windows(t0, t1)
                 delivered = _delivered(wins)
@@ -453,11 +495,16 @@ def overload_phase(args) -> dict:
                 book_resyncs = len([e for e in consumer.system("book_resync", t0)
                                     if "dropped in" in str(e["data"].get("reason"))])
                 acct = run.measure(f"overload_{mult}x", lambda res: None)
+                run.sim_rate(rate=0, account_rate=0)        # quiet while the forwarder is measured
                 cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
                 tree = sum(v for k, v in cpu.items() if k in TREE)
+                out["bare_runs"].append(bare_run(args, gw, ref, consumer, amqp_url, topics, rmq))
+                around = [b["delivered_per_s"] for b in out["bare_runs"][-2:]]
                 out["steps"].append({
                     "mult": mult, "offered": capacity * mult, "sim_per_s": (sim1 - sim0) / (t1 - t0),
-                    "delivered_per_s": delivered / (t1 - t0), "ages": ages, "drops": drops,
+                    "delivered_per_s": delivered / (t1 - t0), "bare_around": around,
+                    "ratio": delivered / (t1 - t0) / (sum(around) / len(around)) if sum(around) else 0.0,
+                    "ages": ages, "drops": drops,
                     "queued_at_end": queued, "resync_requests": resync, "book_resync_events": book_resyncs,
                     "account_missing": acct.account_missing, "rss": rss,
                     "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
@@ -468,6 +515,8 @@ def overload_phase(args) -> dict:
             try:
                 if consumer is not None:
                     consumer.close(remove=True)
+                if ref is not None:
+                    ref.close()
             finally:
                 gw.stop()
     return out
@@ -609,54 +658,60 @@ def faults_rows() -> dict[str, list[str]]:
 
 
 def overload_rows(over: dict) -> list[str]:
-    """The overload table (markdown): the reference run, then one row per multiple of the capacity,
+    """The overload table (markdown): the reference runs, one row per multiple of the capacity,
     then CPU per delivered event per process."""
-    ref, alone = over.get("bare") or {}, over.get("simulator_alone") or {}
-    bcpu = ref.get("cpu_us_per_event") or {}
+    bares, alone = over.get("bare_runs") or [], over.get("simulator_alone") or {}
 
     def age3(a: dict, cls: str) -> str:
         p50, p99, n = a[cls]
         return f"{p50}/{p99} ({n:,})" if n else "-"
 
+    def mean_cpu(name: str) -> float:
+        vals = [b["cpu_us_per_event"].get(name, 0.0) for b in bares if b.get("cpu_us_per_event")]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    bare_cpu = mean_cpu("bare")
+    rates = [b["delivered_per_s"] for b in bares]
     lines = [f"## Overload: offered 1x, 2x, 4x this machine's capacity ({over['capacity']:,.0f} events/s)", "",
              "Capacity = what the bare pika forwarder (bench/bare_forwarder.py: simulator socket -> parse -> "
-             "basic_publish with async confirms, window 2000 -> same broker, vhost, topology and consumer process) "
-             f"delivered to the consumer with the simulator flooding, measured in this run before the gateway "
-             f"subscribed: simulator sent {ref.get('sim_per_s', 0):,.0f}/s, forwarder read "
-             f"{ref.get('read_per_s', 0):,.0f}/s, consumer got {ref.get('delivered_per_s', 0):,.0f}/s, ages books "
-             f"{age3(ref['ages'], 'orderbook') if ref else '-'}, tickers {age3(ref['ages'], 'tickers') if ref else '-'}, "
-             f"trades {age3(ref['ages'], 'trades') if ref else '-'} ms, {ref.get('queued_at_end', '?')} left queued; "
-             f"forwarder CPU {bcpu.get('bare', 0):.0f} us/event. The simulator alone (a reader dropping every frame) "
+             "basic_publish with async confirms, window 2000 -> the gateway's broker, vhost, topology and consumer "
+             "process) delivered to the consumer, its own simulator flooding the same topics. It ran before the "
+             "first step, between steps and after the last (" + ", ".join(f"{r:,.0f}" for r in rates)
+             + " events/s); each step is compared with the mean of the runs just before and after it. "
+             "Forwarder ages (p50/p99 ms) books " + "; ".join(age3(b["ages"], "orderbook") for b in bares)
+             + ", tickers " + "; ".join(age3(b["ages"], "tickers") for b in bares)
+             + f"; forwarder CPU {bare_cpu:.0f} us/event. The simulator alone (a reader dropping every frame) "
              f"sent {alone.get('sim_per_s', 0):,.0f} frames/s: above that no offered load is real.", "",
              "Age = event `received_at` (ingest's receive time) -> taken by a consumer process, per class "
              "p50/p99 ms. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
              "in RabbitMQ at the end of the step (the consumer not keeping up). Targets: book and ticker p99 <= "
              "1000 ms; delivered >= 0.8x the bare forwarder.", "",
-             "| offered (simulator sent/s) | delivered/s (x bare) | books p50/p99 | tickers p50/p99 | trades p50/p99 "
-             "| queued | dropped (ingest; publisher) | resync requests / book_resync | account | RSS MB | "
-             "tree CPU us/event (bare) | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| offered (simulator sent/s) | delivered/s (x bare around it) | books p50/p99 | tickers p50/p99 "
+             "| trades p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync | account "
+             "| RSS MB | tree CPU us/event (bare) | result |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for st in over["steps"]:
         a = st["ages"]
         ok = all(a[c][1] is None or a[c][1] <= 1000 for c in ("orderbook", "tickers")) and not st["account_missing"]
-        cpu_cell = f"{st['cpu_us_per_event']:.0f} ({bcpu.get('bare', 0):.0f})" if st["cpu_us_per_event"] else "-"
-        ratio = st["delivered_per_s"] / over["capacity"] if over["capacity"] else 0
+        cpu_cell = f"{st['cpu_us_per_event']:.0f} ({bare_cpu:.0f})" if st["cpu_us_per_event"] else "-"
+        ratio = st["ratio"]
         lines.append(
             f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}) | {st['delivered_per_s']:,.0f} "
-            f"({ratio:.2f}x) | {age3(a, 'orderbook')} | {age3(a, 'tickers')} | {age3(a, 'trades')} | "
-            f"{st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
+            f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {age3(a, 'orderbook')} | "
+            f"{age3(a, 'tickers')} | {age3(a, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | "
             f"{'untouched' if not st['account_missing'] else st['account_missing']} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
             + f" | {cpu_cell} | {'PASS' if ok and ratio >= 0.8 else 'FAIL'} |")
-    names = [n for n in ("ingest", "publisher", "persister", "api", "ops", "supervisord", "bare", "simulator",
-                         "consumer", "rabbitmq")]
-    lines += ["", "CPU per delivered market event, us, per process (RabbitMQ is shared with other work on this "
+    names = ["ingest", "publisher", "persister", "api", "ops", "supervisord", "bare", "simulator", "consumer",
+             "rabbitmq"]
+    lines += ["", "CPU per delivered market event, us, per process (tree = ingest, publisher, persister, api, ops "
+              "listener, supervisord; for the forwarder, itself. RabbitMQ is shared with other work on this "
               "machine: context only):", "",
               "| run | " + " | ".join(names) + " | tree |", "|---" * (len(names) + 2) + "|"]
-    rows = [("bare forwarder", bcpu)] + [(f"gateway {st['mult']}x", st.get("cpu_us_by_process") or {})
-                                         for st in over["steps"]]
+    rows = [("bare forwarder (mean)", {n: mean_cpu(n) for n in names})]
+    rows += [(f"gateway {st['mult']}x", st.get("cpu_us_by_process") or {}) for st in over["steps"]]
     for label, c in rows:
-        tree = sum(v for k, v in c.items() if k in TREE or k == "bare")
+        tree = c.get("bare", 0.0) if label.startswith("bare") else sum(v for k, v in c.items() if k in TREE)
         lines.append(f"| {label} | " + " | ".join(f"{c[n]:.1f}" if n in c else "-" for n in names)
                      + f" | {tree:.1f} |")
     return lines

@@ -140,6 +140,10 @@ class Outbox:
         return len(self._market) + len(self._account)
 
     @property
+    def market_waiting(self) -> int:
+        return len(self._market)
+
+    @property
     def full(self) -> bool:
         """Over a bound: drop market events until it isn't."""
         return self.in_memory > self.bound or self.bytes > self.bound_bytes

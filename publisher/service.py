@@ -22,7 +22,7 @@ import zmq
 from common import addresses, classify
 from common.classify import UnknownTopic
 from common.config import Settings, settings_or_exit
-from common.envelope import Envelope, EnvelopeError
+from common.envelope import Envelope, EnvelopeError, Socket
 from common.freshness import BOOK_CLASSES, TOO_OLD
 from common.logs import RateLimited, get_logger, setup_logging
 from publisher import events as evmod, metrics
@@ -36,6 +36,8 @@ from publisher import retention
 log = get_logger("publisher")
 
 DRAIN_BATCH = 1000
+RCVHWM = 250
+INTAKE_HIGH_MIN = 500
 STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
 # `supervisorctl stop all` signals ingest at the same moment: keep taking envelopes until it
 # has been quiet this long (its last flush included), at most STOP_INTAKE_MAX_S.
@@ -104,6 +106,10 @@ class Service:
         self._handled = 0
         self._sock: zmq.Socket | None = None
         self._more: asyncio.Handle | None = None
+        # Market events waiting in the outbox beyond which intake pauses while the broker is
+        # up: past it we only read (and parse, and build) events to see them expire here.
+        self.intake_high = max(self.window, INTAKE_HIGH_MIN)
+        self.intake_paused = False
         self._last_rx = 0.0
 
     # -- intake -----------------------------------------------------------------
@@ -141,9 +147,13 @@ class Service:
         next loop turn (after pika's reads, writes and timers) instead of waiting for it.
         """
         self._more = None
-        recv, take, n = self._sock.recv_multipart, self._take, 0
+        room = self._intake_room()
+        if room <= 0:
+            self.intake_paused = True
+            return
+        recv, take, n, limit = self._sock.recv_multipart, self._take, 0, min(DRAIN_BATCH, room)
         try:
-            while n < DRAIN_BATCH:
+            while n < limit:
                 take(recv(zmq.NOBLOCK))
                 n += 1
         except zmq.Again:
@@ -155,7 +165,27 @@ class Service:
                 self._ask_resync()
             if self.max_envelopes is not None and self._handled >= self.max_envelopes:
                 self.request_stop()
-        if n == DRAIN_BATCH:
+        if n == limit and self._more is None:
+            self._more = asyncio.get_running_loop().call_soon(self._on_readable)
+
+    def _intake_room(self) -> int:
+        """How many envelopes to take now. While the broker takes events, no more than keep
+        ``intake_high`` market events waiting here: the rest wait in ingest's buffer, which sends
+        the earliest deadline first and drops what grew too old before anyone parsed it again
+        (a saturated publisher otherwise spent its CPU on trades that expired in its outbox).
+        While the broker is away, everything is taken as before: account events go to the
+        spool and market events are bounded here."""
+        b = self.broker
+        if b is None or not b.ready or self._restore is not None or not self.intake_open:
+            return DRAIN_BATCH
+        return self.intake_high - self.outbox.market_waiting
+
+    def _resume_intake(self) -> None:
+        """Read again once the market backlog is down to half the mark (or the broker left)."""
+        if not self.intake_paused or self._sock is None or self._more is not None or not self.intake_open:
+            return
+        if self._intake_room() >= min(DRAIN_BATCH, self.intake_high // 2):
+            self.intake_paused = False
             self._more = asyncio.get_running_loop().call_soon(self._on_readable)
 
     async def _drain_until_quiet(self) -> None:
@@ -213,6 +243,8 @@ class Service:
                 published[ev.event_class] += 1
         finally:
             b.uncork()
+        if self.intake_paused:
+            self._resume_intake()
 
     def _on_ready(self) -> None:
         if self.outage_since is not None:
@@ -280,6 +312,7 @@ class Service:
         self.pump()
 
     def _on_lost(self, pending: list[Event], reason: str) -> None:
+        self._resume_intake()     # the broker is away: intake takes everything again
         if self.outage_since is None:
             self.outage_since = time.time()
             self._outage_dropped = self.outbox.dropped.copy()
@@ -449,6 +482,8 @@ class Service:
                     queue=queue, depth=depth, bound=bound)
 
     def housekeeping(self) -> None:
+        if self.intake_paused:
+            self._resume_intake()
         t = self.tally
         b = self.broker
         if b is not None and b.ready and time.monotonic() - self._last_depth_check >= DEPTH_CHECK_S:
@@ -518,8 +553,10 @@ class Service:
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self._restore_gaps()
         ctx = zmq.Context()
-        sock = self._sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.RCVHWM, 2_000)   # bounded memory: a flood waits (and is dropped by class) in ingest
+        sock = self._sock = ctx.socket(zmq.PULL, socket_class=Socket)
+        # bounded memory, and little of it: a flood waits in ingest's buffer, where it is sent
+        # earliest deadline first and dropped by class, not in this FIFO (see ingest/handoff.py HWM)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.LINGER, 0)
         address = addresses.publisher_frames(self.s.run_dir)
         try:

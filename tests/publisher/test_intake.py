@@ -1,0 +1,100 @@
+"""The publisher's intake keeps pace with the broker: while RabbitMQ takes events, no more than
+``intake_high`` market events wait in the outbox and the rest stay in the frames socket (in
+ingest's buffer, in the whole gateway), so a saturated publisher does not spend its CPU making
+events that expire in its outbox. While the broker is away everything is taken, as before.
+
+Real ZeroMQ sockets (inproc) and the real Service; the broker is a stand-in whose confirm
+window the test fills and empties (confirm timing cannot be driven with a real broker).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import zmq
+
+from common.config import load_settings
+from common.envelope import Socket
+from publisher.service import Service
+from tests.publisher.conftest import account_env, market_env
+
+
+class _Broker:
+    def __init__(self, ready: bool = True):
+        self.ready = ready
+        self.inflight: dict = {}
+        self.sent: list = []
+
+    def cork(self):
+        pass
+
+    def uncork(self):
+        pass
+
+    def publish(self, ev):
+        self.sent.append(ev)
+        self.inflight[len(self.sent)] = (ev, 0.0)
+
+
+def _run(tmp_path, ready: bool, n: int, confirm_rounds: int = 0):
+    """Push ``n`` market envelopes (and one account envelope at the end) into the service's
+    socket; let it read; then confirm everything in flight ``confirm_rounds`` times."""
+    svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
+    svc.broker = _Broker(ready)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL, socket_class=Socket)
+    push = ctx.socket(zmq.PUSH, socket_class=Socket)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.bind("inproc://intake-test")
+    push.connect("inproc://intake-test")
+    seen: list[int] = []
+
+    async def main():
+        for i in range(1, n + 1):
+            push.send_multipart(market_env(i).encode(), zmq.NOBLOCK)
+        push.send_multipart(account_env(1).encode(), zmq.NOBLOCK)
+        svc._sock = pull
+        svc._on_readable()
+        for _ in range(50):                       # the reads it schedules itself (call_soon)
+            await asyncio.sleep(0)
+        seen.append(svc._handled)
+        for _ in range(confirm_rounds):
+            svc.broker.inflight.clear()           # the broker confirmed the window
+            svc.pump()
+            for _ in range(50):
+                await asyncio.sleep(0)
+            seen.append(svc._handled)
+
+    try:
+        asyncio.run(main())
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+    return svc, seen
+
+
+def test_intake_pauses_at_the_mark_while_the_broker_takes_events(tmp_path):
+    svc, seen = _run(tmp_path, ready=True, n=3000)
+    high = svc.intake_high
+    assert high == 500                            # max(confirm window 100, INTAKE_HIGH_MIN)
+    # the window (100) went out, then intake stopped with `high` market events waiting
+    assert len(svc.broker.sent) == 100
+    assert svc.outbox.market_waiting == high
+    assert seen[0] == high + 100 and svc.intake_paused
+
+
+def test_intake_resumes_as_the_broker_confirms_and_loses_nothing(tmp_path):
+    svc, seen = _run(tmp_path, ready=True, n=3000, confirm_rounds=40)
+    assert seen == sorted(seen) and seen[0] < seen[-1]
+    assert seen[-1] == 3001                        # every envelope taken in the end, the account one too
+    assert not svc.intake_paused
+    classes = [ev.event_class for ev in svc.broker.sent]
+    assert classes.count("trades") == 3000 and len(classes) == 3001
+    assert svc.tally.dropped == {} or sum(svc.tally.dropped.values()) == 0
+
+
+def test_intake_takes_everything_while_the_broker_is_away(tmp_path):
+    svc, seen = _run(tmp_path, ready=False, n=3000)
+    assert seen[0] == 3001 and not svc.intake_paused
+    assert svc.outbox.market_waiting == 3000 and not svc.broker.sent
