@@ -7,10 +7,11 @@ PostgreSQL through ingest's activity reports (every few seconds), hence the slac
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
+
+from common.runtime import read_status
 
 STALE_FILE_S = 10.0          # a status file older than this: the process is not reporting
 ACTIVITY_SLACK_S = 10.0      # activity reports lag the stream by a few seconds
@@ -99,14 +100,11 @@ def read_status_files(status_dir: Path, now: float | None = None) -> dict[str, d
     except OSError:
         return out
     for path in paths:
-        age = data = None
         try:
             age = now - path.stat().st_mtime
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):   # vanished between glob and read, or half-written
-            pass
-        out[path.stem] = {"age_s": None if age is None else round(max(age, 0.0), 3),
-                          "data": data if isinstance(data, dict) else None}
+        except OSError:                 # vanished between glob and stat
+            age = None
+        out[path.stem] = {"age_s": None if age is None else round(max(age, 0.0), 3), "data": read_status(path)}
     return out
 
 

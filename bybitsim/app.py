@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 
 from common.config import ConfigError, load_settings
 from common.logs import get_logger, setup_logging
+from common.runtime import StopSignals
 
 from .options import options_from_env
 from .server import SimServer
@@ -15,16 +14,8 @@ from .server import SimServer
 
 async def run(server: SimServer) -> None:
     """Serve until the first SIGTERM/SIGINT; a second one exits at once."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-
-    def request_stop():
-        if stop.is_set():
-            os._exit(1)              # second signal: force
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop)
+    StopSignals(lambda _sig: stop.set()).install(asyncio.get_running_loop())
     await server.start()
     try:
         await stop.wait()

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
-import signal
 import sys
 import time
 import zlib
@@ -30,6 +28,7 @@ import orjson
 
 from common.config import ConfigError, load_settings
 from common.logs import get_logger, setup_logging
+from common.runtime import StopSignals
 
 from .options import SimOptions, options_from_env
 from .protocol import ENDPOINTS
@@ -371,16 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(server: ReplayServer, exit_when_done: bool) -> None:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-
-    def request_stop():
-        if stop.is_set():
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop)
+    StopSignals(lambda _sig: stop.set()).install(asyncio.get_running_loop())
     await server.start()
     waits = [asyncio.ensure_future(stop.wait())]
     if exit_when_done:

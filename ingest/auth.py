@@ -13,6 +13,7 @@ import time
 import httpx
 
 from common.logs import get_logger
+from common.runtime import clock_offset_ms
 
 log = get_logger(__name__)
 EXPIRES_AHEAD_MS = 5000
@@ -48,7 +49,7 @@ class ServerClock:
                 raise ValueError(f"HTTP {resp.status_code} retCode {body.get('retCode')}")
             server_ms = int(body["result"]["timeNano"]) // 1_000_000 if "timeNano" in body.get("result", {}) \
                 else int(body["time"])
-            self.offset_ms = int(server_ms - (before + after) / 2)
+            self.offset_ms = clock_offset_ms(server_ms, before, after)
             self.measured_at = time.monotonic()
             log.info("server_time_offset", offset_ms=self.offset_ms, rtt_ms=round(after - before, 1))
         except Exception as exc:  # keep the last offset; auth may still work with a synced host

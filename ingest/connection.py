@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from common.logs import RateLimited, get_logger
+from common.runtime import backoff_s
 from common.topics import PRIVATE
 from ingest import acks, auth, metrics, parse, plan
 from ingest.session import Session, SessionLost, describe as _describe, heartbeat
@@ -112,7 +113,7 @@ class Connection:
     # -- the loop ----------------------------------------------------------------
     async def run(self) -> None:
         while not self._closing:
-            delay = max(plan.backoff_delay(self.attempts, self.settings.backoff_max_s, random.random()),
+            delay = max(backoff_s(self.attempts, self.settings.backoff_max_s, jitter=random.random()),
                         self.mgr.budget.delay())
             if delay:
                 self._set_state("backoff")

@@ -96,8 +96,3 @@ class ConnectionBudget:
         self.opened.append(self.clock())
 
 
-def backoff_delay(attempt: int, cap: float, rand: float, base: float = 0.5) -> float:
-    """Attempt 0 retries at once; then exponential with full jitter in [50%, 100%], capped."""
-    if attempt <= 0:
-        return 0.0
-    return min(cap, base * (2 ** (attempt - 1))) * (0.5 + rand / 2)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import psycopg2
 
 from common import addresses
 from common.envelope import REST, json_envelope
 from common.logs import get_logger
+from common.runtime import backoff_s, read_status
 from ingest import metrics
 from ingest.account_state import Known, Seen, Snapshot, exec_start_ms, loss_start_ms, merge_wallets
 from ingest.rest import RestClient, RestError
@@ -119,7 +119,7 @@ class Reconciler:
         failures = 0
         while True:
             wait = self.settings.reconcile_interval_s if not failures else \
-                min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (failures - 1))
+                backoff_s(failures, RETRY_CAP_S, RETRY_BASE_S)
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
@@ -148,11 +148,8 @@ class Reconciler:
         while True:
             for name in DOWNSTREAMS:
                 path = addresses.status_file(self.settings.run_dir, name)
-                try:
-                    status = orjson.loads(path.read_bytes())
-                except (OSError, orjson.JSONDecodeError):
-                    continue
-                if not isinstance(status, dict):
+                status = read_status(path)
+                if status is None:
                     continue
                 ident = (status.get("pid"), status.get("started_at"))
                 prev = self._downstreams.get(name)
@@ -298,7 +295,7 @@ class Reconciler:
         if isinstance(exc, BaseExceptionGroup):       # from a TaskGroup: report the first cause
             exc = exc.exceptions[0]
         error = f"{type(exc).__name__}: {exc}"[:500]
-        retry_in = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (failures - 1))
+        retry_in = backoff_s(failures, RETRY_CAP_S, RETRY_BASE_S)
         self.state.update(failed=self.state["failed"] + 1, last_error=error, last_error_at=time.time())
         metrics.RECONCILIATIONS.labels("failed").inc()
         log.warning("reconciliation_failed", reasons=reasons, error=error, attempt=failures, retry_in_s=retry_in)

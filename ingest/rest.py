@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from common.logs import RateLimited, get_logger
+from common.runtime import backoff_s, clock_offset_ms
 from ingest import metrics
 
 log = get_logger(__name__)
@@ -83,9 +84,6 @@ def signature(secret: str, timestamp_ms: int, api_key: str, recv_window_ms: int,
                     hashlib.sha256).hexdigest()
 
 
-def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Exponential: base, 2*base, 4*base ... capped (attempt counts from 1)."""
-    return min(cap_s, base_s * (2 ** (attempt - 1)))
 
 
 class RestClient:
@@ -140,7 +138,7 @@ class RestClient:
         after = time.time() * 1000
         nano = reply.result.get("timeNano")
         server_ms = int(nano) // 1_000_000 if isinstance(nano, str) and nano.isdigit() else reply.time_ms
-        self.offset_ms = int(server_ms - (before + after) / 2)
+        self.offset_ms = clock_offset_ms(server_ms, before, after)
         self.clock_measured = True
         log.info("rest_clock_offset", offset_ms=self.offset_ms, rtt_ms=round(after - before, 1))
 
@@ -184,7 +182,7 @@ class RestClient:
             except _Retry as retry:
                 err, delay = retry.error, retry.delay_s
                 if delay is None:
-                    delay = backoff_s(attempt, self.backoff_base_s, self.backoff_cap_s)
+                    delay = backoff_s(attempt, self.backoff_cap_s, self.backoff_base_s)
                 self.counts[f"retry_{retry.cause}"] += 1
                 if attempt == self.max_attempts:
                     self.counts["errors"] += 1

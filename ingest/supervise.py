@@ -13,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from common.logs import get_logger
-from ingest import metrics, plan
+from common.runtime import backoff_s
+from ingest import metrics
 
 log = get_logger(__name__)
 STABLE_AFTER_S = 60.0     # a run this long resets the restart backoff
@@ -68,6 +69,6 @@ async def supervise(name: str, kind: str, run: Callable[[], Awaitable[None]], fa
                 raise
             except Exception:
                 log.exception("task_cleanup_failed", task=name, kind=kind)
-        await sleep(plan.backoff_delay(in_a_row, backoff_max_s, random.random()))
+        await sleep(backoff_s(in_a_row, backoff_max_s, jitter=random.random()))
         if finished():
             return

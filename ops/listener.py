@@ -10,7 +10,6 @@ an event exits at once; during an event, after it is answered.
 """
 from __future__ import annotations
 
-import signal
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from supervisor import childutils
 
 from common.config import settings_or_exit
 from common.logs import RateLimited, get_logger, setup_logging
+from common.runtime import StopSignals
 from ops import events as ev_mod
 from ops import liveness, metrics
 from ops.rpc import RPC_ERRORS, Supervisor, read_beats, server_url
@@ -51,7 +51,7 @@ class Listener:
         self._recent: deque = deque(maxlen=100)    # (monotonic time sent, envelope)
         self._stalled_since: dict[int, float] = {}  # pid -> monotonic time it last made progress
 
-    def request_stop(self, signum=None, frame=None) -> None:
+    def request_stop(self, signame: str | None = None) -> None:
         self.stop_requested = True
         if self._waiting:
             raise _Stop()
@@ -197,8 +197,7 @@ def main() -> int:
     supervisor = Supervisor(server_url(settings.run_dir), timeout_s=RPC_TIMEOUT_S)
     listener = Listener(sink, supervisor=supervisor, guard=liveness.StallGuard(settings.stall_after_s),
                         run_dir=settings.run_dir)
-    signal.signal(signal.SIGTERM, listener.request_stop)
-    signal.signal(signal.SIGINT, listener.request_stop)
+    StopSignals(listener.request_stop).install()
     log.info("started", publisher=sink.address, metrics_dir=sink.metrics_dir, supervisor=supervisor.url,
              stall_after_s=settings.stall_after_s)
     try:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from common.runtime import backoff_s
+
 STATUS_PROGRAMS = ("ingest", "publisher", "persister")   # the programs that write a status file
 START_GRACE_S = 30.0        # extra time before a fresh process's first status file
 BACKOFF_FIRST_S = 60.0      # a second stall restart waits this long after the first, then doubling
@@ -155,7 +157,7 @@ class StallGuard:
         count, last = self._restarts.get(program, (0, 0.0))
         if count == 0:
             return float("-inf")
-        return last + min(self.backoff_first_s * 2 ** (count - 1), self.backoff_max_s)
+        return last + backoff_s(count, self.backoff_max_s, self.backoff_first_s)
 
     def owns_exit(self, pid: int | None) -> bool:
         """The exit of ``pid`` is a stall restart of ours, not a crash."""

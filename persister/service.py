@@ -10,17 +10,15 @@ start. A second signal exits at once.
 """
 from __future__ import annotations
 
-import os
-import signal
 import time
 
-import orjson
 import zmq
 
 from common import addresses
 from common.config import settings_or_exit
 from common.envelope import Envelope, EnvelopeError
 from common.logs import RateLimited, get_logger, setup_logging
+from common.runtime import StopSignals, backoff_s, status_doc, write_status
 from persister import metrics
 from persister.intake import BadInput, parse
 from persister.pending import Batch, Pending
@@ -44,14 +42,14 @@ STOP_INTAKE_MAX_S = 3.0
 
 
 class StopFlag:
+    """Set by the first SIGTERM/SIGINT (``common.runtime.StopSignals``); the loop checks it."""
+
     def __init__(self):
         self.stopping = False
 
-    def request(self, signum=None, frame=None) -> None:
-        if self.stopping:
-            os._exit(1)
-        self.stopping = True   # before logging: a handler can be interrupted by the next signal
-        log.info("stopping", signal=signal.Signals(signum).name if signum else None)
+    def request(self, signame: str | None = None) -> None:
+        self.stopping = True
+        log.info("stopping", signal=signame)
 
 
 class Persister:
@@ -68,7 +66,7 @@ class Persister:
         self.schema_waits = 0
         self.outages = 0
         self.next_attempt = 0.0
-        self.backoff = BACKOFF_START_S
+        self.failures = 0                   # database attempts failed in a row
         self.last_db_ok = 0.0
         self.recovering: int | None = None   # rows written since the database came back
         # counters for the status file
@@ -137,7 +135,7 @@ class Persister:
             self._down(str(exc), now)
             return False
         self.schema_ready = True
-        self.backoff = BACKOFF_START_S
+        self.failures = 0
         self.last_db_ok = now
         if not self.db_up:
             if self.db_up is False:
@@ -151,8 +149,8 @@ class Persister:
     def _down(self, error: str, now: float, log_it: bool = True) -> None:
         self.sink.close()
         self.db_error = error
-        self.next_attempt = now + self.backoff
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+        self.failures += 1
+        self.next_attempt = now + backoff_s(self.failures, BACKOFF_MAX_S, BACKOFF_START_S)
         self.recovering = None
         if self.db_up is not False:
             if self.db_up:
@@ -234,21 +232,18 @@ class Persister:
         for table, n in sizes.items():
             metrics.PENDING.labels(table).set(n)
         metrics.SPOOLED.set(len(self.pending.spool))
-        return {
-            "process": "persister", "pid": os.getpid(), "updated_at": time.time(), "started_at": self.started_at,
-            "database": {"up": self.db_up, "since": self.db_since, "error": self.db_error,
+        return status_doc(
+            "persister", self.started_at,
+            database={"up": self.db_up, "since": self.db_since, "error": self.db_error,
                          "schema_ready": self.schema_ready, "schema_waits": self.schema_waits,
-                         "outages": self.outages},
-            "pending": sizes, "spooled": len(self.pending.spool), "received": self.received,
-            "bad_input": self.bad_input, "dead_letters": self.dead_letters, "rows_written": self.rows_written,
-            "last_batch": self.last_batch,
-        }
+                      "outages": self.outages},
+            pending=sizes, spooled=len(self.pending.spool), received=self.received,
+            bad_input=self.bad_input, dead_letters=self.dead_letters, rows_written=self.rows_written,
+            last_batch=self.last_batch)
 
     def write_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(orjson.dumps(self.status()))
-            os.replace(tmp, self.status_path)
+            write_status(self.status_path, self.status())
         except OSError as exc:
             self.bad_log("warning", "status_write_failed", error=str(exc))
 
@@ -335,8 +330,7 @@ def main() -> int:
         return 1
     metrics.DB_UP.set(0)
     stop = StopFlag()
-    signal.signal(signal.SIGTERM, stop.request)
-    signal.signal(signal.SIGINT, stop.request)
+    StopSignals(stop.request).install()
     app = Persister(settings, Sink(settings.database_url), sock, Pending(spool, MAX_PENDING))
     app.run(stop)
     ctx.term()

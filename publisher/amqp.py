@@ -22,6 +22,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from common import classify
 from common.logs import get_logger
+from common.runtime import backoff_s
 from publisher.events import Event
 from publisher.pika_fast import _MAX_ITEMS, CorkedConnection, EventProperties, content_frames, fast_path, \
     publish_frames
@@ -32,10 +33,8 @@ DOWN, CONNECTING, READY, CLOSING = "down", "connecting", "ready", "closing"
 
 
 def backoff_delay(attempt: int, cap: float, rng=random.random) -> float:
-    """0 for the first retry, then 0.5, 1, 2 ... s capped at ``cap``, with jitter in [50%, 100%]."""
-    if attempt <= 0:
-        return 0.0
-    return min(cap, 0.5 * 2 ** (attempt - 1)) * (0.5 + 0.5 * rng())
+    """The broker reconnect's delay: ``common.runtime.backoff_s`` from 0.5 s, jittered."""
+    return backoff_s(attempt, cap, 0.5, jitter=rng())
 
 
 class Broker:

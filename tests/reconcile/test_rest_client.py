@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from ingest.rest import RestClient, RestError, backoff_s, query_string, signature
+from ingest.rest import RestClient, RestError, query_string, signature
 
 FRAMES = Path(__file__).resolve().parent.parent / "frames"
 KEY, SECRET = "EXAMPLEkey012345", "EXAMPLEsecretDoNotUse0123456789abcdef"
@@ -36,10 +36,6 @@ def test_query_string_skips_none_and_refuses_values_needing_escapes():
         query_string({"symbol": "BTC USDT"})
     with pytest.raises(ValueError):
         query_string({"x": "a&b=c"})
-
-
-def test_backoff_doubles_to_a_cap():
-    assert [backoff_s(n, 0.25, 1.0) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]
 
 
 class Fake:

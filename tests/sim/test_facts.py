@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SIM_DIR = ROOT / "bybitsim"
 GATEWAY_PACKAGES = {"common", "ingest", "publisher", "persister", "api"}
 # Logging and settings plumbing only: neither decides what Bybit accepts.
-ALLOWED = {"common.logs", "common.config"}
+ALLOWED = {"common.logs", "common.config", "common.runtime"}   # process plumbing, no protocol facts
 
 
 def gateway_imports(path: Path) -> list[str]:

@@ -124,7 +124,11 @@ def test_connection_budget_caps_new_connections():
 
 
 def test_backoff_first_retry_at_once_and_capped():
-    assert plan.backoff_delay(0, 30, 0.9) == 0
-    delays = [plan.backoff_delay(n, 30, 1.0) for n in range(1, 12)]
+    from common.runtime import backoff_s
+
+    assert backoff_s(0, 30, jitter=0.9) == 0
+    delays = [backoff_s(n, 30, jitter=1.0) for n in range(1, 12)]
     assert delays == sorted(delays) and max(delays) == 30
-    assert plan.backoff_delay(20, 30, 0.0) == 15
+    assert backoff_s(20, 30, jitter=0.0) == 15
+    assert [backoff_s(n, 1.0, 0.25) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]     # no jitter
+    assert backoff_s(10_000, 5.0) == 5.0                                                    # no overflow
