@@ -72,6 +72,7 @@ class Ingest:
         self.exit_code = 0
         self.stop: asyncio.Event | None = None
         self._private_held = asyncio.Event()
+        self._taken: list[tuple] = []        # (Acquired, Lease) to announce once their topics are held
         self.reconciler = None
         if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
             # what it sends goes out only while this instance owns the private unit
@@ -108,14 +109,23 @@ class Ingest:
     def on_acquired(self, acquired, lease) -> None:
         """A unit is ours: announce it, subscribe its topics, and for the private unit fetch over
         REST what the gap (old owner's last renewal -> now) may have cost."""
-        body = acquired.announcement(self.settings.instance_id)
         private = acquired.unit == PRIVATE_UNIT
-        self.handoff.system("owner_changed", body, endpoint="private" if private else "", extra=lease.extra)
+        self._taken.append((acquired, lease))
         self.request_sync()
         if private and self.reconciler is not None:
             since = acquired.previous_renewed_at
             self.reconciler.request("owner_changed", int(since * 1000) if since and acquired.previous_owner else None)
             self._private_held.set()
+
+    def announce_taken(self) -> None:
+        """``system.owner_changed`` for each unit taken since the last converge, naming the topics
+        now held under it: the market data of those topics in the gap was lost."""
+        taken, self._taken = self._taken, []
+        for acquired, lease in taken:
+            body = acquired.announcement(self.settings.instance_id)
+            body["topics"] = sorted(k for k, st in self.mgr.topics.items() if st.lease is lease)
+            self.handoff.system("owner_changed", body, endpoint="private" if acquired.unit == PRIVATE_UNIT else "",
+                                extra=lease.extra)
 
     def on_lost(self, unit: str, lease, why: str) -> None:
         """Fenced: its topics are dropped (no frame of it is handed off any more) and unsubscribed."""
@@ -181,6 +191,7 @@ class Ingest:
                 for sid, why in self.universe.set_rows(whole_rows):
                     log.error("invalid_stored_subscription", id=sid, error=why)
                 self.mgr.converge(self.universe.desired(self.control.converge_view(desired, seq)))
+                self.announce_taken()
                 if trace_id:
                     log.info("synced", topics=len(desired), trace_id=trace_id)
                 wait, delay = SYNC_EVERY_S, 0.5

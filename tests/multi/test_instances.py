@@ -221,6 +221,7 @@ def test_kill9_of_an_instance_is_taken_over_within_15s_and_announced(cluster):
                                         if e["data"]["old_owner"] == victim]) and len(a) >= len(units) and a,
                          20, interval=0.5, message="owner_changed for each of its units")
     assert {a["unit"] for a in announced} == set(units)
+    assert set().union(*(a["topics"] for a in announced)) >= set(lost_topics)   # which topics had the gap
     for a in announced:
         assert a["new_owner"] in IDS and a["new_owner"] != victim and a["reason"] == "expired"
         assert 0 < a["gap_s"] < TAKEOVER_S + 5 and a["new_epoch"] == a["old_epoch"] + 1
