@@ -3,7 +3,7 @@ thread-safe; a kept socket saves the connect handshake on every request), linger
 one JSON frame out, the reply with the same id back, or a timeout. Never blocks
 longer than ``timeout_ms``; after a timeout the socket is closed and the next
 request starts a fresh one, so a late reply or a dead peer cannot wedge it.
-Wire format: docs/internals.md, "Control messages"."""
+Wire format: common/control.py."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import orjson
 import zmq
 
+from common import control
 from common.logs import get_logger
 
 log = get_logger("api.control")
@@ -56,8 +56,7 @@ class ControlClient:
     def request(self, op: str, subscription: dict, trace_id: str) -> Reply:
         """Send one control request and wait for its reply. Raises ControlUnavailable."""
         req_id = uuid.uuid4().hex
-        message = orjson.dumps({"id": req_id, "op": op, "trace_id": trace_id,
-                                "subscription": subscription}, default=str)
+        message = control.request(op, req_id, trace_id, subscription)
         deadline = time.monotonic() + self.timeout_ms / 1000
         sock = self._socket()
         try:
@@ -74,7 +73,7 @@ class ControlClient:
                 if reply is None or reply.get("id") != req_id:
                     log.warning("control_reply_ignored", reason="unmatched or malformed reply")
                     continue
-                return Reply(bool(reply.get("ok")), _error_text(reply.get("error")))
+                return Reply(bool(reply.get("ok")), control.error_text(reply.get("error")))
         except BaseException:
             self._discard()
             raise
@@ -82,13 +81,6 @@ class ControlClient:
 
 def _parse_reply(raw: bytes) -> dict | None:
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return control.decode(raw)
+    except control.ControlError:
         return None
-    return value if isinstance(value, dict) else None
-
-
-def _error_text(value) -> str | None:
-    if value is None:
-        return None
-    return str(value)[:500]

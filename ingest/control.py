@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import psycopg2
 import zmq
 import zmq.asyncio
 
-from common import addresses
+from common import addresses, control
 from common.logs import RateLimited, get_logger
 from common.topics import TopicError, build_topic
 
@@ -37,10 +36,10 @@ def parse_request(request: dict):
     """(op, topic or None, immediate reply or None) for one control request; pure."""
     rid = request.get("id")
     op = request.get("op")
-    if op in ("sync", "status", "resync"):
+    if op in (control.SYNC, control.STATUS, control.RESYNC):
         return op, None, None
     sub = request.get("subscription")
-    if op not in ("add", "remove") or not isinstance(sub, dict):
+    if op not in control.SUBSCRIPTION_OPS or not isinstance(sub, dict):
         return op, None, {"id": rid, "ok": False, "error": f"unknown op {op!r} or missing subscription"}
     try:
         topic = build_topic(sub.get("channel"), sub.get("category"), sub.get("symbol"),
@@ -178,17 +177,15 @@ class ControlServer:
             parts = await self.sock.recv_multipart()
             ident, delims, payload = parts[0], parts[1:-1], parts[-1]
             try:
-                request = orjson.loads(payload)
-                if not isinstance(request, dict):
-                    raise ValueError("request is not a JSON object")
+                request = control.decode(payload)
                 op, topic, reply = parse_request(request)
-                if op == "sync":
+                if op == control.SYNC:
                     self.request_sync(str(request.get("trace_id") or ""))
                     reply = {"id": request.get("id"), "ok": True}
-                elif op == "resync":     # fire-and-forget from the publisher; answered all the same
+                elif op == control.RESYNC:     # fire-and-forget from the publisher; answered all the same
                     done = [f"{e}:{t}" for e, t, why in resync_topics(request) if self.mgr.resync_requested(e, t, why)]
                     reply = {"id": request.get("id"), "ok": True, "resynced": done}
-                elif op == "status":
+                elif op == control.STATUS:
                     reply = {"id": request.get("id"), "ok": True, "status": self.mgr.status()}
             except Exception as exc:   # a bad request is answered, never fatal
                 self._bad("warning", "control_bad_request", error=str(exc))
@@ -201,7 +198,7 @@ class ControlServer:
 
     async def _send(self, ident: bytes, delims: list, reply: dict) -> None:
         # echo any delimiter frames back, so REQ-style and plain DEALER clients both work
-        await self.sock.send_multipart([ident, *delims, orjson.dumps(reply, default=str)])
+        await self.sock.send_multipart([ident, *delims, control.encode(reply)])
 
     async def _resolve(self) -> None:
         """One table read for every change queued since the last, then each applied and answered."""

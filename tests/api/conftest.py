@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import orjson
 import pytest
 import zmq
 
+from common import control
 from common.addresses import ingest_control
 from common.config import load_settings
 
@@ -32,16 +32,16 @@ class FakeIngest:
             if not self.sock.poll(50):
                 continue
             ident, payload = self.sock.recv_multipart()
-            msg = orjson.loads(payload)
+            msg = control.decode(payload)
             self.requests.append(msg)
             if self.mode == "ack":
-                self.sock.send_multipart([ident, orjson.dumps({"id": msg["id"], "ok": True})])
+                self.sock.send_multipart([ident, control.reply(msg["id"], True)])
             elif self.mode == "refuse":
-                self.sock.send_multipart([ident, orjson.dumps({"id": msg["id"], "ok": False, "error": self.error})])
+                self.sock.send_multipart([ident, control.reply(msg["id"], False, self.error)])
             elif self.mode == "wrong_id":
                 self.sock.send_multipart([ident, b"not json"])
-                self.sock.send_multipart([ident, orjson.dumps({"id": "other", "ok": True})])
-                self.sock.send_multipart([ident, orjson.dumps({"id": msg["id"], "ok": True})])
+                self.sock.send_multipart([ident, control.reply("other", True)])
+                self.sock.send_multipart([ident, control.reply(msg["id"], True)])
 
     def ops(self) -> list[tuple[str, str]]:
         return [(r["op"], r["subscription"]["topic"]) for r in self.requests]

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import zmq
 
-from common import addresses
+from common import addresses, control
 from common.envelope import Envelope
 from tests.helpers import wait_for
 
@@ -114,8 +114,12 @@ class IngestProcess:
         sock.connect(addresses.ingest_control(self.run_dir))
         try:
             rid = uuid.uuid4().hex
-            sock.send(orjson.dumps({"id": rid, "op": op, "subscription": subscription, "trace_id": trace_id}))
-            reply = orjson.loads(sock.recv())
+            try:
+                message = control.request(op, rid, trace_id, subscription)
+            except control.ControlError:       # a request ingest must refuse: sent as it is
+                message = orjson.dumps({"id": rid, "op": op, "subscription": subscription, "trace_id": trace_id})
+            sock.send(message)
+            reply = control.decode(sock.recv())
             assert reply["id"] == rid
             return reply
         finally:
