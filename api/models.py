@@ -8,13 +8,14 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.substatus import STATUSES
 from common.topics import CHANNELS, ENDPOINTS, INTERVALS, PUBLIC_CATEGORIES
 
 Channel = Literal[CHANNELS]                       # type: ignore[valid-type]
 Category = Literal[PUBLIC_CATEGORIES]             # type: ignore[valid-type]
 Interval = Literal[INTERVALS]                     # type: ignore[valid-type]
 Endpoint = Literal[ENDPOINTS]                     # type: ignore[valid-type]
-SubStatus = Literal["pending", "active", "failed", "removed"]
+SubStatus = Literal[STATUSES]                     # type: ignore[valid-type]
 IngestResult = Literal["accepted", "refused", "unreachable", "not_needed"]
 Freshness = Literal["fresh", "quiet", "stale", "none"]
 

@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from common import addresses, control
+from common.substatus import HELD
 from common.logs import RateLimited, get_logger
 from common.topics import TopicError, build_topic
 
@@ -29,7 +30,7 @@ LIVE_QUERY = """
 SELECT endpoint, topic, status, coalesce(trace_id, '') FROM subscriptions
 WHERE status <> 'removed' AND (endpoint, topic) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
-WANTED = ("pending", "active")      # the rows ingest holds (as store.load_desired)
+WANTED = HELD                       # the rows ingest holds (as store.load_desired)
 
 
 def parse_request(request: dict):

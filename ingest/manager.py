@@ -18,6 +18,7 @@ import orjson
 from common import freshness
 from common.classify import event_class
 from common.logs import RateLimited, get_logger
+from common.substatus import ACTIVE, FAILED, PENDING
 from common.topics import PRIVATE, Topic
 from ingest import books, metrics, parse, plan
 from ingest.auth import ServerClock
@@ -27,7 +28,6 @@ from ingest.supervise import TaskFailures
 
 log = get_logger(__name__)
 _clock, _CLOCK = time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)   # as leases.clock
-ACTIVE, FAILED, PENDING = "active", "failed", "pending"
 ROTATION_GRACE_S = 5.0       # after a rotation, how long a late copy from the closed socket is still caught
 OVERLAP_MAX = 16_384         # pushes remembered per rotation (a rotation lasts a few round trips)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import psycopg2
 
+from common.substatus import HELD, sql_list
 from common.topics import Topic, TopicError, build_topic
 
-QUERY = """
+QUERY = f"""
 SELECT id::text, channel, endpoint, category, symbol, depth, interval, topic, status, coalesce(trace_id, '')
-FROM subscriptions WHERE status IN ('pending', 'active')
+FROM subscriptions WHERE status IN ({sql_list(HELD)})
 """
 
 

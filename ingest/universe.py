@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import psycopg2
 
 from common.logs import RateLimited, get_logger
+from common.substatus import ACTIVE, FAILED, PENDING
 from common.topics import PLAIN_SYMBOL_RE, WILDCARD, Topic, TopicError, build_topic
 from ingest.rest import RestClient, RestError
 
@@ -33,7 +34,6 @@ PAGE_LIMIT = 1000                 # Bybit's maximum page; linear lists more than
 MAX_PAGES = 50
 RETRY_MIN_S = 2.0                 # a failed fetch is retried after this, doubling up to the refresh interval
 CHECK_EVERY_S = 1.0               # how often row statuses are recomputed (and written when they changed)
-PENDING, ACTIVE, FAILED = "pending", "active", "failed"
 
 ROWS_QUERY = """
 SELECT id::text, channel, endpoint, category, symbol, depth, interval, topic, status, coalesce(trace_id, ''),

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import orjson
 
 from common.envelope import ACTIVITY, FRAME, REST, SUB_STATUS, Envelope
+from common.substatus import REPORTED_BY_INGEST
 from persister.pending import SubStatus
 from persister.rows import BadRecord, Row, RowError, rows_from_frame, rows_from_rest, table_for_topic
 
-SUB_STATUSES = ("pending", "active", "failed")   # 'removed' is the API's to set, never ingest's
+SUB_STATUSES = REPORTED_BY_INGEST     # 'removed' is the API's to set, never ingest's
 MAX_DEAD_TEXT = 10_000
 
 

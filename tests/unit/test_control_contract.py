@@ -28,3 +28,17 @@ def test_replies_carry_the_id_and_an_error_only_when_refused():
     assert control.decode(control.reply("r1", False, "no keys")) == {"id": "r1", "ok": False, "error": "no keys"}
     assert control.decode(control.reply(None, True, held=True)) == {"id": None, "ok": True, "held": True}
     assert control.error_text("x" * 900) == "x" * control.ERROR_MAX and control.error_text(None) is None
+
+
+def test_the_table_checks_the_same_statuses_as_the_code():
+    import re
+    from pathlib import Path
+
+    from common import substatus
+
+    sql = (Path(__file__).resolve().parents[2] / "sql" / "0001_subscriptions.sql").read_text()
+    check = re.search(r"CHECK \(status IN \(([^)]*)\)\)", sql).group(1)
+    assert tuple(v.strip().strip("'") for v in check.split(",")) == substatus.STATUSES
+    assert set(substatus.TRANSITIONS) == {None, *substatus.STATUSES}
+    assert all(t <= set(substatus.STATUSES) for t in substatus.TRANSITIONS.values())
+    assert substatus.REMOVED not in substatus.REPORTED_BY_INGEST and set(substatus.HELD) <= set(substatus.STATUSES)
