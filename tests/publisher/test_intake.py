@@ -98,3 +98,27 @@ def test_intake_takes_everything_while_the_broker_is_away(tmp_path):
     svc, seen = _run(tmp_path, ready=False, n=3000)
     assert seen[0] == 3001 and not svc.intake_paused
     assert svc.outbox.market_waiting == 3000 and not svc.broker.sent
+
+
+def test_confirm_frames_of_one_read_are_followed_by_one_pump(tmp_path):
+    """pika hands over each ack frame of a socket read separately; the publisher writes the
+    events they make room for once, after the last one (a send(2) per ack frame before)."""
+    svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
+    corks = []
+    broker = svc.broker = _Broker(True)
+    broker.cork = lambda: corks.append(len(broker.sent))
+    for i in range(1, 301):
+        svc.handle(market_env(i).encode())
+
+    async def main():
+        svc.pump()                                 # the first window goes out
+        assert len(broker.sent) == 100 and len(corks) == 1
+        for _ in range(3):                         # three ack frames read at once
+            settled = [broker.inflight.pop(k) for k in list(broker.inflight)[:30]]
+            svc._on_confirm(settled, True, 0.0)
+        assert len(corks) == 1                     # nothing written yet: one pump follows
+        await asyncio.sleep(0)
+        assert len(corks) == 2 and len(broker.sent) == 190
+
+    asyncio.run(main())
+    assert svc.tally.confirmed["trades"] == 90
