@@ -1,12 +1,12 @@
 """The simulator's settings, read once: common Settings (sim_host, sim_port, sim_rate)
-plus its own SIM_* environment variables."""
+plus its own SIM_* environment variables (described in common/config.py)."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from common.config import ConfigError, Settings
+from common.config import SIM, ConfigError, Settings, read_all
 
 from .faults import REJECT_MODES
 from .protocol import Symbols
@@ -52,40 +52,9 @@ class SimOptions:
             raise ConfigError(str(exc)) from None
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name) or str(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
-    if not value >= 0:
-        raise ConfigError(f"{name}: must be >= 0, got {raw!r}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name) or str(default)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-
-
 def options_from_env(settings: Settings, env: Mapping[str, str] | None = None) -> SimOptions:
-    """SIM_API_KEY, SIM_API_SECRET, SIM_SYMBOLS, SIM_ACCOUNT_RATE, SIM_SEED, SIM_REJECT_MODE."""
-    env = os.environ if env is None else env
-    account_symbols = tuple(s for s in (env.get("SIM_ACCOUNT_SYMBOLS") or "BTCUSDT,ETHUSDT").split(",") if s)
-    return SimOptions(
-        host=settings.sim_host,
-        port=settings.sim_port,
-        rate=settings.sim_rate,
-        api_key=env.get("SIM_API_KEY") or "sim-key",
-        api_secret=env.get("SIM_API_SECRET") or "sim-secret",
-        symbols=env.get("SIM_SYMBOLS") or "",
-        account_rate=_float(env, "SIM_ACCOUNT_RATE", 2.0),
-        seed=_int(env, "SIM_SEED", 0),
-        reject_mode=(env.get("SIM_REJECT_MODE") or "whole").lower(),
-        account_symbols=account_symbols,
-        listing=(env.get("SIM_LISTING") or "open").lower(),
-        churn_s=_float(env, "SIM_CHURN_S", 0.0),
-    )
+    """The simulator's SIM_* settings, read through the gateway's settings table (types,
+    defaults and bounds there); SIM_HOST, SIM_PORT and SIM_RATE come with ``settings``."""
+    values = read_all(SIM, os.environ if env is None else env)
+    values["account_symbols"] = tuple(s for s in values["account_symbols"].split(",") if s)
+    return SimOptions(host=settings.sim_host, port=settings.sim_port, rate=settings.sim_rate, **values)

@@ -1,6 +1,14 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from common.config import ConfigError, load_settings
+from common.config import ConfigError, load_settings, unknown_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = {"BYBIT_ENV": "sim"}
 
@@ -60,3 +68,56 @@ def test_secrets_never_in_repr_or_describe():
     for secret in ("KEY123", "SECRET456", "APIKEY789", "dbpass"):
         assert secret not in text
     assert s.describe()["database_url"] == "postgresql://u:***@h/db"
+
+
+def test_the_table_names_each_setting_of_a_bad_value_and_its_bounds():
+    # a plain setting read by walking the table keeps the parser's message
+    with pytest.raises(ConfigError, match=r"^PERSISTER_BATCH_MS: 0 is outside \[1, 60000\]$"):
+        load_settings({"PERSISTER_BATCH_MS": "0"})
+    with pytest.raises(ConfigError, match=r"^GW_SHARD_CAPACITY: 5 is outside \[0, 4\]$"):
+        load_settings({"GW_SHARDS": "4", "GW_SHARD_CAPACITY": "5"})
+    with pytest.raises(ConfigError, match=r"^GW_LEASE_RENEW_S: 11.0 is outside \[0.2, 10.0\]$"):
+        load_settings({"GW_LEASE_TTL_S": "30", "GW_LEASE_RENEW_S": "11"})
+    with pytest.raises(ConfigError, match=r"^GW_INSTANCE_ID: '-x' must be 1-64 letters"):
+        load_settings({"GW_INSTANCE_ID": "-x"})
+
+
+def test_derived_defaults_follow_the_settings_they_come_from():
+    s = load_settings({"GW_SHARDS": "4", "GW_LEASE_TTL_S": "3", "RETENTION_MAX_LENGTH": "7"})
+    assert (s.shard_capacity, s.lease_renew_s, s.retention_account_max_length) == (4, 1.0, 7)
+    with pytest.raises(ConfigError, match="^RETENTION_ACCOUNT_MAX_LENGTH: 5 is below RETENTION_MAX_LENGTH"):
+        load_settings({"RETENTION_MAX_LENGTH": "10", "RETENTION_ACCOUNT_MAX_LENGTH": "5"})
+    with pytest.raises(ConfigError, match="^GW_RECORD_MAX_MB: 0.25 is below GW_RECORD_ROTATE_MB"):
+        load_settings({"GW_RECORD_ROTATE_MB": "0.5", "GW_RECORD_MAX_MB": "0.25"})
+    s = load_settings({"PUBLISHER_FAST_PATH": "OFF", "GW_EXCHANGE_STATUS": "false", "GW_LOG_LEVEL": "debug"})
+    assert (s.publisher_fast_path, s.exchange_status, s.log_level) == (False, False, "DEBUG")
+
+
+def test_unknown_variables_with_a_gateway_prefix_are_found_with_the_closest_setting():
+    env = {"PUBLISHER_BUFER": "5", "GW_FROBNICATE": "1", "PUBLISHER_BUFFER": "5", "HOME": "/root",
+           "GW_HOME": "/app", "SIM_SEED": "1", "RABBITMQ_USER": "gw", "gw_run_dir": "x", "API_KY": "k"}
+    assert unknown_settings(env) == [("API_KY", "API_KEY"), ("GW_FROBNICATE", None),
+                                     ("PUBLISHER_BUFER", "PUBLISHER_BUFFER")]
+    assert unknown_settings({"DATABASE_URL": "x", "PATH": "/bin"}) == []
+
+
+def test_unknown_variables_are_warned_once_per_process_by_name_never_by_value():
+    """A real process: the settings loaded, logging set up, the warning asked for twice."""
+    code = ("from common.config import settings_or_exit\n"
+            "from common.logs import setup_logging\n"
+            "s = settings_or_exit('probe')\n"
+            "setup_logging('probe', s.log_level)\n"
+            "print(s.warn_unknown_env(), s.warn_unknown_env(), flush=True)\n")
+    env = {"PATH": os.environ["PATH"], "GW_ENV_FILE": "", "PUBLISHER_BUFER": "value-one-7f3a",
+           "BYBIT_API_SECRT": "value-two-9c1e"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    warnings = [line for line in lines if line.get("event") == "unknown_settings"]
+    assert len(warnings) == 1, done.stdout
+    assert warnings[0]["level"] == "warning" and warnings[0]["process"] == "probe"
+    assert warnings[0]["names"] == ["BYBIT_API_SECRT", "PUBLISHER_BUFER"]
+    assert warnings[0]["did_you_mean"] == {"BYBIT_API_SECRT": "BYBIT_API_SECRET", "PUBLISHER_BUFER": "PUBLISHER_BUFFER"}
+    assert "value-one" not in done.stdout + done.stderr and "value-two" not in done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "['BYBIT_API_SECRT', 'PUBLISHER_BUFER'] []"
