@@ -5,7 +5,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap run demo test unit migrate migrate-down ctl lock clean
+.PHONY: bootstrap run demo test unit migrate migrate-down ctl lock clean settings
 .PHONY: bench faults soak
 
 bootstrap:
@@ -38,6 +38,10 @@ migrate-down:
 ## supervisorctl against the running gateway: make ctl ARGS="tail -f ingest"
 ctl:
 	@scripts/ctl.sh $(ARGS)
+
+## env.example and the settings table of docs/configuration.md, from common/config.py.
+settings:
+	@$(PY) -m common.config --write
 
 lock:
 	@$(VENV)/bin/pip install -q -r requirements.in && \
