@@ -403,9 +403,8 @@ class Coordinator:
     async def fence(self) -> None:
         """Drop a unit as soon as its lease may no longer be ours, whatever the database does."""
         while True:
-            for unit, lease in list(self.held.items()):
-                if not lease.valid():
-                    self._lose(unit, "not renewed in time: fenced before the lease can expire")
+            self._lose([u for u, lease in self.held.items() if not lease.valid()],
+                       "not renewed in time: fenced before the lease can expire")
             await asyncio.sleep(FENCE_CHECK_S)
 
     async def tick(self) -> None:
@@ -428,6 +427,7 @@ class Coordinator:
             return
         self.state.update(database=True, error=None, last_renewal=time.time())
         self.view = view
+        refused = []
         for unit, epoch in held.items():
             lease = self.held.get(unit)
             if lease is None or lease.epoch != epoch:
@@ -435,13 +435,13 @@ class Coordinator:
             if unit in renewed:
                 lease.valid_until = sent + self.s.lease_ttl_s - FENCE_MARGIN_S
             else:
-                self._lose(unit, "renewal refused: the lease expired or another instance took it")
+                refused.append(unit)
+        self._lose(refused, "renewal refused: the lease expired or another instance took it")
         acquire, release = plan(self.me, self.s.shard_capacity, set(self.held), view, self.shards,
                                 self.s.has_private)
         if release:
             gone = {u: self.held[u].epoch for u in release}
-            for unit in release:
-                self._lose(unit, "rebalance: above this instance's share")
+            self._lose(release, "rebalance: above this instance's share")
             try:
                 released = await self._db(self.db.release, gone)
                 self.state["released"] += len(released)
@@ -455,21 +455,26 @@ class Coordinator:
             except Exception as exc:
                 self._warn("warning", "lease_acquire_failed", error=str(exc).strip()[:300])
                 return
+            if got:      # one line for all: the details go out as system.owner_changed
+                log.info("leases_acquired", units={a.unit: {k: v for k, v in a.announcement(self.me).items()
+                                                            if k in ("new_epoch", "old_owner", "reason", "gap_s")}
+                                                   for a in got})
             for a in got:
                 lease = Lease(a.unit, self.me, a.epoch, sent + self.s.lease_ttl_s - FENCE_MARGIN_S, since=a.at)
                 self.held[a.unit] = lease
                 self.state["acquired"] += 1
-                log.info("lease_acquired", **a.announcement(self.me))
                 self.on_acquired(a, lease)
 
-    def _lose(self, unit: str, why: str) -> None:
-        lease = self.held.pop(unit, None)
-        if lease is None:
+    def _lose(self, units: list[str], why: str) -> None:
+        lost = {u: lease for u in units if (lease := self.held.pop(u, None)) is not None}
+        if not lost:
             return
-        lease.valid_until = -math.inf      # whatever still holds it stops handing off now
-        self.state["lost"] += 1
-        log.warning("lease_lost", unit=unit, epoch=lease.epoch, reason=why)
-        self.on_lost(unit, lease, why)
+        for lease in lost.values():
+            lease.valid_until = -math.inf      # whatever still holds it stops handing off now
+        self.state["lost"] += len(lost)
+        log.warning("leases_lost", units={u: lease.epoch for u, lease in lost.items()}, reason=why)
+        for unit, lease in lost.items():
+            self.on_lost(unit, lease, why)
 
     async def close(self) -> None:
         """Give every unit up (the caller has stopped handing off) and mark the instance stopped."""
