@@ -34,6 +34,7 @@ def main() -> None:
     settings = settings_or_exit("ingest")
     setup_logging("ingest", settings.log_level)
     log.info("starting", settings=settings.describe())
+    settings.warn_unknown_env(log)
     if settings.record_dir is not None:
         try:
             recorder.prepare_dir(settings.record_dir)
