@@ -694,6 +694,7 @@ class Service:
 def main() -> int:
     settings = settings_or_exit("publisher")
     setup_logging("publisher", settings.log_level)
+    settings.warn_unknown_env(log)
     # pika logs each failed connect three times at ERROR; our own "broker connect failed" line suffices.
     for name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
