@@ -60,6 +60,7 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
     and any Flask config override; otherwise settings come from the environment."""
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or load_settings()
+    settings.warn_unknown_env(log)
     app = OpenAPI(
         __name__,
         info=Info(title="ws-gateway API", version=__version__,

@@ -193,6 +193,7 @@ class Listener:
 def main() -> int:
     settings = settings_or_exit("ops")
     setup_logging("ops", settings.log_level, stream=sys.stderr)
+    settings.warn_unknown_env(log)
     sink = Sink(settings.run_dir)
     supervisor = Supervisor(server_url(settings.run_dir), timeout_s=RPC_TIMEOUT_S)
     listener = Listener(sink, supervisor=supervisor, guard=liveness.StallGuard(settings.stall_after_s),

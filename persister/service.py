@@ -314,6 +314,7 @@ def main() -> int:
     settings = settings_or_exit("persister")
     setup_logging("persister", settings.log_level)
     log.info("starting", settings=settings.describe())
+    settings.warn_unknown_env(log)
     settings.status_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(settings.run_dir / "spool" / "persister.jsonl")
     if len(spool):

@@ -121,3 +121,52 @@ def test_unknown_variables_are_warned_once_per_process_by_name_never_by_value():
     assert warnings[0]["did_you_mean"] == {"BYBIT_API_SECRT": "BYBIT_API_SECRET", "PUBLISHER_BUFER": "PUBLISHER_BUFFER"}
     assert "value-one" not in done.stdout + done.stderr and "value-two" not in done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "['BYBIT_API_SECRT', 'PUBLISHER_BUFER'] []"
+
+
+def _first_line_with(proc: subprocess.Popen, stream, event: str, deadline_s: float) -> dict | None:
+    """The first JSON line of ``stream`` whose event is ``event`` (None if the process ends or
+    the deadline passes first); the lines are read by a thread so the wait has a deadline."""
+    import queue
+    import threading
+    import time
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream] + [lines.put(None)], daemon=True).start()
+    deadline = time.monotonic() + deadline_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            return None
+        if line is None:
+            return None
+        if line.startswith("{") and (doc := json.loads(line)).get("event") == event:
+            return doc
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("argv, on_stderr", [
+    (["-m", "ingest"], False),
+    (["-m", "publisher"], False),
+    (["-m", "persister"], False),
+    (["-m", "ops"], True),
+    (["-c", "from common.logs import setup_logging; setup_logging('api')\n"
+           "from api import create_app; create_app()"], False),
+])
+def test_each_process_warns_about_unknown_variables_at_start(argv, on_stderr, tmp_path):
+    """The processes themselves, pointed at nothing (port 1), so they only get as far as starting."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "GW_ENV_FILE": "", "GW_RUN_DIR": str(tmp_path),
+           "DATABASE_URL": "postgresql://wsgw@127.0.0.1:1/wsgw", "RABBITMQ_URL": "amqp://g:g@127.0.0.1:1/%2F",
+           "PUBLISHER_BUFER": "value-three-5d2b", "GW_INSTANCE_ID": "unknown-settings-probe"}
+    (tmp_path / "status").mkdir()
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = _first_line_with(proc, proc.stderr if on_stderr else proc.stdout, "unknown_settings", 60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert line is not None and line["names"] == ["PUBLISHER_BUFER"], line
+    assert line["did_you_mean"] == {"PUBLISHER_BUFER": "PUBLISHER_BUFFER"}
+    assert "value-three" not in json.dumps(line)
