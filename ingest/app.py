@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 
-import orjson
 
 from common import addresses
 from common.config import ConfigError, settings_or_exit
 from common.logs import get_logger, setup_logging
+from common.runtime import StopSignals, status_doc, write_status
 from ingest import recorder, store
 from ingest.control import ControlServer
 from ingest.exchange_status import ExchangeStatus
@@ -49,12 +48,6 @@ def main() -> None:
     log.info("stopped")
     if code:
         sys.exit(code)
-
-
-def write_status(path, body: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(body, default=str))
-    os.replace(tmp, path)
 
 
 class Ingest:
@@ -217,13 +210,12 @@ class Ingest:
                     self.handoff.to_persister("activity", {"topics": activity})
                 last_activity = now
             try:
-                write_status(path, {"process": "ingest", "pid": os.getpid(), "updated_at": time.time(),
-                                    "started_at": self.started, "epoch": self.handoff.epoch,
-                                    "database": self.db_state, "handoff": self.handoff.stats(),
-                                    "instance": {**self.coord.status(),
-                                                 "listen": self.listener.status() if self.listener else None},
-                                    "recording": self.recorder.status() if self.recorder else {"enabled": False},
-                                    **self._mgr_status()})
+                write_status(path, status_doc(
+                    "ingest", self.started, epoch=self.handoff.epoch, database=self.db_state,
+                    handoff=self.handoff.stats(),
+                    instance={**self.coord.status(), "listen": self.listener.status() if self.listener else None},
+                    recording=self.recorder.status() if self.recorder else {"enabled": False},
+                    **self._mgr_status()))
             except OSError as exc:
                 log.warning("status_write_failed", error=str(exc))
 
@@ -259,15 +251,15 @@ async def run(settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            log.warning("forced_exit", signal=signame)
-            os._exit(1)
+    def on_stop(signame: str) -> None:
         log.info("stopping", signal=signame)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+    def on_force(signame: str) -> None:
+        log.warning("forced_exit", signal=signame)
+        os._exit(1)
+
+    StopSignals(on_stop, on_force).install(loop)
     app = Ingest(settings)
     if app.exchange is not None:
         app.exchange.start()
