@@ -17,12 +17,13 @@ ENV PYTHONUNBUFFERED=1 \
     API_BIND=0.0.0.0:4400
 
 WORKDIR /app
-# Runtime packages only, at the versions the lock pins: requirements.in's tests-and-tools
-# section (pytest, schemathesis, hadolint, matplotlib) stays out of the image.
-COPY requirements.in requirements.txt ./
-RUN sed '/^# tests/,$d' requirements.in > /tmp/runtime.in \
- && pip install --no-cache-dir -c requirements.txt -r /tmp/runtime.in \
- && rm /tmp/runtime.in
+# Runtime packages only (pyproject.toml's dependencies; its dev and bench extras stay out of the
+# image), at the versions the lock pins. A layer of their own: a code change does not redo it.
+COPY pyproject.toml requirements.txt ./
+RUN python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+      > /tmp/runtime.txt \
+ && pip install --no-cache-dir -c requirements.txt -r /tmp/runtime.txt \
+ && rm /tmp/runtime.txt
 
 COPY common ./common
 COPY ingest ./ingest
@@ -31,6 +32,10 @@ COPY persister ./persister
 COPY api ./api
 COPY ops ./ops
 COPY bybitsim ./bybitsim
+# The project itself, so every program and script imports its packages by name from any
+# directory; no tests/ or bench/ here, so only the gateway's packages are found.
+RUN pip install --no-cache-dir --no-deps . \
+ && rm -rf build ./*.egg-info
 COPY sql ./sql
 COPY scripts ./scripts
 COPY supervisord.conf ./

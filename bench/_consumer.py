@@ -4,7 +4,7 @@ Writes three JSON-lines files in ``out_dir``:
 - ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
   -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts;
 - ``account.jsonl``: every account event as received (body fields, ``mid`` = message_id, ``rk`` =
-  routing key), for the consumer-side ledger (tests/ledger.py);
+  routing key), for the consumer-side ledger (tests/support/ledger.py);
 - ``system.jsonl``: every system event with its consume time (same extra fields).
 Latency is measured at consume time, an upper bound of "frame received -> confirmed by RabbitMQ".
 """
@@ -224,7 +224,7 @@ class ConsumerProcess:
         import subprocess
         import sys
 
-        from tests.helpers import wait_for
+        from tests.support import wait_for
 
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,12 @@ import signal
 import subprocess
 import time
 
-from _account import db_missing, queue_missing
-from _consumer import iso_to_ns
-from _gw import BenchGateway, kill_all, lease_owners, pids, status_file
-from _results import Result
-from tests.helpers import wait_for
-from tests.ledger import Ledger
+from bench._account import db_missing, queue_missing
+from bench._consumer import iso_to_ns
+from bench._gw import BenchGateway, kill_all, lease_owners, pids, status_file
+from bench._results import Result
+from tests.support import wait_for
+from tests.support.ledger import Ledger
 
 KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) within 5-10 s
 TAKEOVER_TARGET_S = 15.0    # brief: a dead instance's units taken over within 15 s
@@ -31,7 +31,7 @@ SETTLE_TIMEOUT_S = 30.0
 
 
 class Run:
-    """A gateway (``tests.e2e.gateway.Gateway``), a ``ConsumerProcess`` on its vhost, and the
+    """A gateway (``tests.support.gateway.Gateway``), a ``ConsumerProcess`` on its vhost, and the
     account rate to restore after each settle."""
 
     def __init__(self, gw, consumer, account_rate: float = 5.0, cluster=None, outage_s: float = 10.0):

@@ -1,6 +1,6 @@
 """The whole gateway under supervisord for the bench, fault and soak runs.
 
-Reuses the e2e harness (``tests/e2e/gateway.py``: environment, supervisorctl, REST and
+Reuses the tests' gateway harness (``tests/support/gateway.py``: environment, supervisorctl, REST and
 simulator clients) but runs supervisord with ``subprocess`` instead of pytest-xprocess, so a
 plain script can start and stop it. Stores are throwaway: a database with every migration
 (or a private PostgreSQL cluster that can be stopped) and a RabbitMQ vhost.
@@ -17,14 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support import wait_for
+from tests.support.gateway import Gateway, gateway_env
+from tests.support.stores import AMQP_BASE, apply_migrations, throwaway_database, throwaway_vhost
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.conftest import AMQP_BASE, apply_migrations, throwaway_database, throwaway_vhost  # noqa: E402
-from tests.e2e.gateway import Gateway, gateway_env  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
-
 PROGRAMS = ("simulator", "publisher", "persister", "ingest", "api")
 WATCHED = ("ingest", "publisher", "persister", "api", "simulator")
 PRIVATE = ("order", "execution", "position", "wallet")
@@ -40,7 +37,7 @@ def stores(own_cluster: bool = False):
             with throwaway_database() as pg_url:
                 yield pg_url, amqp_url, None
             return
-        from tests.persister.test_outage import Cluster   # initdb + pg_ctl as postgres, own port
+        from tests.support.stores import Cluster  # initdb + pg_ctl as postgres, own port
         cluster = Cluster()
         try:
             cluster.start()

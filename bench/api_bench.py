@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import multiprocessing
 import threading
 import time
 from pathlib import Path
@@ -51,10 +51,11 @@ import psutil
 import psycopg2
 import zmq
 
+from common.addresses import ingest_control
+from tests.support.stores import throwaway_database
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from common.addresses import ingest_control  # noqa: E402
-from tests.conftest import throwaway_database  # noqa: E402
+
 
 def _fake_ingest(address: str, stop, database_url: str) -> None:
     """Answers every control request "ok", as ingest does, and marks each added subscription

@@ -34,8 +34,7 @@ import pika
 import websockets
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import classify  # noqa: E402
+from common import classify
 
 
 def iso(ns: int) -> bytes:

@@ -28,8 +28,7 @@ from pathlib import Path
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import classify  # noqa: E402
+from common import classify
 
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
 BODY = b'{"event_class":"trades","data":[' + b'{"T":1785000001231,"s":"BTCUSDT","S":"Buy","v":"0.015"},' * 9 + b'{}]}'

@@ -23,11 +23,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gw import ROOT, BenchGateway, exit_on_sigterm, market_requests, private_requests, stores, subscribe  # noqa: E402
-from _consumer import ConsumerProcess  # noqa: E402
-from _faults import Run  # noqa: E402
-from _results import table  # noqa: E402
+from bench._consumer import ConsumerProcess
+from bench._faults import Run
+from bench._gw import ROOT, BenchGateway, exit_on_sigterm, market_requests, private_requests, stores, subscribe
+from bench._results import table
 
 TRADE_TOPICS, BOOK = 20, "orderbook.50.B0USDT"
 TICKERS = ("K0USDT", "K1USDT")      # linear tickers: snapshot once, then deltas

@@ -26,7 +26,6 @@ this run had.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -36,13 +35,11 @@ from pathlib import Path
 import orjson
 import psycopg2
 
+from persister.pending import Batch
+from persister.rows import balance_rows, execution_row, order_row
+from persister.sink import Sink
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from persister.pending import Batch  # noqa: E402
-from persister.rows import balance_rows, execution_row, order_row  # noqa: E402
-from persister.sink import Sink  # noqa: E402
-
 FRAMES = ROOT / "tests" / "frames"
 
 

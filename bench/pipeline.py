@@ -30,19 +30,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import orjson
+import pika
+import zmq
+
+from bench import bare_pika
+from common import addresses
+from common.envelope import Envelope
+from publisher.metrics import percentile_ms
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import orjson  # noqa: E402
-import pika  # noqa: E402
-import zmq  # noqa: E402
-
-import bare_pika  # noqa: E402
-from common import addresses  # noqa: E402
-from common.envelope import Envelope  # noqa: E402
-from publisher.metrics import percentile_ms  # noqa: E402
-
 FRAME = orjson.loads((ROOT / "tests" / "frames" / "public_trade.json").read_bytes())
 TOPIC = FRAME["topic"]
 
@@ -115,8 +112,7 @@ class Publisher:
     def __init__(self, run_dir: Path, url: str):
         self.run_dir = run_dir
         env = {**os.environ, "GW_ENV_FILE": "", "RABBITMQ_URL": url, "GW_RUN_DIR": str(run_dir),
-               "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "PYTHONPATH": str(ROOT),
-               "LOG_LEVEL": "WARNING"}
+               "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "LOG_LEVEL": "WARNING"}
         (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.log = open(run_dir / "publisher.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "publisher"], cwd=ROOT, env=env, stdout=self.log,
@@ -228,7 +224,7 @@ def main(argv=None) -> int:
                          "(other work on a shared machine only slows a run down)")
     args = ap.parse_args(argv)
     if args.mode == "full":
-        from pipeline_full import run_full   # the simulator -> ingest -> publisher variant
+        from bench.pipeline_full import run_full  # the simulator -> ingest -> publisher variant
         return run_full(args)
 
     rows, seq = [], [1]
@@ -238,13 +234,11 @@ def main(argv=None) -> int:
         try:
             for rate in [float(r) for r in args.rates.split(",") if r]:
                 rows.append(run_rate(url, run_dir, rate, args.duration, seq, pub))
-            best = None
             for rate in [float(r) for r in args.ramp.split(",") if r]:
                 r = run_rate(url, run_dir, rate, min(args.duration, 3.0), seq, pub)
                 rows.append(r)
                 if r["lost"] or r["dropped"] or r["achieved"] < 0.95 * rate or r["max"] > 1000:
                     break
-                best = rate
             floods, same, cheap = [], [], []
             for _ in range(max(1, args.repeat) if args.flood else 0):
                 floods.append(flood(url, run_dir, args.flood, seq, pub))

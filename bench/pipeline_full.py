@@ -24,11 +24,9 @@ import orjson
 import pika
 import psycopg2
 
-import bare_pika
-from pipeline import ROOT, Publisher, _iso_to_ns, pct
-
-sys.path.insert(0, str(ROOT))
-from tests.conftest import apply_migrations, create_database, drop_database  # noqa: E402
+from bench import bare_pika
+from bench.pipeline import ROOT, Publisher, _iso_to_ns, pct
+from tests.support.stores import apply_migrations, create_database, drop_database
 
 TOPICS = 20
 
@@ -97,7 +95,7 @@ def run_full(args) -> int:
             base.update({"GW_ENV_FILE": "", "BYBIT_ENV": "sim", "SIM_PORT": str(port), "SIM_RATE": "0",
                          "SIM_ACCOUNT_RATE": "0", "GW_RUN_DIR": str(run_dir), "DATABASE_URL": pg_url,
                          "RABBITMQ_URL": url, "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"),
-                         "PYTHONPATH": str(ROOT), "GW_LOG_LEVEL": "WARNING", "LOG_LEVEL": "WARNING"})
+                         "GW_LOG_LEVEL": "WARNING", "LOG_LEVEL": "WARNING"})
             (run_dir / "metrics").mkdir()
             procs.append(_spawn("bybitsim", base, run_dir / "sim.log"))
             pub = Publisher(run_dir, url)

@@ -34,13 +34,12 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
-from _faults import Run  # noqa: E402
-from _gw import (ROOT, BenchGateway, children, exit_on_sigterm, lease_owners, market_requests,  # noqa: E402
-                 pids, private_requests, rss_by_program, status_file, stores, subscribe)
-from publisher.metrics import percentile_ms  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from bench._consumer import ConsumerProcess, QueueDepths, merge, percentile
+from bench._faults import Run
+from bench._gw import (ROOT, BenchGateway, children, exit_on_sigterm, lease_owners, market_requests,
+                       pids, private_requests, rss_by_program, status_file, stores, subscribe)
+from publisher.metrics import percentile_ms
+from tests.support import wait_for
 
 PY = sys.executable
 TOPICS = 25
@@ -60,7 +59,7 @@ def machine() -> dict:
 
     import psycopg2
 
-    from tests.conftest import PG_ADMIN_URL
+    from tests.support.stores import PG_ADMIN_URL
     conn = psycopg2.connect(PG_ADMIN_URL)
     try:
         with conn.cursor() as cur:
@@ -336,7 +335,7 @@ class RefSimulator:
     step is compared with the forwarder measured just before and just after it."""
 
     def __init__(self, gw):
-        from tests.helpers import free_port
+        from tests.support import free_port
 
         self.port = free_port()
         env = {**gw.env, "SIM_PORT": str(self.port), "SIM_RATE": "0", "SIM_ACCOUNT_RATE": "0"}

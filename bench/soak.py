@@ -29,14 +29,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import orjson  # noqa: E402
+import orjson
 
-from _consumer import ConsumerProcess, QueueDepths, merge, percentile  # noqa: E402
-from _faults import Run  # noqa: E402
-from _gw import (ROOT, BenchGateway, exit_on_sigterm, private_requests, rss_by_program, status_file, stores,  # noqa: E402
-                 subscribe)
-from tests.helpers import wait_for  # noqa: E402
+from bench._consumer import ConsumerProcess, QueueDepths, merge, percentile
+from bench._faults import Run
+from bench._gw import (ROOT, BenchGateway, exit_on_sigterm, private_requests, rss_by_program, status_file,
+                       stores, subscribe)
+from tests.support import wait_for
 
 P99_TARGET_MS = 10.0
 RSS_BOUND_MB = 150.0

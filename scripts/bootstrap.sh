@@ -30,11 +30,14 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV"; "$PY" -m venv "$VENV"
 fi
+# The pinned requirements and the project itself, editable with its dev and bench extras: every
+# process, test and bench script then imports common, ingest, ... and tests.support by name.
+# Redone when the lock or pyproject.toml changes (or the install went missing).
 STAMP="$VENV/.requirements.sha"
-WANT=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  log "installing requirements"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+WANT=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! (cd / && "$VENV/bin/python" -c 'import common, tests.support') 2>/dev/null; then
+  log "installing requirements and the project (editable)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt -e ".[dev,bench]"
   echo "$WANT" > "$STAMP"
 fi
 

@@ -4,14 +4,11 @@ ingest picks the rows up when it starts."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import psycopg2
 
-import psycopg2  # noqa: E402
-
-from common.config import load_settings  # noqa: E402
-from common.topics import build_topic  # noqa: E402
+from common.config import load_settings
+from common.topics import build_topic
 
 DEMO = [("trades", "linear", "BTCUSDT"), ("tickers", "linear", "BTCUSDT"), ("orderbook", "linear", "BTCUSDT", 50)]
 # With keys (scripts/run.sh gives the demo the simulator's), the account stream too.

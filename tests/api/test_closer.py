@@ -8,7 +8,7 @@ import time
 import pytest
 
 from api.closer import LingeringCloser
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import gateway, gateway_stores  # noqa: F401  (fixtures)
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api import gunicorn_patches
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

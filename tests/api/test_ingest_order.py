@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_for
 from tests.ingest.harness import IngestProcess
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]

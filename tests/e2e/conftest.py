@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from xprocess import ProcessStarter
 
-from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
-from tests.e2e.gateway import ROOT, Gateway, gateway_env
+from tests.support.gateway import ROOT, Gateway, gateway_env
+from tests.support.stores import AMQP_BASE, throwaway_database, throwaway_vhost
 
 
 def start_gateway(xprocess, name: str, pg_url: str, amqp_url: str, **overrides):

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from common.classify import queue_name
-from tests.e2e.gateway import E2E_KEY, E2E_SECRET
-from tests.helpers import wait_for
+from tests.support import wait_for
+from tests.support.gateway import E2E_KEY, E2E_SECRET
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,7 +46,6 @@ def expected_key(req: dict) -> tuple[str, str]:
         cls = PRIVATE_CLASS[req["channel"]]
         return queue_name(cls), f"{cls}."
     cls = PUBLIC_CLASS[req["channel"]]
-    symbol = req["symbol"].split("-")[0] if (req["channel"], req["category"]) == ("trades", "option") else req["symbol"]
     return queue_name(cls), f"{cls}.{req['category']}."
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from common.classify import EXCHANGE
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
-from tests.helpers import wait_for
+from tests.support import wait_for
+from tests.support.stores import AMQP_BASE, throwaway_database, throwaway_vhost
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
 BOOKS = [{"channel": "orderbook", "category": "linear", "symbol": s, "depth": 50} for s in ("BTCUSDT", "ETHUSDT")]

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from common.classify import queue_name
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

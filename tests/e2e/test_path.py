@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.e2e.gateway import PROGRAMS, ROOT, get_messages
-from tests.helpers import wait_for
+from tests.support import wait_for
+from tests.support.gateway import PROGRAMS, ROOT, get_messages
 
 pytestmark = pytest.mark.timeout(180)
 CONTRACT_KEYS = {"event_id", "event_class", "source", "category", "topic", "symbol", "type", "exchange_ts",

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pika
@@ -18,10 +17,10 @@ import pytest
 
 from bybitsim.replay import load_tracks, read_recording
 from common.classify import queue_name
-from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.e2e.gateway import E2E_KEY, E2E_SECRET, ROOT
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
+from tests.support.gateway import E2E_KEY, E2E_SECRET, ROOT
+from tests.support.stores import AMQP_BASE, throwaway_database, throwaway_vhost
 
 pytestmark = pytest.mark.timeout(300)
 SUBSCRIPTIONS = [
@@ -127,7 +126,7 @@ def test_a_recorded_session_replays_into_a_fresh_gateway_as_the_same_events(xpro
 
     # -- replay: the recording through the simulator into a fresh gateway --------------------------
     port = free_port()
-    env = {**os.environ, "GW_ENV_FILE": "", "PYTHONPATH": str(ROOT), "SIM_API_KEY": E2E_KEY,
+    env = {**os.environ, "GW_ENV_FILE": "", "SIM_API_KEY": E2E_KEY,
            "SIM_API_SECRET": E2E_SECRET, "GW_LOG_LEVEL": "info"}
     replay_log = open(tmp_path / "replay.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "bybitsim.replay", str(rec_dir), "--port", str(port),

@@ -11,7 +11,7 @@ import pytest
 
 from common.classify import EXCHANGE
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -3,21 +3,17 @@ every ws-gateway.* queue, and the fault driver from bench/_faults.py."""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bench._consumer import ConsumerProcess
+from bench._faults import Run
+from bench._gw import market_requests, private_requests, subscribe
 from tests.e2e.conftest import gateway_stores, start_gateway, stop_gateway  # noqa: F401 (fixture)
-from tests.e2e.gateway import ROOT
-from tests.helpers import wait_for
-
-sys.path.insert(0, str(ROOT / "bench"))
-from _consumer import ConsumerProcess  # noqa: E402
-from _faults import Run  # noqa: E402
-from _gw import market_requests, private_requests, subscribe  # noqa: E402
+from tests.support import wait_for
 
 BOOK = "orderbook.50.B0USDT"
 

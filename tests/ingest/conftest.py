@@ -3,8 +3,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from tests.conftest import throwaway_database
 from tests.ingest.harness import IngestProcess
+from tests.support.stores import throwaway_database
 
 API_KEY, API_SECRET = "ingest-test-key", "ingest-test-secret-0123456789"
 

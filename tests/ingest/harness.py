@@ -17,7 +17,7 @@ import zmq
 
 from common import addresses, control
 from common.envelope import Envelope
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

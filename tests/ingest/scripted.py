@@ -15,7 +15,7 @@ import time
 
 from websockets.asyncio.server import serve
 
-from tests.helpers import free_port
+from tests.support import free_port
 
 ACK, SILENT = "ack", "silent"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from common.topics import build_topic
-from tests.helpers import wait_for
 from tests.ingest.conftest import API_KEY, API_SECRET, clear_subscriptions
 from tests.ingest.harness import IngestProcess
 from tests.ingest.scripted import SILENT, ScriptedPrivate
 from tests.ingest.test_ingest import subscribe_all, wait_active
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 FRAMES = Path(__file__).resolve().parents[1] / "frames"

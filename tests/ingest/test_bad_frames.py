@@ -9,9 +9,9 @@ import pytest
 from websockets.asyncio.server import serve
 
 from common.topics import build_topic
-from tests.helpers import free_port, wait_for
 from tests.ingest.harness import IngestProcess
 from tests.ingest.test_ingest import subscribe_all
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ import psycopg2
 import pytest
 
 from common.topics import build_topic
-from tests.helpers import wait_for
 from tests.ingest.conftest import API_SECRET
 from tests.ingest.harness import frame_counts
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

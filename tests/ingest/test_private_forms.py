@@ -8,8 +8,8 @@ import pytest
 
 from common.topics import build_topic
 from ingest import plan
-from tests.helpers import wait_for
 from tests.ingest.test_ingest import subscribe_all
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

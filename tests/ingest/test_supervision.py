@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def until(predicate, timeout: float, message: str):
-    """The asyncio form of tests.helpers.wait_for."""
+    """The asyncio form of tests.support.wait_for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()

@@ -25,9 +25,9 @@ import pika
 import pika.exceptions
 import psutil
 
-from tests.e2e.gateway import ROOT, Gateway, gateway_env
-from tests.helpers import free_port, wait_for
-from tests.ledger import ACCOUNT_CLASSES, Ledger
+from tests.support import free_port, wait_for
+from tests.support.gateway import ROOT, Gateway, gateway_env
+from tests.support.ledger import ACCOUNT_CLASSES, Ledger
 
 STACK = ("publisher", "persister", "ingest", "api")
 KEY, SECRET = "multi-key", "multi-secret-0123456789abcdef"

@@ -8,7 +8,6 @@ The tests run in order on one cluster (starting three stacks takes a while on tw
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -19,10 +18,10 @@ import psutil
 import pytest
 
 from ingest.leases import PRIVATE_UNIT, unit_of
-from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
-from tests.helpers import wait_for
-from tests.ledger import ACCOUNT_CLASSES
 from tests.multi.cluster import Consumer, Instance, Simulator, leases, owners
+from tests.support import wait_for
+from tests.support.ledger import ACCOUNT_CLASSES
+from tests.support.stores import AMQP_BASE, throwaway_database, throwaway_vhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 IDS = ("gw-a", "gw-b", "gw-c")

@@ -9,9 +9,9 @@ import psycopg2
 import pytest
 
 import bybitsim
-from tests.conftest import throwaway_database
-from tests.helpers import wait_for
 from tests.ingest.harness import IngestProcess
+from tests.support import wait_for
+from tests.support.stores import throwaway_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
 def test_instance_takeover_fault_recovers_in_time_and_loses_no_account_event(faults_run):  # noqa: F811
-    from _results import table
+    from bench._results import table
 
     res = faults_run.measure("instance_takeover", faults_run.takeover())
     print("\n".join(table([res])))

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -30,8 +31,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import create_database, drop_database
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
+from tests.support.stores import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -137,10 +138,10 @@ def test_dockerfile_shape():
 
 
 def _runtime_distributions() -> set[str]:
-    """requirements.in above the tests-and-tools line (what the image installs), with their
-    dependencies, from the installed metadata."""
-    text = (ROOT / "requirements.in").read_text().split("\n# tests", 1)[0]
-    todo = [re.split(r"[=<>\[ ]", line)[0] for line in text.splitlines() if line and not line.startswith("#")]
+    """pyproject.toml's runtime dependencies (what the image installs; not the dev and bench
+    extras), with their dependencies, from the installed metadata."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = ["ws-gateway", *(Requirement(raw).name for raw in project["dependencies"])]   # the project itself too
     seen: set[str] = set()
     while todo:
         name = todo.pop().lower().replace("_", "-")

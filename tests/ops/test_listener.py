@@ -16,7 +16,7 @@ from common.envelope import Envelope
 from ops import events
 from ops.listener import Listener
 from ops.sink import Sink
-from tests.e2e.gateway import ROOT
+from tests.support.gateway import ROOT
 
 EXITED = "processname:ingest groupname:ingest from_state:RUNNING expected:0 pid:4242"
 
@@ -129,7 +129,7 @@ def test_protocol_loop_answers_every_event(short_tmp):
 @pytest.mark.timeout(30)
 def test_process_logs_to_stderr_and_exits_on_sigterm(short_tmp):
     env = {"GW_ENV_FILE": "", "PATH": os.environ["PATH"], "GW_RUN_DIR": str(short_tmp),
-           "PROMETHEUS_MULTIPROC_DIR": str(short_tmp), "PYTHONPATH": str(ROOT)}
+           "PROMETHEUS_MULTIPROC_DIR": str(short_tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "ops"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -13,7 +13,7 @@ import pytest
 from ops import liveness
 from ops.health import api_health_url
 from ops.liveness import Beat, Program, StallGuard
-from tests.e2e.gateway import ROOT
+from tests.support.gateway import ROOT
 
 T0 = 1_700_000_000.0
 LIMIT = 20.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.gateway import ROOT
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
+from tests.support.gateway import ROOT
 
 pytestmark = pytest.mark.timeout(150)
 PROGRAMS = ("ops", "simulator", "publisher", "persister", "ingest", "api")

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.addresses import status_file
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.e2e.gateway import PROGRAMS, ROOT
-from tests.helpers import wait_for
+from tests.support import wait_for
+from tests.support.gateway import PROGRAMS, ROOT
 
 pytestmark = pytest.mark.timeout(300)
 

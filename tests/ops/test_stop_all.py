@@ -14,8 +14,8 @@ import pytest
 
 import bybitsim
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.helpers import wait_for
 from tests.ops.conftest import not_json_lines
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,12 +16,12 @@ import yaml
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import start_gateway, stop_gateway
 from common.addresses import persister_frames, publisher_frames
 from common.envelope import Envelope
-from tests.e2e.gateway import PROGRAMS, ROOT
-from tests.helpers import wait_for
+from tests.e2e.conftest import start_gateway, stop_gateway
 from tests.ops.conftest import log_lines, not_json_lines
+from tests.support import wait_for
+from tests.support.gateway import PROGRAMS, ROOT
 
 pytestmark = pytest.mark.timeout(240)
 

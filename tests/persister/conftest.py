@@ -15,7 +15,8 @@ import zmq
 
 from common import addresses
 from common.envelope import Envelope, json_envelope
-from tests.conftest import ROOT, apply_migrations, create_database, drop_database
+from tests.support import ROOT
+from tests.support.stores import apply_migrations, create_database, drop_database
 
 FRAMES = ROOT / "tests" / "frames"
 
@@ -49,7 +50,7 @@ def persister_env(run_dir: Path, database_url: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GW_", "PERSISTER_", "DATABASE_"))}
     env.update({"GW_ENV_FILE": "", "DATABASE_URL": database_url, "GW_RUN_DIR": str(run_dir),
                 "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "PERSISTER_BATCH_MS": "50",
-                "PYTHONPATH": str(ROOT), **extra})
+                **extra})
     return env
 
 

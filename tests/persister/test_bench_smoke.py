@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, ROOT
+from tests.support import ROOT
+from tests.support.stores import PG_ADMIN_URL
 
 
 @pytest.mark.timeout(120)

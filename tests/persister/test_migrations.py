@@ -9,7 +9,8 @@ import uuid
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, create_database, drop_database
+from tests.support import ROOT
+from tests.support.stores import create_database, drop_database
 
 APP_TABLES = {"subscriptions", "balances", "orders", "executions", "positions", "dead_letters"}
 

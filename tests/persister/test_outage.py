@@ -5,56 +5,18 @@ user), stopped and started by the test, so the shared server is never touched.
 """
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import psycopg2
 import pytest
 import zmq
 
-from tests.conftest import apply_migrations
-from tests.helpers import free_port, wait_for
 from tests.persister.conftest import frame
+from tests.support import wait_for
+from tests.support.stores import CAN_RUN_CLUSTER, Cluster, apply_migrations
 
-_INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                 key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
-pytestmark = pytest.mark.skipif(not _INITDB or os.geteuid() != 0,
+pytestmark = pytest.mark.skipif(not CAN_RUN_CLUSTER,
                                 reason="needs root and a PostgreSQL server installation for a private cluster")
-
-
-class Cluster:
-    def __init__(self):
-        self.bin = _INITDB[-1].parent
-        self.base = Path(tempfile.mkdtemp(prefix="wsgw-pg-", dir="/tmp"))
-        pw = pwd.getpwnam("postgres")
-        os.chown(self.base, pw.pw_uid, pw.pw_gid)
-        self.data = self.base / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-
-    def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / tool), *args], check=True,
-                       capture_output=True, timeout=60)
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.base / "pg.log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass   # already stopped
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import apply_migrations, create_database, drop_database
-from tests.helpers import free_port, wait_for
 from tests.persister.conftest import frame
+from tests.support import free_port, wait_for
+from tests.support.stores import apply_migrations, create_database, drop_database
 
 
 def q(db, sql, *args):

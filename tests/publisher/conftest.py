@@ -18,7 +18,7 @@ import zmq
 
 from common import addresses, classify
 from common.envelope import Envelope
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = ROOT / "tests" / "frames"
@@ -35,7 +35,7 @@ class PublisherProc:
         self.run_dir = run_dir
         self.env = {**os.environ, "GW_ENV_FILE": "", "RABBITMQ_URL": amqp_url, "GW_RUN_DIR": str(run_dir),
                     "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "GW_BACKOFF_MAX_S": "1", "PUBLISHER_BACKOFF_MAX_S": "1",
-                    "PYTHONPATH": str(ROOT), **(extra_env or {})}
+                    **(extra_env or {})}
         (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.log_path = run_dir / f"publisher-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None

@@ -8,8 +8,8 @@ import sys
 import orjson
 import pytest
 
-from tests.helpers import wait_for
 from tests.publisher.conftest import ROOT, account_env, market_env
+from tests.support import wait_for
 
 
 def _run(args: list[str], url: str) -> subprocess.Popen:

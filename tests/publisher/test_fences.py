@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from publisher import pika_fast
-from tests.helpers import wait_for
 from tests.publisher.conftest import account_env, market_env
+from tests.support import wait_for
 
 
 def test_fast_path_only_on_the_tested_release(monkeypatch):

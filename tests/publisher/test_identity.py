@@ -158,7 +158,7 @@ def test_system_events_are_numbered_in_their_own_streams():
 
 def test_a_fill_pushed_then_reconciled_twice_is_one_message_id_on_the_bus(publisher, broker):
     """Through the real publisher process and RabbitMQ: three deliveries, one message_id."""
-    from tests.helpers import wait_for
+    from tests.support import wait_for
 
     pub = publisher()
     frame = load("execution")

@@ -12,9 +12,9 @@ import pytest
 from common import classify
 from common.envelope import json_envelope
 from publisher.metrics import percentile_ms
-from tests.conftest import rabbitmqctl
-from tests.helpers import wait_for
 from tests.publisher.conftest import account_env, market_env
+from tests.support import wait_for
+from tests.support.stores import rabbitmqctl
 
 BODY_KEYS = ["event_id", "event_class", "source", "category", "topic", "symbol", "type", "exchange_ts",
              "received_at", "stream_seq", "stream_epoch", "trace_id", "data"]

@@ -12,9 +12,9 @@ import threading
 import pytest
 import zmq
 
-from tests.conftest import rabbitmqctl
-from tests.helpers import free_port, wait_for
 from tests.publisher.conftest import Broker, PublisherProc, account_env, frame_seq, market_env
+from tests.support import free_port, wait_for
+from tests.support.stores import rabbitmqctl
 
 
 def _ids_by_seq(messages, name: str = "") -> dict[int, set[str]]:

@@ -12,10 +12,10 @@ import orjson
 import pytest
 
 from common import classify
-from tests.conftest import rabbitmqctl
-from tests.helpers import wait_for
 from tests.publisher.conftest import ROOT, account_env, market_env
 from tests.publisher.test_topology import metric, queue_policies, rabbitmq_item
+from tests.support import wait_for
+from tests.support.stores import rabbitmqctl
 
 POLICIES = ("ws-gateway-retention", "ws-gateway-retention-account")
 
@@ -88,7 +88,7 @@ def test_every_queue_24h_or_100k_and_a_raised_account_bound_on_existing_queues(p
 def test_bad_retention_setting_stops_the_publisher_naming_it(short_tmp, amqp_url, env, message):
     proc = subprocess.run([sys.executable, "-m", "publisher"], cwd=ROOT, capture_output=True, timeout=60,
                           env={**os.environ, "GW_ENV_FILE": "", "RABBITMQ_URL": amqp_url, "GW_RUN_DIR": str(short_tmp),
-                               "PYTHONPATH": str(ROOT), **env})
+                               **env})
     assert proc.returncode == 2
     line = orjson.loads(proc.stderr.strip().splitlines()[-1])
     assert line["event"] == "bad_setting" and line["error"].startswith(message), line

@@ -16,10 +16,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from api import status as api_status
 from api.models import ConnectionStatus
-from common import addresses
-from tests.conftest import rabbitmqctl
-from tests.helpers import wait_for
 from tests.publisher.conftest import account_env
+from tests.support import wait_for
+from tests.support.stores import rabbitmqctl
 
 QUEUE = "ws-gateway.executions"
 

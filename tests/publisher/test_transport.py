@@ -27,7 +27,6 @@ def _event(i: int, body_size: int) -> Event:
 
 
 async def _publish_all(url: str, events: list[Event]) -> dict:
-    loop = asyncio.get_running_loop()
     out = {"confirmed": 0, "nacked": 0, "registry_confirms": 0, "buffered_after_write": None}
     ready, done = asyncio.Event(), asyncio.Event()
 

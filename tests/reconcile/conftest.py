@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import throwaway_database
 from tests.ingest.conftest import clear_subscriptions
 from tests.ingest.harness import IngestProcess
+from tests.support.stores import throwaway_database
 
 API_KEY, API_SECRET = "reconcile-test-key", "reconcile-test-secret-0123456789"
 

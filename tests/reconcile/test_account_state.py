@@ -2,7 +2,6 @@
 their rows in the persister, watermarks, the coins to ask for, wallet answers merged."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 

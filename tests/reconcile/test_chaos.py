@@ -1,7 +1,7 @@
 """The account end to end under supervisord: the simulator's account trades continuously while
 ingest, publisher and persister are each killed (kill -9) a few times at random moments and
 the private connection is dropped. Afterwards PostgreSQL equals Bybit's (the simulator's)
-ground truth, and a consumer that de-duplicates on message_id (tests/ledger.py) counted every
+ground truth, and a consumer that de-duplicates on message_id (tests/support/ledger.py) counted every
 fill exactly once and holds every order, position and coin as the truth has it."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import uuid
 
 import pytest
 
-from tests.conftest import AMQP_BASE, throwaway_database, throwaway_vhost
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.helpers import wait_for
-from tests.ledger import Ledger
+from tests.support import wait_for
+from tests.support.ledger import Ledger
+from tests.support.stores import AMQP_BASE, throwaway_database, throwaway_vhost
 
 pytestmark = pytest.mark.timeout(240)
 KEY, SECRET = "chaos-key", "chaos-secret-0123456789abcdef"

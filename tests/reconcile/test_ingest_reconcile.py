@@ -8,9 +8,9 @@ import time
 import pytest
 
 from common.topics import build_topic
-from tests.helpers import wait_for
 from tests.ingest.test_ingest import store
 from tests.reconcile.conftest import API_KEY, API_SECRET
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 PRIVATE = [build_topic(c) for c in ("order", "execution", "position", "wallet")]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.helpers import wait_for
 from tests.reconcile.test_rest_client import BanningServer
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

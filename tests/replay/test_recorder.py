@@ -15,7 +15,7 @@ from bybitsim.replay import RecordingError, read_file, read_recording, recording
 from common.config import ConfigError, load_settings
 from ingest import recorder as recorder_mod
 from ingest.recorder import Recorder
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 2 ** 20
@@ -180,7 +180,7 @@ while True:
 
 def test_a_file_cut_short_by_kill_9_reads_up_to_its_last_complete_record(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            env={**os.environ}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         # readable while it is being written (sync flushes), before any kill
@@ -278,7 +278,7 @@ def test_ingest_exits_naming_gw_record_dir_when_it_cannot_write_there(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {"GW_ENV_FILE": "", "PATH": "/usr/bin:/bin", "BYBIT_ENV": "sim", "GW_RUN_DIR": str(tmp_path / "run"),
-           "GW_RECORD_DIR": str(blocker / "recordings"), "PYTHONPATH": str(ROOT)}
+           "GW_RECORD_DIR": str(blocker / "recordings")}
     out = subprocess.run([sys.executable, "-m", "ingest"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2, out.stdout + out.stderr

@@ -21,7 +21,7 @@ import bybitsim
 from bybitsim.options import SimOptions
 from bybitsim.replay import ReplayServer, load_tracks
 from ingest.recorder import Recorder
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, SECRET = "replay-key", "replay-secret"
@@ -183,7 +183,7 @@ def test_the_command_serves_a_recording_and_refuses_bad_input(tmp_path):
     rec_dir = tmp_path / "rec"
     items = [(T0 + i, "spot", "spot-1", push("publicTrade.BTCUSDT", i)) for i in range(20)]
     write_recording(rec_dir, items)
-    env = {**os.environ, "GW_ENV_FILE": "", "PYTHONPATH": str(ROOT), "SIM_API_KEY": KEY, "SIM_API_SECRET": SECRET}
+    env = {**os.environ, "GW_ENV_FILE": "", "SIM_API_KEY": KEY, "SIM_API_SECRET": SECRET}
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "bybitsim.replay", *args], cwd=ROOT, env=env,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 import bybitsim
-from tests.helpers import wait_for
 from tests.sim.conftest import Client, frame
+from tests.support import wait_for
 
 
 def keys(d: dict) -> set:

@@ -138,7 +138,7 @@ def test_level_one_is_snapshot_only_and_repeats_u(client):
 
 @pytest.mark.timeout(20)
 def test_rate_hook_silences_and_restores(client, sim):
-    from tests.helpers import wait_for
+    from tests.support import wait_for
     c = client("linear")
     c.subscribe("publicTrade.BTCUSDT")
     c.data("publicTrade.BTCUSDT")

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from bybitsim.control import SimControl, SimControlError
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,7 +120,7 @@ def test_rest_server_time_has_the_recorded_shape(sim):
 @pytest.mark.timeout(30)
 def test_python_m_bybitsim_serves_and_stops_on_sigterm(short_tmp):
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "PYTHONPATH": str(ROOT),
+    env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "",
            "SIM_PORT": str(port), "SIM_RATE": "5", "SIM_API_KEY": "k", "SIM_API_SECRET": "s",
            "GW_RUN_DIR": str(short_tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "bybitsim"], cwd=ROOT, env=env,
@@ -148,8 +148,7 @@ def test_python_m_bybitsim_serves_and_stops_on_sigterm(short_tmp):
 
 @pytest.mark.timeout(20)
 def test_bad_setting_stops_the_process_with_a_message():
-    env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "PYTHONPATH": str(ROOT),
-           "SIM_ACCOUNT_RATE": "fast"}
+    env = {"PATH": os.environ.get("PATH", ""), "GW_ENV_FILE": "", "SIM_ACCOUNT_RATE": "fast"}
     done = subprocess.run([sys.executable, "-m", "bybitsim"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=15)
     assert done.returncode == 2 and "SIM_ACCOUNT_RATE" in done.stderr

@@ -15,8 +15,8 @@ import pytest
 
 import bybitsim
 from bybitsim.account import PushLog
-from tests.helpers import wait_for
 from tests.sim.conftest import KEY, SECRET, Client
+from tests.support import wait_for
 
 PRIVATE_TOPICS = ("order", "execution", "position", "wallet")
 

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 import bybitsim
-from tests.helpers import wait_for
 from tests.sim.conftest import frame
+from tests.support import wait_for
 
 RANK = {"New": 0, "PartiallyFilled": 1, "Filled": 2, "Cancelled": 2}
 

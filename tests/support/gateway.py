@@ -1,4 +1,6 @@
-"""The whole gateway under supervisord, started for real by a test (pytest-xprocess)."""
+"""The whole gateway under supervisord: its environment and a client for it (supervisorctl, the
+API, the simulator, PostgreSQL, RabbitMQ). Tests start it with pytest-xprocess
+(tests/e2e/conftest.py), the bench with subprocess (bench/_gw.py)."""
 from __future__ import annotations
 
 import os
@@ -11,9 +13,8 @@ import pika
 import psycopg2
 import psycopg2.extras
 
-from tests.helpers import free_port, wait_for
+from tests.support import ROOT, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("simulator", "publisher", "persister", "ingest", "api")
 E2E_KEY, E2E_SECRET = "e2e-key-7f3a", "e2e-secret-9c1d5b"
 

@@ -156,7 +156,7 @@ def _first_line_with(proc: subprocess.Popen, stream, event: str, deadline_s: flo
 ])
 def test_each_process_warns_about_unknown_variables_at_start(argv, on_stderr, tmp_path):
     """The processes themselves, pointed at nothing (port 1), so they only get as far as starting."""
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "GW_ENV_FILE": "", "GW_RUN_DIR": str(tmp_path),
+    env = {"PATH": os.environ["PATH"], "GW_ENV_FILE": "", "GW_RUN_DIR": str(tmp_path),
            "DATABASE_URL": "postgresql://wsgw@127.0.0.1:1/wsgw", "RABBITMQ_URL": "amqp://g:g@127.0.0.1:1/%2F",
            "PUBLISHER_BUFER": "value-three-5d2b", "GW_INSTANCE_ID": "unknown-settings-probe"}
     (tmp_path / "status").mkdir()
