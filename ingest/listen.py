@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import select
 import threading
-import time
 
 import psycopg2
 
