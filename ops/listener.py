@@ -22,8 +22,8 @@ from common.logs import RateLimited, get_logger, setup_logging
 from common.runtime import StopSignals
 from ops import events as ev_mod
 from ops import liveness, metrics
+from ops.publish import SystemEventSink
 from ops.rpc import RPC_ERRORS, Supervisor, read_beats, server_url
-from ops.sink import Sink
 
 log = get_logger("ops")
 
@@ -38,7 +38,7 @@ class _Stop(Exception):
 
 
 class Listener:
-    def __init__(self, sink: Sink, host: str | None = None, supervisor: Supervisor | None = None,
+    def __init__(self, sink: SystemEventSink, host: str | None = None, supervisor: Supervisor | None = None,
                  guard: liveness.StallGuard | None = None, run_dir=None):
         self.sink = sink
         self.host = host or socket.gethostname()
@@ -194,7 +194,7 @@ def main() -> int:
     settings = settings_or_exit("ops")
     setup_logging("ops", settings.log_level, stream=sys.stderr)
     settings.warn_unknown_env(log)
-    sink = Sink(settings.run_dir)
+    sink = SystemEventSink(settings.run_dir)
     supervisor = Supervisor(server_url(settings.run_dir), timeout_s=RPC_TIMEOUT_S)
     listener = Listener(sink, supervisor=supervisor, guard=liveness.StallGuard(settings.stall_after_s),
                         run_dir=settings.run_dir)

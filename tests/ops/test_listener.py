@@ -15,7 +15,7 @@ from common.addresses import publisher_frames
 from common.envelope import Envelope
 from ops import events
 from ops.listener import Listener
-from ops.sink import Sink
+from ops.publish import SystemEventSink
 from tests.support.gateway import ROOT
 
 EXITED = "processname:ingest groupname:ingest from_state:RUNNING expected:0 pid:4242"
@@ -66,7 +66,7 @@ def test_crash_becomes_system_envelope_metric_and_cleanup(short_tmp, publisher_p
     # a dead process's live gauge file, which the EXITED event must remove
     (metrics_dir / "gauge_livesum_4242.db").write_bytes(b"")
     (metrics_dir / "counter_4242.db").write_bytes(b"")
-    sink = Sink(short_tmp, metrics_dir=str(metrics_dir))
+    sink = SystemEventSink(short_tmp, metrics_dir=str(metrics_dir))
     try:
         listener = Listener(sink, host="h1")
         ev = listener.handle("PROCESS_STATE_EXITED", EXITED)
@@ -90,7 +90,7 @@ def test_crash_becomes_system_envelope_metric_and_cleanup(short_tmp, publisher_p
 
 def test_system_event_waits_for_an_absent_publisher(short_tmp):
     """The publisher may be the process that died: the envelope is delivered once it binds again."""
-    sink = Sink(short_tmp, metrics_dir="")
+    sink = SystemEventSink(short_tmp, metrics_dir="")
     ctx = zmq.Context()
     try:
         assert sink.system_event("process_crashed", {"program": "publisher"})
@@ -118,7 +118,7 @@ def test_protocol_loop_answers_every_event(short_tmp):
                         + _frame("PROCESS_STATE_EXITED", "bad payload")
                         + _frame("PROCESS_STATE_BACKOFF", "processname:a groupname:a from_state:STARTING tries:1"))
     stdout = io.StringIO()
-    sink = Sink(short_tmp, metrics_dir="")
+    sink = SystemEventSink(short_tmp, metrics_dir="")
     try:
         assert Listener(sink).run(stdin, stdout) == 3    # stops at EOF
     finally:
@@ -148,7 +148,7 @@ def test_process_logs_to_stderr_and_exits_on_sigterm(short_tmp):
 def test_publisher_crash_resends_recent_events_identically(short_tmp, publisher_pull):
     """The dead publisher may have held them unpublished; the copy has the same envelope, so
     the same event id at the publisher (consumers drop duplicates on message_id)."""
-    sink = Sink(short_tmp, metrics_dir="")
+    sink = SystemEventSink(short_tmp, metrics_dir="")
     try:
         listener = Listener(sink, host="h1")
         listener.handle("PROCESS_STATE_EXITED", EXITED)

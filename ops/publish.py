@@ -32,7 +32,10 @@ QUEUE_LIMIT = 1000     # system events queued for an absent publisher
 LINGER_MS = 1000       # at exit, how long queued events may still take to leave
 
 
-class Sink:
+class SystemEventSink:
+    """The listener's outlet: system events to the publisher's ZeroMQ socket, and a dead process's
+    live gauges out of the metrics directory."""
+
     def __init__(self, run_dir: Path, metrics_dir: str | None = None, ctx: zmq.Context | None = None):
         self.metrics_dir = metrics_dir if metrics_dir is not None else os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._ctx = ctx or zmq.Context.instance()
