@@ -5,7 +5,7 @@
 
 For balances, orders and executions, at batch sizes 100 and 1000: rows are
 built by ``persister.rows`` from the recorded frames (not timed), then written
-with ``Sink.write`` (COPY into staging + guarded INSERT ... ON CONFLICT, one
+with ``PostgresSink.write`` (COPY into staging + guarded INSERT ... ON CONFLICT, one
 commit per batch). "insert" writes new keys; "update" writes every key again
 with a newer exchange timestamp (executions: the same ids again, a no-op by
 design). Each figure is the best of --repeat runs.
@@ -37,7 +37,7 @@ import psycopg2
 
 from persister.pending import Batch
 from persister.rows import balance_rows, execution_row, order_row
-from persister.sink import Sink
+from persister.sink import PostgresSink
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMES = ROOT / "tests" / "frames"
@@ -65,7 +65,7 @@ def build(table: str, n: int, version: int) -> list:
     return [execution_row(dict(rec, execId=f"x{i}"), "ws", f"ev{i}") for i in range(n)]
 
 
-def run(sink: Sink, rows: list, batch: int) -> float:
+def run(sink: PostgresSink, rows: list, batch: int) -> float:
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
         result = sink.write(Batch(rows=rows[i:i + batch]))
@@ -122,7 +122,7 @@ def main() -> int:
         backend = get_backend(url)
         with backend.lock():
             backend.apply_migrations(backend.to_apply(read_migrations(str(ROOT / "sql"))))
-        sink = Sink(url)
+        sink = PostgresSink(url)
         sink.connect()
         print(f"{'table':<11} {'batch':>5} {'insert rows/s':>14} {'update rows/s':>14}")
         tables = args.tables.split(",")

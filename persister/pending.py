@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from persister.rows import TABLES, BadRecord, Row
-from persister.spool import Spool
+from persister.spool import RowSpool
 
 SUBSCRIPTIONS = "subscriptions"
 MAX_DEAD = 10_000  # dead letters held while the database is away; past it they are only logged
@@ -39,7 +39,7 @@ class Batch:
 
 
 class Pending:
-    def __init__(self, spool: Spool, max_rows: int = 100_000):
+    def __init__(self, spool: RowSpool, max_rows: int = 100_000):
         self.spool = spool
         self.max_rows = max_rows
         self._tables: dict[str, dict[tuple, Row]] = {t: {} for t in TABLES}

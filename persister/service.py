@@ -22,8 +22,8 @@ from common.runtime import StopSignals, backoff_s, status_doc, write_status
 from persister import metrics
 from persister.intake import BadInput, parse
 from persister.pending import Batch, Pending
-from persister.sink import DatabaseDown, SchemaNotReady, Sink
-from persister.spool import Spool
+from persister.sink import DatabaseDown, PostgresSink, SchemaNotReady
+from persister.spool import RowSpool
 
 log = get_logger("persister")
 
@@ -53,7 +53,7 @@ class StopFlag:
 
 
 class Persister:
-    def __init__(self, settings, sink: Sink, sock, pending: Pending, clock=time.monotonic):
+    def __init__(self, settings, sink: PostgresSink, sock, pending: Pending, clock=time.monotonic):
         self.settings, self.sink, self.sock, self.pending, self.clock = settings, sink, sock, pending, clock
         self.batch_s = settings.batch_ms / 1000.0
         self.status_path = addresses.status_file(settings.run_dir, "persister")
@@ -197,10 +197,11 @@ class Persister:
                 log.error("schema_not_ready", error=str(exc), hint="migrations pending or reverted: run `make migrate`")
             self._down(str(exc), now, log_it=not schema)
             return False
-        self._account(batch, result)
+        self._after_write(batch, result)
         return True
 
-    def _account(self, batch: Batch, result) -> None:
+    def _after_write(self, batch: Batch, result) -> None:
+        """A batch is committed: counters, metrics, dead letters logged, the end of an outage noticed."""
         now = self.clock()
         self.last_db_ok = now
         total = sum(result.written.values())
@@ -316,7 +317,7 @@ def main() -> int:
     log.info("starting", settings=settings.describe())
     settings.warn_unknown_env(log)
     settings.status_dir.mkdir(parents=True, exist_ok=True)
-    spool = Spool(settings.run_dir / "spool" / "persister.jsonl")
+    spool = RowSpool(settings.run_dir / "spool" / "persister.jsonl")
     if len(spool):
         log.info("spool_found", rows=len(spool), path=str(spool.path))
     ctx = zmq.Context()
@@ -332,7 +333,7 @@ def main() -> int:
     metrics.DB_UP.set(0)
     stop = StopFlag()
     StopSignals(stop.request).install()
-    app = Persister(settings, Sink(settings.database_url), sock, Pending(spool, MAX_PENDING))
+    app = Persister(settings, PostgresSink(settings.database_url), sock, Pending(spool, MAX_PENDING))
     app.run(stop)
     ctx.term()
     return 0

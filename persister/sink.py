@@ -61,7 +61,7 @@ _DEAD_SQL = "INSERT INTO dead_letters (event_id, table_name, error, payload) VAL
 _ROW_TOO_BIG = psycopg2.errors.ProgramLimitExceeded
 
 
-# A staged row must fit one page (the stage tables have no TOAST table, see Sink.connect).
+# A staged row must fit one page (the stage tables have no TOAST table, see PostgresSink.connect).
 # A raw object longer than this skips the stage: it is upserted on its own, in the same
 # transaction. Every other text column holds a piece of raw, so the row stays under 8160 bytes
 # for ASCII; a row that still does not fit fails the COPY and the batch is written row by row.
@@ -144,7 +144,7 @@ class WriteResult:
     seconds: float = 0.0
 
 
-class Sink:
+class PostgresSink:
     def __init__(self, dsn: str, statement_timeout_ms: int = 5_000, connect_timeout_s: int = 3):
         self.dsn = dsn
         self.statement_timeout_ms = statement_timeout_ms

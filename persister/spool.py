@@ -23,7 +23,7 @@ def _default(obj):
     raise TypeError(f"cannot spool {type(obj).__name__}")
 
 
-class Spool:
+class RowSpool:
     """Rows on a ``LineSpool`` (common/runtime.py): the file and its cursor are shared code."""
 
     def __init__(self, path: Path):

@@ -8,8 +8,8 @@ from common import addresses
 from common.config import load_settings
 from persister.pending import Pending
 from persister.service import Persister, StopFlag
-from persister.sink import Sink
-from persister.spool import Spool
+from persister.sink import PostgresSink
+from persister.spool import RowSpool
 from tests.persister.conftest import Pusher, frame
 
 
@@ -26,7 +26,7 @@ def test_run_until_max_messages(own_pg_url, own_db, short_tmp):
             f = frame("order")
             f["data"][0].update(orderId=f"loop-{i}")
             pusher.frame(f)
-        app = Persister(settings, Sink(own_pg_url), sock, Pending(Spool(short_tmp / "spool" / "p.jsonl")))
+        app = Persister(settings, PostgresSink(own_pg_url), sock, Pending(RowSpool(short_tmp / "spool" / "p.jsonl")))
         app.run(StopFlag(), max_messages=10)
     finally:
         pusher.close()

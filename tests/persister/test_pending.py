@@ -5,7 +5,7 @@ import itertools
 
 from persister.pending import Pending, SubStatus
 from persister.rows import EXECUTIONS, ORDERS, Row
-from persister.spool import Spool
+from persister.spool import RowSpool
 
 
 def order(oid: str, status_rank: int, ts: int, tag: str = "") -> Row:
@@ -20,7 +20,7 @@ def test_newest_wins_in_any_order(tmp_path):
     versions = [order("a", 0, 10, "new"), order("a", 0, 20, "partial"), order("a", 1, 15, "filled")]
     results = set()
     for perm in itertools.permutations(versions):
-        p = Pending(Spool(tmp_path / "s"))
+        p = Pending(RowSpool(tmp_path / "s"))
         for r in perm:
             p.add(r, 0.0)
         batch = p.take(10)
@@ -30,7 +30,7 @@ def test_newest_wins_in_any_order(tmp_path):
 
 
 def test_take_and_restore_keeps_newer(tmp_path):
-    p = Pending(Spool(tmp_path / "s"))
+    p = Pending(RowSpool(tmp_path / "s"))
     p.add(order("a", 0, 10), 1.0)
     batch = p.take(10)
     assert p.count == 0 and p.oldest_at is None
@@ -41,7 +41,7 @@ def test_take_and_restore_keeps_newer(tmp_path):
 
 
 def test_bound_spills_to_spool_in_order_and_comes_back(tmp_path):
-    spool = Spool(tmp_path / "spool" / "p.jsonl")
+    spool = RowSpool(tmp_path / "spool" / "p.jsonl")
     p = Pending(spool, max_rows=3)
     for i in range(10):
         p.add(execution(f"x{i}"), 0.0)
@@ -57,12 +57,12 @@ def test_bound_spills_to_spool_in_order_and_comes_back(tmp_path):
 
 def test_spool_survives_a_restart_and_a_torn_line(tmp_path):
     path = tmp_path / "p.jsonl"
-    s = Spool(path)
+    s = RowSpool(path)
     s.append([execution("a"), Row(ORDERS, ("o",), (1, 5), ("o", None, True, "1.50"), "e")])
     s.close()
     with path.open("ab") as f:
         f.write(b'["executions", ["torn"')      # a crash mid-write
-    again = Spool(path)
+    again = RowSpool(path)
     assert len(again) == 3
     again.append([execution("b")])
     rows = again.read(10)
@@ -72,14 +72,14 @@ def test_spool_survives_a_restart_and_a_torn_line(tmp_path):
 
 
 def test_shutdown_spills_everything(tmp_path):
-    p = Pending(Spool(tmp_path / "s"))
+    p = Pending(RowSpool(tmp_path / "s"))
     p.add(order("a", 0, 1), 0.0)
     p.add(execution("x"), 0.0)
     assert p.spill_all() == 2 and p.rows_in_memory == 0 and len(p.spool) == 2
 
 
 def test_subscription_updates_merge(tmp_path):
-    p = Pending(Spool(tmp_path / "s"))
+    p = Pending(RowSpool(tmp_path / "s"))
     p.add_sub_status(SubStatus("linear", "tickers.BTCUSDT", "active", None, 20), 0.0)
     p.add_sub_status(SubStatus("linear", "tickers.BTCUSDT", "failed", "late", 10), 0.0)
     p.add_activity("linear", "tickers.BTCUSDT", 50, 0.0)

@@ -8,14 +8,14 @@ import pytest
 
 from persister.pending import Batch, Pending, SubStatus
 from persister.rows import rows_from_frame, rows_from_rest
-from persister.sink import COPY_CHUNK_ROWS, STAGE_MAX_RAW, Sink
-from persister.spool import Spool
+from persister.sink import COPY_CHUNK_ROWS, STAGE_MAX_RAW, PostgresSink
+from persister.spool import RowSpool
 from tests.persister.conftest import frame
 
 
 @pytest.fixture
 def sink(own_pg_url, own_db):
-    s = Sink(own_pg_url)
+    s = PostgresSink(own_pg_url)
     s.connect()
     yield s
     s.close()
@@ -179,7 +179,7 @@ def test_sub_status_and_activity_never_resurrect(sink, own_db):
 
 
 def test_batch_dedup_through_pending(sink, own_db, tmp_path):
-    p = Pending(Spool(tmp_path / "s"))
+    p = Pending(RowSpool(tmp_path / "s"))
     for status, ts in (("New", "1"), ("PartiallyFilled", "2"), ("Filled", "3"), ("New", "4")):
         for r in rows_from_frame(order_frame(status, ts), "e")[0]:
             p.add(r, 0.0)
