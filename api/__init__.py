@@ -18,7 +18,7 @@ from common.addresses import ingest_control
 from common.config import load_settings
 from common.logs import get_logger
 
-from . import account, db, errors, ops, subscriptions
+from . import account, db, errors, operations, subscriptions
 from .control import ControlClient
 from .errors import ApiError
 from .models import ErrorBody
@@ -90,8 +90,8 @@ def create_app(test_config: dict | None = None) -> OpenAPI:
 
     app.register_api(subscriptions.bp)
     app.register_api(account.bp)
-    app.register_api(ops.v1)
-    app.register_api(ops.bp)
+    app.register_api(operations.v1)
+    app.register_api(operations.bp)
     app.add_url_rule("/openapi.json", "openapi_json", lambda: app.api_doc)
 
     db.init_app(app)
