@@ -12,7 +12,8 @@ from common import addresses
 from common.config import ConfigError, settings_or_exit
 from common.logs import get_logger, setup_logging
 from common.runtime import StopSignals, status_doc, write_status
-from ingest import recorder, store
+from ingest import recorder
+from ingest.desired import load_desired
 from ingest.control import ControlServer
 from ingest.exchange_status import ExchangeStatus
 from ingest.handoff import Handoff
@@ -168,7 +169,7 @@ class Ingest:
             self._sync_now.clear()
             seq = self.control.reads.begin()    # a control read started after this one wins over it
             try:
-                desired, invalid = await asyncio.to_thread(store.load_desired, self.settings.database_url)
+                desired, invalid = await asyncio.to_thread(load_desired, self.settings.database_url)
                 whole_rows = await asyncio.to_thread(load_rows, self.settings.database_url)
             except Exception as exc:
                 if self.db_state["reachable"] is not False:

@@ -30,7 +30,7 @@ LIVE_QUERY = """
 SELECT endpoint, topic, status, coalesce(trace_id, '') FROM subscriptions
 WHERE status <> 'removed' AND (endpoint, topic) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
-WANTED = HELD                       # the rows ingest holds (as store.load_desired)
+WANTED = HELD                       # the rows ingest holds (as desired.load_desired)
 
 
 def parse_request(request: dict):

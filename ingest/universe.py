@@ -152,7 +152,7 @@ class Universe:
     # -- rows (from sync_loop) ----------------------------------------------------------------------
     @staticmethod
     def split(desired: dict) -> tuple[dict, dict]:
-        """(whole-category entries, the rest) of a desired set as store.load_desired reads it."""
+        """(whole-category entries, the rest) of a desired set as desired.load_desired reads it."""
         whole = {k: v for k, v in desired.items() if v[0].whole_category}
         return whole, {k: v for k, v in desired.items() if not v[0].whole_category}
 
