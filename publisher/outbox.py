@@ -31,7 +31,7 @@ SPOOL_CHUNK = 1000
 MAX_DROP_STREAMS = 1000
 
 
-class Spool:
+class EventSpool:
     """Append-only file of account events (one orjson record per line).
 
     The file is replayed from its start after a restart (at-least-once: the same
@@ -111,7 +111,7 @@ def _size(ev: Event) -> int:
 
 
 class Outbox:
-    def __init__(self, bound: int, spool: Spool | None = None, clock=time.time_ns, bound_bytes: int = 48 << 20,
+    def __init__(self, bound: int, spool: EventSpool | None = None, clock=time.time_ns, bound_bytes: int = 48 << 20,
                  max_age_ns: dict[str, int] | None = None):
         """``bound`` events and ``bound_bytes`` bytes in memory, whichever comes first;
         ``max_age_ns``: the age bound per market class (None: no bound)."""

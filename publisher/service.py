@@ -28,7 +28,7 @@ from common.logs import RateLimited, get_logger, setup_logging
 from publisher import events as evmod, metrics
 from publisher.amqp import READY, Broker, backoff_delay
 from publisher.events import Event, FrameError
-from publisher.outbox import Outbox, Spool
+from publisher.outbox import EventSpool, Outbox
 from publisher.pipeline import Pipeline
 from publisher.status import status_doc, write_json
 from publisher import retention
@@ -65,7 +65,7 @@ class Service:
         max_age = settings.market_max_age_ns()
         self.pipeline = Pipeline(max_age_ns=max_age, clock=time.time_ns)
         self.spool_dir = settings.run_dir / "spool"
-        self.spool = Spool(self.spool_dir / "publisher.spool")
+        self.spool = EventSpool(self.spool_dir / "publisher.spool")
         self.outbox = Outbox(settings.publisher_buffer, self.spool, bound_bytes=settings.publisher_buffer_mb << 20,
                              max_age_ns=max_age)
         self.pipeline.on_drop = self.outbox.note_drop

@@ -9,7 +9,7 @@ from common.envelope import Envelope
 from publisher.events import system_event
 from publisher.gaps import GapTracker
 from publisher.metrics import LatencyCounts, percentile_ms
-from publisher.outbox import Outbox, Spool
+from publisher.outbox import EventSpool, Outbox
 from publisher.pipeline import Pipeline
 
 FRAMES = Path(__file__).resolve().parent.parent / "frames"
@@ -101,7 +101,7 @@ def ev(cls: str, n: int):
 
 
 def test_outbox_drops_oldest_market_keeps_account(tmp_path):
-    box = Outbox(bound=4, spool=Spool(tmp_path / "s"))
+    box = Outbox(bound=4, spool=EventSpool(tmp_path / "s"))
     for i in range(1, 4):
         box.add(ev("trades", i))
     box.add(ev("order_status", 100))
@@ -117,7 +117,7 @@ def test_outbox_drops_oldest_market_keeps_account(tmp_path):
 
 
 def test_outbox_spools_account_events_in_order(tmp_path):
-    spool = Spool(tmp_path / "s")
+    spool = EventSpool(tmp_path / "s")
     box = Outbox(bound=100, spool=spool)
     for i in range(250):
         box.add(ev("order_status", i))
@@ -131,14 +131,14 @@ def test_outbox_spools_account_events_in_order(tmp_path):
 
 
 def test_spool_replayed_after_restart(tmp_path):
-    spool = Spool(tmp_path / "s")
+    spool = EventSpool(tmp_path / "s")
     box = Outbox(bound=100, spool=spool)
     for i in range(130):
         box.add(ev("balances", i))
     first = [box.pop() for _ in range(50)]           # 50 of the in-memory ones published
     spool.rewrite_front([e for e in [box.pop() for _ in range(50)]])   # 50 left in memory at stop
     spool.close()
-    box2 = Outbox(bound=100, spool=Spool(tmp_path / "s"))
+    box2 = Outbox(bound=100, spool=EventSpool(tmp_path / "s"))
     replay = []
     while (e := box2.pop()) is not None:
         replay.append(e.stream_seq)
@@ -167,7 +167,7 @@ def test_system_envelopes_without_epoch_do_not_end_an_epoch():
 
 
 def test_outbox_is_bounded_in_bytes_too(tmp_path):
-    spool = Spool(tmp_path / "s")
+    spool = EventSpool(tmp_path / "s")
     box = Outbox(bound=1_000_000, spool=spool, bound_bytes=200_000)
     for i in range(1000):
         box.add(ev("trades", i))
@@ -202,7 +202,7 @@ def test_latency_counts_percentiles_over_a_window():
 
 def test_outbox_never_drops_bybit_status_notices(tmp_path):
     """exchange_status is published persistent, so it is kept like account data, never dropped."""
-    box = Outbox(bound=2, spool=Spool(tmp_path / "s"))
+    box = Outbox(bound=2, spool=EventSpool(tmp_path / "s"))
     box.add(ev("exchange_status", 1))
     for i in range(1, 6):
         box.add(ev("trades", i))
