@@ -5,7 +5,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap run demo test unit migrate migrate-down ctl lock clean settings
+.PHONY: bootstrap run demo test unit lint migrate migrate-down ctl lock clean settings
 .PHONY: bench faults soak
 
 bootstrap:
@@ -27,6 +27,11 @@ test: bootstrap
 unit:
 	@PYTHON_ONLY=1 scripts/bootstrap.sh wsgw
 	@$(PY) -m pytest tests -q -m unit
+
+## pyflakes over the whole tree (settings in pyproject.toml).
+lint:
+	@PYTHON_ONLY=1 scripts/bootstrap.sh wsgw
+	@$(VENV)/bin/ruff check .
 
 ## Apply / revert (the last) SQL migrations on DATABASE_URL (default: the wsgw database).
 migrate:
