@@ -58,7 +58,8 @@ def digest(payload: bytes) -> str:
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
 
-def _ms(value) -> int | None:
+def bybit_ms(value) -> int | None:
+    """A time as Bybit writes it (an integer, or a string of digits) in ms; None otherwise."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -101,9 +102,9 @@ def account_version(cls: str, record: dict, stamped_ms: int | None) -> int | Non
     balances: ``stamped_ms`` (the push's ``creationTime`` or the REST answer's time).
     """
     if cls in ("executions", "executions_fast"):
-        return _ms(record.get("execTime"))
+        return bybit_ms(record.get("execTime"))
     if cls in ("order_status", "positions"):
-        return _ms(record.get("updatedTime"))
+        return bybit_ms(record.get("updatedTime"))
     return stamped_ms
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from common.identity import bybit_ms
 from common.logs import get_logger
 from common.topics import STATUS_ENDPOINT, STATUS_PATH, STATUS_TOPIC
 from ingest.connection import Connection
@@ -28,16 +29,6 @@ class NoticeError(ValueError):
     """A system.status push we cannot read (the frame is still published as it came)."""
 
 
-def _ms(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
 def fold(notices: dict[str, dict], frame: dict) -> dict[str, dict]:
     """The notices after one push: each one named by ``id`` replaces the one before; a
     completed or canceled one is dropped. Returns a new dict; raises NoticeError."""
@@ -52,7 +43,7 @@ def fold(notices: dict[str, dict], frame: dict) -> dict[str, dict]:
             out.pop(item["id"], None)
             continue
         notice = {k: item.get(k) for k in KEPT_FIELDS}
-        notice["begin"], notice["end"] = _ms(item.get("begin")), _ms(item.get("end"))
+        notice["begin"], notice["end"] = bybit_ms(item.get("begin")), bybit_ms(item.get("end"))
         out.pop(item["id"], None)
         out[item["id"]] = notice              # newest last: the oldest go first past the bound
     while len(out) > MAX_NOTICES:
