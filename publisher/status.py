@@ -1,26 +1,22 @@
 """The publisher's status file (docs/internals.md: replaced about once a second)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-import orjson
+from common import runtime
 
 
 def write_json(path: Path, doc: dict) -> None:
-    """Replace ``path`` atomically (write a temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    """Replace ``path`` atomically, indented (``common.runtime.write_status``)."""
+    runtime.write_status(path, doc, indent=True)
 
 
 def status_doc(svc) -> dict:
-    """Live state of a ``publisher.service.Service``; field list in publisher/README.md."""
+    """Live state of a ``publisher.service.Service``; field list in docs/internals.md."""
     b = svc.broker
     t = svc.tally
-    return {
-        "process": "publisher", "pid": os.getpid(), "updated_at": time.time(), "started_at": svc.started_at,
+    return runtime.status_doc("publisher", svc.started_at, **{
         "broker": {"state": b.state if b else "down", "since": b.since if b else None,
                    "connects": b.connects if b else 0, "last_error": b.last_error if b else "",
                    "path": b.path if b else None},
@@ -41,7 +37,7 @@ def status_doc(svc) -> dict:
         "retention_policy": _retention(svc.retention_state),
         "topology": {**svc.topology, "restoring": svc._restore is not None, "held": len(svc._held)},
         "received_to_confirmed_ms": svc.latency.doc(),
-    }
+    })
 
 
 def _retention(st: dict) -> dict:
