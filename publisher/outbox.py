@@ -19,12 +19,12 @@ sequence, so they go out again before anything newer.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import Counter, deque
 from pathlib import Path
 
 from common.freshness import BUFFER_FULL, TOO_OLD, MarketQueues
+from common.runtime import LineSpool
 from publisher.events import Event
 
 SPOOL_CHUNK = 1000
@@ -32,75 +32,56 @@ MAX_DROP_STREAMS = 1000
 
 
 class EventSpool:
-    """Append-only file of account events (one orjson record per line).
+    """Account events on a ``LineSpool`` (common/runtime.py: one orjson record per line).
 
     The file is replayed from its start after a restart (at-least-once: the same
     message_id may be published twice) and truncated only once every event read
-    from it has been confirmed by the broker.
+    from it has been confirmed by the broker. A line a crash cut short is skipped.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._read_at = 0
-        self.depth = self._count_lines()   # written, not yet read back
+        self._lines = LineSpool(path)
         self.unconfirmed = 0               # read back, not yet confirmed
+        self.corrupt = 0
 
-    def _count_lines(self) -> int:
-        with open(self.path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    @property
+    def depth(self) -> int:
+        """Written, not yet read back."""
+        return self._lines.depth
 
     @property
     def idle(self) -> bool:
         return self.depth == 0 and self.unconfirmed == 0
 
     def append(self, event: Event) -> None:
-        os.write(self._fd, event.to_record() + b"\n")
-        self.depth += 1
+        self._lines.append([event.to_record()])
 
     def read(self, limit: int) -> list[Event]:
         out: list[Event] = []
-        with open(self.path, "rb") as f:
-            f.seek(self._read_at)
-            while len(out) < limit:
-                line = f.readline()
-                if not line.endswith(b"\n"):
-                    break
-                self._read_at += len(line)
+        for line in self._lines.read(limit):
+            try:
                 ev = Event.from_record(line)
-                ev.extra["spool"] = True
-                out.append(ev)
-        self.depth -= len(out)
+            except (ValueError, KeyError, TypeError):      # a torn line from a crash
+                self.corrupt += 1
+                continue
+            ev.extra["spool"] = True
+            out.append(ev)
         self.unconfirmed += len(out)
         return out
 
     def confirmed(self, n: int) -> None:
         self.unconfirmed -= n
-        if self.idle and self._read_at:
-            os.ftruncate(self._fd, 0)
-            self._read_at = 0
+        if self.idle:
+            self._lines.truncate()
 
     def rewrite_front(self, events: list[Event]) -> None:
         """At shutdown: ``events`` (older than anything unread here) first, then the unread rest."""
-        with open(self.path, "rb") as f:
-            f.seek(self._read_at)
-            rest = f.read()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(ev.to_record() + b"\n" for ev in events))
-            f.write(rest)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
-        self._read_at = 0
-        self.depth = self._count_lines()
+        self._lines.replace(b"".join(ev.to_record() + b"\n" for ev in events) + self._lines.unread())
         self.unconfirmed = 0
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._lines.close()
 
 
 OVERHEAD = 700    # bytes an Event costs beyond its body (dataclass, headers dict, strings)

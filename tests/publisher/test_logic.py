@@ -212,3 +212,16 @@ def test_outbox_never_drops_bybit_status_notices(tmp_path):
     while (e := box.pop()) is not None:
         out.append(e.event_class)
     assert out.count("exchange_status") == 2
+
+
+def test_spool_skips_a_line_a_crash_cut_short_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "s"
+    spool = EventSpool(path)
+    spool.append(ev("order_status", 1))
+    spool.close()
+    with open(path, "ab") as f:
+        f.write(b'{"i": "torn')                     # the process died in the middle of a write
+    spool = EventSpool(path)
+    spool.append(ev("order_status", 2))
+    got = spool.read(10)
+    assert [e.stream_seq for e in got] == [1, 2] and spool.corrupt == 1
