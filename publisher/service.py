@@ -110,7 +110,7 @@ class Service:
         # up: past it we only read (and parse, and build) events to see them expire here.
         self.intake_high = max(self.window, INTAKE_HIGH_MIN)
         self.intake_paused = False
-        self._pump_handle: asyncio.Handle | None = None
+        self.pump_min = max(1, min(64, self.window // 8))   # free window slots worth a pump after acks
         self._last_rx = 0.0
 
     # -- intake -----------------------------------------------------------------
@@ -310,19 +310,13 @@ class Service:
             self.spool.confirmed(spooled)
         if self._restore is not None:
             self._maybe_resume()
-        self._pump_soon()
-
-    def _pump_soon(self) -> None:
-        """One pump after every confirm frame of this socket read is handled. RabbitMQ sends
-        acks a few messages at a time and pika hands them over one frame at a time: pumping
-        on each cost a send(2) per ack frame (the largest single item of a profile under
-        load), for a handful of events each."""
-        if self._pump_handle is None:
-            self._pump_handle = asyncio.get_running_loop().call_soon(self._pump_now)
-
-    def _pump_now(self) -> None:
-        self._pump_handle = None
-        self.pump()
+        # pika hands over each ack frame of a socket read on its own, RabbitMQ acking a few
+        # messages at a time: pumping after each cost a send(2) for a handful of events (the
+        # largest single item of a profile under load). While the window is nearly full, the
+        # next ack frames free more room first; nothing waits longer than the acks already due.
+        b = self.broker
+        if b is None or not b.inflight or self.window - len(b.inflight) >= self.pump_min:
+            self.pump()
 
     def _on_lost(self, pending: list[Event], reason: str) -> None:
         self._resume_intake()     # the broker is away: intake takes everything again

@@ -100,25 +100,29 @@ def test_intake_takes_everything_while_the_broker_is_away(tmp_path):
     assert svc.outbox.market_waiting == 3000 and not svc.broker.sent
 
 
-def test_confirm_frames_of_one_read_are_followed_by_one_pump(tmp_path):
-    """pika hands over each ack frame of a socket read separately; the publisher writes the
-    events they make room for once, after the last one (a send(2) per ack frame before)."""
+def test_acks_pump_once_enough_of_the_window_is_free(tmp_path):
+    """pika hands over each ack frame of a socket read separately; while the window is nearly
+    full the publisher waits for a few to free room, then writes once (a send(2) per ack frame
+    before). With nothing left in flight it always pumps: no event waits for an ack never due."""
     svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
+    assert svc.pump_min == 12
     corks = []
     broker = svc.broker = _Broker(True)
     broker.cork = lambda: corks.append(len(broker.sent))
     for i in range(1, 301):
         svc.handle(market_env(i).encode())
 
-    async def main():
-        svc.pump()                                 # the first window goes out
-        assert len(broker.sent) == 100 and len(corks) == 1
-        for _ in range(3):                         # three ack frames read at once
-            settled = [broker.inflight.pop(k) for k in list(broker.inflight)[:30]]
-            svc._on_confirm(settled, True, 0.0)
-        assert len(corks) == 1                     # nothing written yet: one pump follows
-        await asyncio.sleep(0)
-        assert len(corks) == 2 and len(broker.sent) == 190
+    def ack(n: int) -> None:
+        settled = [broker.inflight.pop(k) for k in list(broker.inflight)[:n]]
+        svc._on_confirm(settled, True, 0.0)
 
-    asyncio.run(main())
-    assert svc.tally.confirmed["trades"] == 90
+    svc.pump()                                     # the first window goes out
+    assert len(broker.sent) == 100 and len(corks) == 1
+    ack(5)
+    ack(5)
+    assert len(corks) == 1                         # 10 slots free: not yet worth a write
+    ack(5)
+    assert len(corks) == 2 and len(broker.sent) == 115
+    ack(len(broker.inflight))                      # everything confirmed: pumps whatever is free
+    assert len(corks) == 3 and len(broker.sent) == 215
+    assert svc.tally.confirmed["trades"] == 115
