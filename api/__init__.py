@@ -1,5 +1,5 @@
 """ws-gateway REST API: a Flask app factory (flask-openapi3, pydantic v2), served by
-gunicorn as ``api:create_app()``. Contract: DESIGN.md, contract 2."""
+gunicorn as ``api:create_app()``. Contract: docs/api.md."""
 from __future__ import annotations
 
 import hmac

@@ -20,13 +20,13 @@ from bench._results import Result
 from tests.support import wait_for
 from tests.support.ledger import Ledger
 
-KILL_TARGET_S = 10.0        # DESIGN: a killed process is back (supervisord) within 5-10 s
-TAKEOVER_TARGET_S = 15.0    # brief: a dead instance's units taken over within 15 s
-RECONNECT_TARGET_S = 30.0   # DESIGN: reconnection attempted at least every 30 s
-RESUBSCRIBE_TARGET_S = 2.0  # brief: every subscription back within 2 s of a drop
-RESYNC_TARGET_S = 5.0       # no DESIGN figure: a book resynced within 5 s
-TICKERS_BACK_S = 5.0        # brief: after a publisher restart every ticker flows again within 5 s
-OUTAGE_TARGET_S = 30.0      # no DESIGN figure: publishing/persisting again within 30 s of the store's return
+KILL_TARGET_S = 10.0        # target: a killed process is back (supervisord) within 5-10 s
+TAKEOVER_TARGET_S = 15.0    # target: a dead instance's units taken over within 15 s
+RECONNECT_TARGET_S = 30.0   # target: reconnection attempted at least every 30 s
+RESUBSCRIBE_TARGET_S = 2.0  # target: every subscription back within 2 s of a drop
+RESYNC_TARGET_S = 5.0       # our own bound: a book resynced within 5 s
+TICKERS_BACK_S = 5.0        # target: after a publisher restart every ticker flows again within 5 s
+OUTAGE_TARGET_S = 30.0      # our own bound: publishing/persisting again within 30 s of the store's return
 SETTLE_TIMEOUT_S = 30.0
 
 

@@ -18,10 +18,10 @@ write make the next batch bigger, so batches only stay small while fewer than
 Batch 100 (fewer than 500 rows/s arriving) shows the cost per commit: as high
 as it goes, no target.
 
-A last "reference" line runs research/ecosystem.md section 8's four-column table
-the same way, on its own connection (research measured 70k rows/s at batch 100 and
-127-158k at batch 500-2000 on an idle machine), so it tells how much of the machine
-this run had.
+A last "reference" line writes a fixed table of four small columns the same way, on
+its own connection (on an idle machine, before the persister was written, it measured
+70k rows/s at batch 100 and 127-158k at batch 500-2000), so it tells how much of the
+machine this run had.
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def run(sink: PostgresSink, rows: list, batch: int) -> float:
 
 
 def reference(url: str, n: int, batch: int) -> tuple[float, float]:
-    """research/ecosystem.md section 8's table (4 small columns), same COPY + guarded upsert:
-    how busy the machine is right now, against what was measured there. On its own connection:
+    """The fixed reference table (4 small columns), same COPY + guarded upsert: how busy the
+    machine is right now, against the idle-machine figures in the module docstring. On its own connection:
     on the sink's, every commit also emptied the sink's four staging tables (while they had
     TOAST tables, that cost the batch-100 reference line about 40%)."""
     import io
@@ -140,7 +140,7 @@ def main() -> int:
                 print(f"{table:<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}", flush=True)
         for batch in (100, 1000) if "reference" in tables else ():
             ins, upd = map(max, zip(*(reference(url, args.rows, batch) for _ in range(args.repeat))))
-            print(f"{'reference':<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}   (research section 8 table)", flush=True)
+            print(f"{'reference':<11} {batch:>5} {ins:>14,.0f} {upd:>14,.0f}   (4-column reference table)", flush=True)
         sink.close()
     finally:
         backend = None

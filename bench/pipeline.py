@@ -11,7 +11,7 @@ Modes:
 
 Prints a table: p50/p99/max latency at each rate (default 1,000 and 5,000 frames/s) to
 the consumer, and "confirm p99 <=": push (or ingest's receive) time -> RabbitMQ's confirm,
-DESIGN.md's own measure, counted by the publisher for every event in fixed buckets (the
+the latency target's own measure (docs/performance.md), counted by the publisher for every event in fixed buckets (the
 figure is the upper edge of the bucket holding the 99th percentile);
 the highest rate with zero loss (ramp), flood throughput, and bare pika's
 ceiling measured in the same run. Everything runs in a throwaway vhost.

@@ -184,7 +184,7 @@ class Account:
         }
         self.executions.append(execution)
         fast = {k: execution[k] for k in FAST_KEYS}
-        fast["orderLinkId"] = ""          # always "" on maker fills (PROTOCOL.md 7.3)
+        fast["orderLinkId"] = ""          # always "" on maker fills (docs/bybit.md#executions)
         return [("order", [dict(order)]), ("execution", [dict(execution)]), ("execution.fast", [fast]),
                 ("position", [self._position(order["symbol"], now_ms)]), ("wallet", [self._wallet(now_ms)])]
 

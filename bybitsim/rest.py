@@ -1,6 +1,6 @@
-"""Bybit v5 REST for reconciliation (PROTOCOL.md section 9), served from the simulated account.
+"""Bybit v5 REST for reconciliation (docs/bybit.md#rest-for-reconciliation), served from the simulated account.
 
-Signed requests are checked as Bybit does (9.1): key (10003), timestamp within
+Signed requests are checked as Bybit does (docs/bybit.md#signing): key (10003), timestamp within
 ``[server - recv_window, server + 1000)`` (10002), HMAC over
 ``timestamp + key + recv_window + queryString`` (10004, echoing the origin string).
 Errors are HTTP 200 with ``retCode != 0`` (9.2). Lists page with ``nextPageCursor``;
@@ -220,7 +220,7 @@ def _positions(account, q, now_ms):
     out = []
     for p in items:
         rec = _strip(p, _POS_WS_ONLY)
-        rec["avgPrice"] = rec.pop("entryPrice")               # REST name (PROTOCOL.md 9.7)
+        rec["avgPrice"] = rec.pop("entryPrice")               # REST name (docs/bybit.md#positions)
         out.append(rec)
     return {"category": cat, "list": out, "nextPageCursor": cursor}
 

@@ -1,7 +1,7 @@
 """Interpreting a subscribe acknowledgement for one request (pure).
 
 Bybit doesn't document what happens to the other topics of a request with one bad
-topic (PROTOCOL.md 4.2), so both readings are handled: the named bad topic fails,
+topic (docs/bybit.md#subscribe-unsubscribe-and-acks), so both readings are handled: the named bad topic fails,
 and every other topic of the request is subscribed again on its own. If Bybit had
 subscribed them after all, that retry answers "already subscribed", which counts as
 success.

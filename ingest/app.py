@@ -69,7 +69,7 @@ class Ingest:
         self._private_held = asyncio.Event()
         self._taken: list[tuple] = []        # (Acquired, Lease) to announce once their topics are held
         self.reconciler = None
-        if settings.has_private:       # account state comes from Bybit's REST API too (issue 7)
+        if settings.has_private:       # no snapshot on subscribe: account state comes from Bybit's REST API too
             # what it sends goes out only while this instance owns the private unit
             gate = UnitGate(self.handoff, lambda: self.coord.held.get(PRIVATE_UNIT)
                             if self.coord.owns(PRIVATE_UNIT) else None)

@@ -1,4 +1,4 @@
-"""Private-stream authentication (PROTOCOL.md 2) with Bybit's server time.
+"""Private-stream authentication (docs/bybit.md#authentication-and-server-time) with Bybit's server time.
 
 ``expires`` is computed from an estimate of Bybit's clock (offset measured with
 ``GET /v5/market/time``), so a skewed host clock doesn't cause "Params Error".

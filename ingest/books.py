@@ -1,4 +1,4 @@
-"""Order-book stream integrity per topic (PROTOCOL.md 6.2, facts 7-8). Pure state machine.
+"""Order-book stream integrity per topic (docs/bybit.md#order-books). Pure state machine.
 
 A delta before any snapshot, a gap in ``u`` or ``seq`` going backwards makes the topic
 resync (resubscribe just that topic); any snapshot, including ``u == 1`` after a

@@ -1,4 +1,5 @@
-"""Classify what Bybit sends on a socket (PROTOCOL.md 5.1). Pure: bytes in, record out."""
+"""Classify what Bybit sends on a socket (docs/bybit.md#push-envelope-and-frame-classification).
+Pure: bytes in, record out."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Bybit's subscription limits as pure planning functions (PROTOCOL.md 4.3).
+"""Bybit's subscription limits as pure planning functions (docs/bybit.md#subscription-limits).
 
 - spot: at most 10 args per subscribe request;
 - option: at most 2,000 topics per connection;

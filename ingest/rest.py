@@ -1,6 +1,6 @@
-"""Bybit v5 REST client for reconciliation (PROTOCOL.md section 9), on httpx.AsyncClient.
+"""Bybit v5 REST client for reconciliation (docs/bybit.md#rest-for-reconciliation), on httpx.AsyncClient.
 
-- Signing (9.1): ``X-BAPI-SIGN = hex(HMAC_SHA256(secret, timestamp + key + recv_window + query))``;
+- Signing: ``X-BAPI-SIGN = hex(HMAC_SHA256(secret, timestamp + key + recv_window + query))``;
   the query string is built once and that exact string is both signed and sent.
 - Timestamps come from Bybit's clock (offset measured with ``GET /v5/market/time``).
 - Every answer's ``retCode`` is checked: anything but 0 raises ``RestError``. A failed call
@@ -31,7 +31,7 @@ from common.runtime import backoff_s, clock_offset_ms
 from ingest import metrics
 
 log = get_logger(__name__)
-RETRY_CODES = frozenset({10016, 10019})      # server-side errors worth another try (PROTOCOL.md 8, 9.2)
+RETRY_CODES = frozenset({10016, 10019})      # server-side errors worth another try (docs/bybit.md#errors-and-retcodes)
 RATE_LIMIT, TIMESTAMP = 10006, 10002
 BAN_S = 600.0        # Bybit: after a 403 "access too frequent", no call for at least 10 minutes
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.,%:\-]*")

@@ -63,9 +63,10 @@ class Session:
 async def heartbeat(session: Session, ping_every: float, dead_after: float) -> None:
     """JSON ping every ping_interval; no pong (or no frame at all) within dead_after: dead.
 
-    Stricter than PROTOCOL.md's "no pong and no frame": data still arriving on a socket whose
-    pings go unanswered is not trusted, since Bybit answers every ping and a server that
-    stops reading our frames won't take a subscribe or a resync either."""
+    Stricter than "dead when neither pong nor frame arrives": data still arriving on a socket
+    whose pings go unanswered is not trusted, since Bybit answers every ping and a server that
+    stops reading our frames won't take a subscribe or a resync either
+    (docs/bybit.md#heartbeat-and-dead-links)."""
     tick = min(1.0, ping_every / 4)
     last_ping = 0.0
     n = itertools.count(1)

@@ -1,6 +1,6 @@
 """supervisord event payloads -> typed records and what to do about them. Pure: no I/O.
 
-Payload headers (supervisor 4.3, ecosystem.md section 10): every PROCESS_STATE event has
+Payload headers (supervisor 4.3's event documentation): every PROCESS_STATE event has
 ``processname``, ``groupname``, ``from_state``; EXITED adds ``expected`` and ``pid``,
 STOPPED and RUNNING add ``pid``, BACKOFF and STARTING add ``tries``; FATAL has no pid.
 """

@@ -41,7 +41,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     POSITIONS: ("category", "symbol", "position_idx"),
 }
 
-# PROTOCOL.md 10.13. Triggered is a momentary step from Untriggered to New: still open.
+# docs/bybit.md#orders. Triggered is a momentary step from Untriggered to New: still open.
 OPEN_STATUSES = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})
 TERMINAL_STATUSES = frozenset({"Filled", "Cancelled", "Rejected", "PartiallyFilledCanceled", "Deactivated"})
 
@@ -167,7 +167,7 @@ def order_row(rec: dict, source: str, event_id: str, category: str | None = None
               _dec(rec, "qty"), _dec(rec, "avgPrice"), _dec(rec, "leavesQty"), _dec(rec, "cumExecQty"),
               _dec(rec, "cumExecValue"), _ms(rec, "createdTime", required=False), updated, source,
               event_id, _raw(rec))
-    # A terminal status outranks any open one whatever the timestamps (PROTOCOL.md 7.2).
+    # A terminal status outranks any open one whatever the timestamps (cancel/fill races: docs/bybit.md#orders).
     return Row(ORDERS, (order_id,), (0 if is_open else 1, updated), values, event_id)
 
 
@@ -191,7 +191,7 @@ def position_row(rec: dict, source: str, event_id: str, category: str | None = N
     symbol = _text(rec, "symbol", True)
     idx = _int(rec, "positionIdx", required=True)
     updated = _ms(rec, "updatedTime")
-    # WS calls the entry price entryPrice, REST avgPrice (PROTOCOL.md 9.7).
+    # WS calls the entry price entryPrice, REST avgPrice (docs/bybit.md#positions).
     entry = _dec(rec, "entryPrice") if "entryPrice" in rec else _dec(rec, "avgPrice")
     values = (cat, symbol, idx, _text(rec, "side"), _dec(rec, "size"), entry, _dec(rec, "markPrice"),
               _dec(rec, "leverage"), _dec(rec, "unrealisedPnl"), _dec(rec, "cumRealisedPnl"),

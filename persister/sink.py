@@ -2,7 +2,7 @@
 
 Rows go through COPY into a temporary staging table per table, then one prepared
 ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE <guard>`` per table
-(research/ecosystem.md section 8: about twice execute_values). The guard is the
+(about twice as fast as execute_values; docs/decisions/persister-staging-tables.md). The guard is the
 rank rule of ``persister.rows`` in SQL, so a replayed or late event changes
 nothing. When a batch fails on its data, it is written again row by row under
 savepoints: the rows PostgreSQL refuses go to ``dead_letters`` and the others

@@ -38,7 +38,7 @@ CONFIRM_LATENCY = Histogram("wsgw_publisher_confirm_latency_seconds", "basic.pub
                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 RECEIVED_TO_CONFIRMED = Histogram(
     "wsgw_publisher_received_to_confirmed_seconds",
-    "Bybit frame received by ingest -> confirmed by RabbitMQ (DESIGN.md's latency target)",
+    "Bybit frame received by ingest -> confirmed by RabbitMQ (the latency target of docs/performance.md)",
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 

@@ -1,7 +1,8 @@
 """The publisher process: ZeroMQ PULL in, RabbitMQ (publisher confirms) out.
 
 One asyncio loop holds everything: the PULL socket (drained in batches with
-NOBLOCK on a shadow socket, ecosystem.md section 3), the pika connection
+NOBLOCK, the loop watching its FD: zmq.asyncio's futures cost more per wake-up
+than handling an envelope, see ``_on_readable``), the pika connection
 (``publisher.amqp``), the pure pipeline (``publisher.pipeline``), the bounded
 outbox (``publisher.outbox``), and a once-a-second housekeeping task (status
 file, metrics, gap state). The first SIGTERM stops intake, waits (bounded) for

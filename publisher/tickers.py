@@ -1,4 +1,4 @@
-"""Ticker delta merging (PROTOCOL.md 6.4): every published ``tickers`` event
+"""Ticker delta merging (docs/bybit.md#tickers): every published ``tickers`` event
 carries a complete ticker.
 
 linear/inverse send a snapshot, then deltas holding only the fields that

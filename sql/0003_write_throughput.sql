@@ -1,5 +1,5 @@
 -- depends: 0002_account_state
--- Write throughput (issue 5): every index costs each upsert, and an in-place update of a row
+-- Write throughput: every index costs each upsert, and an in-place update of a row
 -- whose indexed columns do not change is cheap only if its page has room (a HOT update: no
 -- index entry, a smaller WAL record). Measured with bench/persister_bench.py; the API's order
 -- queries with EXPLAIN ANALYZE on 200,000 orders (persister/README.md).

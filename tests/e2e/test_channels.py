@@ -1,4 +1,4 @@
-"""Issue 3 end to end: every channel of every category reaches its ws-gateway.* queue, and
+"""End to end: every channel of every category reaches its ws-gateway.* queue, and
 ingest killed with -9 under supervisord is back with every subscription within 5 s."""
 from __future__ import annotations
 

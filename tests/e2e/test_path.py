@@ -1,4 +1,4 @@
-"""Issue 2's path end to end: REST → PostgreSQL → ZeroMQ → ingest → simulator → publisher →
+"""A subscription's path end to end: REST → PostgreSQL → ZeroMQ → ingest → simulator → publisher →
 RabbitMQ, status written back through the persister, under supervisord."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3 against the simulator over real sockets: connections, limits, liveness, reconnect,
+"""ingest against the simulator over real sockets: connections, limits, liveness, reconnect,
 acks, book integrity, private auth and rotation. ingest runs as its own process."""
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_private_rotation_loses_no_account_event(ingest, ingest_db, sim):
     def seen(kind):
         frames = [e.json() for e in ingest.publisher.frames(kind, "private")]
         # pushes held during a REST reconciliation that REST already covered (same or newer state)
-        # are dropped: their state arrives as a `rest` envelope instead (issue 7)
+        # are dropped: their state arrives as a `rest` envelope instead
         rest = [x for e in ingest.publisher.of_kind("rest", kind) for x in e.json()["list"]]
         if kind == "execution":
             return {x["execId"] for f in frames for x in f["data"]} | {x["execId"] for x in rest}

@@ -112,7 +112,7 @@ def test_twelve_consumers_each_get_every_event(publisher, broker):
         ids = {body["event_id"] for _m, _p, body in broker.drain(queues[0], n)}
         assert len(ids) == n
         assert pub.status()["returned"] == {}
-        # received -> confirmed latency: every confirmed event counted once (DESIGN's target metric)
+        # received -> confirmed latency: every confirmed event counted once (the latency target's metric)
         wait_for(lambda: sum(pub.status()["received_to_confirmed_ms"]["counts"]) == n, timeout=5,
                  message="every confirmed event in the latency counts")
         lat = pub.status()["received_to_confirmed_ms"]

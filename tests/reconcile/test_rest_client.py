@@ -1,4 +1,4 @@
-"""ingest/rest.py without a network: signing vectors (PROTOCOL.md 9.1), paging, and every error
+"""ingest/rest.py without a network: signing vectors (docs/bybit.md#signing), paging, and every error
 class backing off (delays injected, never slept) and raising instead of reading as empty."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subscribe/unsubscribe acks, failures and pongs in each endpoint's shape (PROTOCOL.md 3-4, 8)."""
+"""Subscribe/unsubscribe acks, failures and pongs in each endpoint's shape (docs/bybit.md#subscribe-unsubscribe-and-acks)."""
 from __future__ import annotations
 
 import pytest

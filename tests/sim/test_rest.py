@@ -1,4 +1,4 @@
-"""The simulator's signed REST account endpoints (PROTOCOL.md 9): auth errors as Bybit gives
+"""The simulator's signed REST account endpoints (docs/bybit.md#rest-for-reconciliation): auth errors as Bybit gives
 them, shapes of tests/frames/rest_*.json, cursor paging, scripted faults, ground truth."""
 from __future__ import annotations
 
@@ -155,4 +155,4 @@ def test_instruments_page_with_a_cursor(sim):
     one = call(sim, "/v5/market/instruments-info", "category=linear&symbol=ETHUSDT", signed=False).json()
     assert [i["symbol"] for i in one["result"]["list"]] == ["ETHUSDT"]
     spot = call(sim, "/v5/market/instruments-info", "category=spot", signed=False).json()["result"]
-    assert "nextPageCursor" not in spot                      # spot does not paginate (PROTOCOL.md 9.4)
+    assert "nextPageCursor" not in spot                      # spot does not paginate (docs/bybit.md#instruments)
