@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every benchmark in one go, one table: each DESIGN.md target, its measured figure, pass/fail.
+"""Every benchmark in one go, one table: each target of docs/performance.md, its measured figure, pass/fail.
 
     .venv/bin/python bench/run_all.py [--quick] [--out docs/bench/latest.md]
 
@@ -120,7 +120,7 @@ def gateway_phase(args) -> dict:
             t1 = time.time()
             pub = status_file(gw, "publisher")
             lat1 = pub.get("received_to_confirmed_ms")
-            if lat0 and lat1:      # DESIGN's own measure: ingest's receive time -> RabbitMQ's confirm
+            if lat0 and lat1:      # the latency target's own measure: ingest's receive time -> RabbitMQ's confirm
                 out["confirmed"] = {"events": sum(lat1["counts"]) - sum(lat0["counts"]),
                                     **{f"p{p}": percentile_ms(lat0, lat1, p) for p in (50, 90, 99, 99.9)}}
             depths = QueueDepths(amqp_url)
