@@ -135,6 +135,8 @@ def gateway_phase(args) -> dict:
                              "p50": percentile(hist, 50), "p99": percentile(hist, 99), "max": max(hist) if hist else None,
                              "gaps": run.gaps() - gaps0, "dropped": run.drops() - drops0, "backlog": backlog}
             out["rss_steady"] = sampler.stop()
+            if args.only_steady:
+                return out
             out["drop"] = run.measure("drop_public", run.drop("linear"))
             out["kill9_publisher"] = run.measure("kill9_publisher", run.kill9("publisher"))
 
@@ -495,6 +497,11 @@ def overload_phase(args) -> dict:
                                     if "dropped in" in str(e["data"].get("reason"))])
                 acct = run.measure(f"overload_{mult}x", lambda res: None)
                 run.sim_rate(rate=0, account_rate=0)        # quiet while the forwarder is measured
+                # and nothing of this step still waiting in ingest or the publisher (it would be
+                # CPU counted against the forwarder's run)
+                wait_for(lambda: status_file(gw, "ingest")["handoff"]["publisher"]["buffered"] == 0
+                         and (p := status_file(gw, "publisher"))["buffered"] == 0 and p["unconfirmed"] == 0,
+                         60, interval=0.5, message="the gateway's backlog drained")
                 cpu = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
                 tree = sum(v for k, v in cpu.items() if k in TREE)
                 out["bare_runs"].append(bare_run(args, gw, ref, consumer, amqp_url, topics, rmq))
@@ -724,6 +731,8 @@ def main(argv=None) -> int:
     ap.add_argument("--flood", type=float, default=10)
     ap.add_argument("--overload", type=float, default=15, help="seconds per overload step (1x, 2x, 4x)")
     ap.add_argument("--only-overload", action="store_true", help="the overload table alone (printed, not written)")
+    ap.add_argument("--only-steady", action="store_true",
+                    help="the 5,000 frames/s latency alone (received -> confirmed; printed, not written)")
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the bench itself)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench" / "latest.md"))
     args = ap.parse_args(argv)
@@ -732,6 +741,13 @@ def main(argv=None) -> int:
         args.duration, args.flood, args.overload = 5, 4, 6
     if args.only_overload:
         print("\n".join(overload_rows(overload_phase(args))))
+        return 0
+    if args.only_steady:
+        gw = gateway_phase(args)
+        cf, st = gw.get("confirmed") or {}, gw["steady"]
+        print(f"received -> confirmed at {args.rate:,.0f} frames/s: " + ", ".join(f"{k} {v}" for k, v in cf.items())
+              + f"; to the consumer p50 {st['p50']} ms, p99 {st['p99']} ms, {st['per_s']:,.0f}/s consumed; "
+              f"RSS {gw['rss_steady']}")
         return 0
     started = time.monotonic()
     info = machine()
