@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections import Counter
 
@@ -26,6 +25,7 @@ from common.config import Settings, settings_or_exit
 from common.envelope import Envelope, EnvelopeError, Socket
 from common.freshness import BOOK_CLASSES, TOO_OLD
 from common.logs import RateLimited, get_logger, setup_logging
+from common.runtime import StopSignals
 from publisher import events as evmod, metrics
 from publisher.amqp import READY, Broker, backoff_delay
 from publisher.events import Event, FrameError
@@ -556,8 +556,8 @@ class Service:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        # the first signal stops intake and drains; the second stops waiting for confirms
+        StopSignals(lambda _sig: self.request_stop(), lambda _sig: self.request_stop()).install(loop)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self._restore_gaps()
         ctx = zmq.Context()
