@@ -147,7 +147,7 @@ class Run:
     # -- faults -------------------------------------------------------------------------------
     def kill9(self, program: str):
         def run(res: Result) -> None:
-            old = pids(self.gw)[program]
+            old = wait_for(lambda: pids(self.gw).get(program), 30, interval=0.1, message=f"{program} RUNNING")
             t0 = time.time()
             os.kill(old, signal.SIGKILL)
             res.target_s = KILL_TARGET_S
@@ -181,7 +181,8 @@ class Run:
         published is complete), counted from the new publisher being ready."""
         def run(res: Result) -> None:
             keys = [f"linear:{t}" for t in topics]
-            old = pids(self.gw)["publisher"]
+            # the fault before may have restarted it: supervisord says RUNNING after startsecs
+            old = wait_for(lambda: pids(self.gw).get("publisher"), 30, interval=0.1, message="publisher RUNNING")
             t0 = time.time()
             os.kill(old, signal.SIGKILL)
             res.target_s = TICKERS_BACK_S
