@@ -95,7 +95,9 @@ def test_kill_any_process_loses_no_account_state(chaos_gateway):
         assert resp.status_code in (200, 201), resp.text
     wait_for(lambda: len(gw.sim_subscribed("private")) == 4, 20, message="private topics subscribed")
 
-    rng = random.Random(os.getpid())
+    seed = int(os.environ.get("CHAOS_SEED") or os.getpid())
+    print(f"chaos seed {seed} (CHAOS_SEED={seed} repeats this order of kills)")
+    rng = random.Random(seed)
     actions = ["ingest", "publisher", "persister"] * 3 + ["drop"] * 3
     rng.shuffle(actions)
     deadline = time.monotonic() + CHAOS_S
