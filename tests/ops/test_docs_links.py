@@ -19,7 +19,7 @@ README_MAX_BYTES = 12 * 1024
 # Files that exist only where the gateway was designed, not in this repository.
 # DESIGN and PROTOCOL in capitals name those files ("a no-op by design" is fine).
 FOREIGN = re.compile(r"\bDESIGN\b|\bPROTOCOL\b|(?i:design\.md|protocol\.md|ecosystem\.md|peers\.md|\.\./shared"
-                     r"|/work/shared|\bresearch section\b|\bissues?\s+#?\d+)")
+                     r"|/work" r"/shared|\bresearch section\b|\bissues?\s+#?\d+)")
 # Benchmark narrative by time of day: "the run of 13:13", "at 13:47", "runs of 11:13-12:07".
 TIME_OF_DAY = re.compile(r"\b(?:runs?|at|the|since|before|after|from|until|of)\s+\d{1,2}:\d{2}\b"
                          r"|\b\d{1,2}:\d{2}\s*(?:-|–|to)\s*\d{1,2}:\d{2}\b", re.I)
