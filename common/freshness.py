@@ -49,7 +49,9 @@ def needs_snapshot(endpoint: str, topic: str) -> bool:
 class MarketQueues:
     """Waiting market items, one FIFO per class, taken earliest deadline first.
 
-    An entry is ``[deadline_ns, size, cls, item]``; ``size`` counts towards ``bytes``.
+    An entry is ``(deadline_ns, size, cls, item)``; ``size`` counts towards ``bytes``. A tuple, not
+    a list: a tuple of bytes, strings and ints (ingest's waiting frames) is left alone by Python's
+    garbage collector, which otherwise walked 100,000 waiting frames again and again in a flood.
     """
 
     __slots__ = ("bounds", "queues", "n", "bytes")
@@ -66,9 +68,9 @@ class MarketQueues:
     def __bool__(self) -> bool:
         return self.n > 0
 
-    def _entry(self, cls: str, recv_ns: int, size: int, item) -> list:
+    def _entry(self, cls: str, recv_ns: int, size: int, item) -> tuple:
         bound = self.bounds.get(cls)
-        return [recv_ns + bound if bound is not None and recv_ns > 0 else NEVER, size, cls, item]
+        return (recv_ns + bound if bound is not None and recv_ns > 0 else NEVER, size, cls, item)
 
     def append(self, cls: str, recv_ns: int, size: int, item) -> None:
         q = self.queues.get(cls)
@@ -87,6 +89,13 @@ class MarketQueues:
         self.n += 1
         self.bytes += size
 
+    def put_back(self, entries: list[tuple]) -> None:
+        """Entries just taken (``pop``, in that order) back where they were."""
+        for entry in reversed(entries):
+            self.queues[entry[2]].appendleft(entry)
+            self.n += 1
+            self.bytes += entry[1]
+
     def earliest(self) -> deque | None:
         """The class queue whose head has the earliest deadline (None when empty)."""
         best, best_at = None, NEVER + 1
@@ -95,19 +104,19 @@ class MarketQueues:
                 best, best_at = q, q[0][0]
         return best
 
-    def take(self, q: deque) -> list:
+    def take(self, q: deque) -> tuple:
         """Remove and return the head entry of ``q`` (from ``earliest``)."""
         entry = q.popleft()
         self.n -= 1
         self.bytes -= entry[1]
         return entry
 
-    def pop(self) -> list | None:
+    def pop(self) -> tuple | None:
         """The entry with the earliest deadline, removed (None when empty)."""
         q = self.earliest()
         return None if q is None else self.take(q)
 
-    def expired(self, now_ns: int) -> list[list]:
+    def expired(self, now_ns: int) -> list[tuple]:
         """Remove and return every entry whose deadline has passed (the heads of each class:
         within a class entries arrive in receive order)."""
         out = []

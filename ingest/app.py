@@ -11,7 +11,7 @@ import time
 from common import addresses
 from common.config import ConfigError, settings_or_exit
 from common.logs import get_logger, setup_logging
-from common.runtime import StopSignals, status_doc, write_status
+from common.runtime import StopSignals, status_doc, tune_gc, write_status
 from ingest import recorder
 from ingest.desired import load_desired
 from ingest.control import ControlServer
@@ -41,6 +41,7 @@ def main() -> None:
         except ConfigError as exc:   # as a bad setting: exit 2 naming it
             log.critical("bad_setting", error=str(exc))
             sys.exit(2)
+    tune_gc()
     try:
         code = asyncio.run(run(settings))
     except Exception:
@@ -55,7 +56,8 @@ class Ingest:
     def __init__(self, settings):
         self.settings = settings
         settings.status_dir.mkdir(parents=True, exist_ok=True)
-        self.handoff = Handoff(settings.run_dir, settings.handoff_buffer, settings.handoff_buffer_mb)
+        self.handoff = Handoff(settings.run_dir, settings.handoff_buffer, settings.handoff_buffer_mb,
+                               linger_s=settings.handoff_linger_ms / 1000)
         self.mgr = Manager(settings, self.handoff)
         self.recorder = None
         if settings.record_dir is not None:

@@ -16,7 +16,7 @@ import zmq
 
 from common import addresses
 from common.config import settings_or_exit
-from common.envelope import Envelope, EnvelopeError
+from common.envelope import Envelope, EnvelopeError, unpack
 from common.logs import RateLimited, get_logger, setup_logging
 from common.runtime import StopSignals, backoff_s, status_doc, write_status
 from persister import metrics
@@ -86,8 +86,20 @@ class Persister:
             except zmq.Again:
                 break
             n += 1
-            self.handle(parts)
+            self.take(parts)
         return n
+
+    def take(self, parts: list[bytes]) -> None:
+        """One message from ingest: one envelope, or several packed in one."""
+        try:
+            envelopes = unpack(parts)
+        except EnvelopeError as exc:
+            self.bad_input += 1
+            metrics.BAD_INPUT.labels("bad_envelope").inc()
+            self.bad_log("warning", "bad_input", reason="bad_envelope", error=str(exc)[:300])
+            return
+        for one in envelopes:
+            self.handle(one)
 
     def handle(self, parts: list[bytes]) -> None:
         self.received += 1

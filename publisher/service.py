@@ -22,10 +22,10 @@ import zmq
 from common import addresses, classify
 from common.classify import UnknownTopic
 from common.config import Settings, settings_or_exit
-from common.envelope import Envelope, EnvelopeError, Socket
+from common.envelope import BATCH, Envelope, EnvelopeError, Socket, unpack
 from common.freshness import BOOK_CLASSES, TOO_OLD
 from common.logs import RateLimited, get_logger, setup_logging
-from common.runtime import StopSignals
+from common.runtime import StopSignals, tune_gc
 from publisher import events as evmod, metrics
 from publisher.amqp import READY, Broker, backoff_delay
 from publisher.events import Event, FrameError
@@ -37,7 +37,7 @@ from publisher import retention
 log = get_logger("publisher")
 
 DRAIN_BATCH = 1000
-RCVHWM = 250
+RCVHWM = 16       # messages: ingest sends up to 32 frames in one (ingest/handoff.py HWM, MAX_BATCH)
 INTAKE_HIGH_MIN = 500
 STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
 # `supervisorctl stop all` signals ingest at the same moment: keep taking envelopes until it
@@ -208,6 +208,19 @@ class Service:
                 return
 
     def _take(self, parts: list[bytes]) -> None:
+        if parts and parts[0] == BATCH:      # several envelopes in one message
+            try:
+                envelopes = unpack(parts)
+            except EnvelopeError as exc:
+                self.tally.bad_input["envelope"] += 1
+                self.rl("warning", "bad envelope", error=str(exc))
+                return
+            for one in envelopes:
+                self._take_one(one)
+        else:
+            self._take_one(parts)
+
+    def _take_one(self, parts: list[bytes]) -> None:
         try:
             self.handle(parts)
         except Exception as exc:    # a bug must cost one envelope, never the intake (or the stop)
@@ -693,6 +706,7 @@ def main() -> int:
     # pika logs each failed connect three times at ERROR; our own "broker connect failed" line suffices.
     for name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    tune_gc()
     try:
         return asyncio.run(Service(settings).run())
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import orjson
 import zmq
 
 from common import addresses, control
-from common.envelope import Envelope
+from common.envelope import Envelope, unpack
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ class Capture:
             except zmq.ZMQError:
                 return
             with self.lock:
-                self.items.append(Envelope.decode(parts))
+                self.items.extend(Envelope.decode(one) for one in unpack(parts))
 
     def frames(self, topic: str | None = None, endpoint: str | None = None) -> list[Envelope]:
         with self.lock:

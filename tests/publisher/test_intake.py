@@ -13,7 +13,7 @@ import asyncio
 import zmq
 
 from common.config import load_settings
-from common.envelope import Socket
+from common.envelope import Socket, pack
 from publisher.service import Service
 from tests.publisher.conftest import account_env, market_env
 
@@ -126,3 +126,18 @@ def test_acks_pump_once_enough_of_the_window_is_free(tmp_path):
     ack(len(broker.inflight))                      # everything confirmed: pumps whatever is free
     assert len(corks) == 3 and len(broker.sent) == 215
     assert svc.tally.confirmed["trades"] == 115
+
+
+def test_a_batch_of_envelopes_is_taken_whole_and_a_broken_one_is_counted(tmp_path):
+    """ingest packs several frames into one message (common/envelope.py pack): each becomes its
+    event in order; a batch whose lengths do not add up is counted as a bad envelope, not raised."""
+    svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
+    svc.broker = _Broker(ready=False)
+    envs = [market_env(i).encode() for i in range(1, 6)]
+    svc._take(pack([(e[1], e[2]) for e in envs]))
+    assert svc._handled == 5 and svc.outbox.market_waiting == 5
+    seqs = [ev.stream_seq for ev in (svc.outbox.pop() for _ in range(5))]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))       # in order, none lost
+    broken = pack([(e[1], e[2]) for e in envs])
+    svc._take([broken[0], broken[1][:-3]])
+    assert svc.tally.bad_input["envelope"] == 1 and svc._handled == 5

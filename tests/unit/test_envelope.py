@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from common.envelope import FRAME, Envelope, EnvelopeError, json_envelope
+from common.envelope import BATCH, FRAME, Envelope, EnvelopeError, json_envelope, pack, unpack
 
 
 def test_round_trip_keeps_every_field_and_the_payload_bytes():
@@ -57,3 +57,33 @@ def test_kept_envelopes_cost_their_size_not_orjsons_buffer():
     kept = [dumps({"k": "frame", "t": "publicTrade.BTCUSDT", "s": i, "p": "epoch123"}) for i in range(40_000)]
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert len(kept) == 40_000 and grown_mb < 60
+
+
+# -- several envelopes in one message -------------------------------------------------------
+
+def test_pack_unpack_keeps_every_envelope_in_order():
+    envs = [Envelope("frame", b'{"n":%d}' % i, "linear", "publicTrade.BTCUSDT", 10 + i, i, "ep", "c1").encode()
+            for i in range(1, 6)]
+    envs.append(Envelope("frame", b"", "spot", "tickers.X", 1, 1, "ep").encode())      # empty payload
+    parts = pack([(e[1], e[2]) for e in envs])
+    assert parts[0] == BATCH and len(parts) == 2
+    back = unpack(parts)
+    assert back == [list(e) for e in envs]
+    assert [Envelope.decode(p).stream_seq for p in back] == [1, 2, 3, 4, 5, 1]
+
+
+def test_unpack_passes_a_single_envelope_through():
+    one = Envelope("system", b"{}", topic="x").encode()
+    assert unpack(one) == [one]
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([BATCH], "2 frames"),
+    ([BATCH, b"x", b"y"], "2 frames"),
+    ([BATCH, b"\x00\x00\x00\x01"], "cut short"),
+    ([BATCH, b"\x00\x00\x00\x05\x00\x00\x00\x05abc"], "overruns"),
+    ([BATCH, pack([(b"{}", b"{}")])[1] + b"\x00"], "cut short"),
+])
+def test_unpack_refuses_a_broken_batch(parts, message):
+    with pytest.raises(EnvelopeError, match=message):
+        unpack(parts)

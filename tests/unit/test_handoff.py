@@ -31,7 +31,7 @@ def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(sho
     """The hand-off writes the envelope's bytes itself (no Envelope object per frame) and, while
     ZeroMQ's queue is full, keeps frames in its buffer in order until the reader takes them."""
     from common import addresses
-    from common.envelope import Envelope
+    from common.envelope import Envelope, unpack
     from ingest.handoff import Handoff
 
     ctx = zmq.Context()
@@ -53,7 +53,7 @@ def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(sho
         deadline = time.monotonic() + 20
         while len(got) < n and time.monotonic() < deadline:
             if pull.poll(50):
-                got.append(pull.recv_multipart())
+                got.extend(unpack(pull.recv_multipart()))
             h.flush()
         assert len(got) == n and h.publisher.buffered == 0 and not h.publisher.dropped
         for i, parts in enumerate(got, 1):
