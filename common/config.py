@@ -200,10 +200,11 @@ TABLE: tuple[Setting, ...] = (
       doc="frames held for a downstream that cannot keep up, before market data is dropped"),
     S("GW_HANDOFF_BUFFER_MB", "int", 32, "ingest", field="handoff_buffer_mb", minimum=1, maximum=4096,
       doc="... and at most this many MiB of them (whichever bound comes first; keeps ingest small in a flood)"),
-    S("GW_HANDOFF_LINGER_MS", "float", 1.0, "ingest", field="handoff_linger_ms", minimum=0.0, maximum=20.0,
-      doc="frames that arrive within this many ms of the last hand-off wait for it to end and go to the "
-          "publisher together (one wake-up and one write per batch down the whole chain, instead of per "
-          "frame); a frame after a quiet spell goes at once. 0: every frame at once. 0-20"),
+    S("GW_HANDOFF_LINGER_MS", "float", 0.0, "ingest", field="handoff_linger_ms", minimum=0.0, maximum=20.0,
+      doc="how ingest groups frames for the publisher (up to 32 in one message: one wake-up and one write per "
+          "batch down the whole chain instead of per frame). 0: the frames read in one turn of ingest's loop go "
+          "together at its end (a flood is read many a turn; adds no wait). Above 0: frames within this many ms "
+          "of the last hand-off wait for it to end, batching steady traffic too at up to that much latency. 0-20"),
     S("MARKET_MAX_AGE_MS_BOOKS", "int", 500, "ingest", field="market_max_age_ms_books", minimum=50, maximum=60_000,
       doc="order-book events (`orderbook`, `orderbook_rpi`) older than this (ms since ingest received them) are "
           "dropped, not published (ingest's hand-off and the publisher alike; account and system events never "
@@ -399,7 +400,7 @@ class Settings:
     max_new_connections_5min: int = 400
     handoff_buffer: int = 100_000
     handoff_buffer_mb: int = 32
-    handoff_linger_ms: float = 1.0
+    handoff_linger_ms: float = 0.0
     # market data older than this since ingest received it is dropped before it is published
     # (ingest's hand-off and the publisher alike); account and system events never are
     market_max_age_ms_books: int = 500

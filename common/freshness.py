@@ -6,9 +6,13 @@ it informs. Each market class has an age bound, measured from ingest's receive t
 (``recv_ns``); past it an event is dropped instead of published. Account and system events have
 no bound: they are never dropped.
 
-``MarketQueues`` holds waiting market items one FIFO per class and hands them out earliest
-deadline first (``recv_ns + bound``), so a book received now is not stuck behind seconds of
-trades that are still within their longer bound; expired heads are taken out first.
+``MarketQueues`` holds waiting market items one FIFO per class. The class with the shortest
+bound goes first (books and tickers before trades; between equal bounds the older head), and
+when memory is full the oldest item of the class with the longest bound is dropped: so a book
+received now is never stuck behind seconds of trades, whatever the load. (Earliest deadline
+first, tried before, fails exactly under overload: trades about to expire always had the
+earlier deadline, a fresh book waited behind them until it expired too, and a flood could
+deliver no ticker at all.) Expired heads are taken out first.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ def needs_snapshot(endpoint: str, topic: str) -> bool:
 
 
 class MarketQueues:
-    """Waiting market items, one FIFO per class, taken earliest deadline first.
+    """Waiting market items, one FIFO per class, taken shortest bound first (``pop``); the
+    longest-bound class gives way when memory is full (``pop_victim``).
 
     An entry is ``(deadline_ns, size, cls, item)``; ``size`` counts towards ``bytes``. A tuple, not
     a list: a tuple of bytes, strings and ints (ingest's waiting frames) is left alone by Python's
@@ -96,25 +101,39 @@ class MarketQueues:
             self.n += 1
             self.bytes += entry[1]
 
-    def earliest(self) -> deque | None:
-        """The class queue whose head has the earliest deadline (None when empty)."""
-        best, best_at = None, NEVER + 1
-        for q in self.queues.values():
-            if q and q[0][0] < best_at:
-                best, best_at = q, q[0][0]
+    def next_queue(self) -> deque | None:
+        """The class queue to send from: the shortest bound, between equal bounds the earliest
+        head (None when empty)."""
+        best, best_b, best_d, bounds = None, 0, 0, self.bounds
+        for cls, q in self.queues.items():
+            if q:
+                b, d = bounds.get(cls, NEVER), q[0][0]
+                if best is None or b < best_b or (b == best_b and d < best_d):
+                    best, best_b, best_d = q, b, d
         return best
 
     def take(self, q: deque) -> tuple:
-        """Remove and return the head entry of ``q`` (from ``earliest``)."""
+        """Remove and return the head entry of ``q`` (from ``next_queue``)."""
         entry = q.popleft()
         self.n -= 1
         self.bytes -= entry[1]
         return entry
 
     def pop(self) -> tuple | None:
-        """The entry with the earliest deadline, removed (None when empty)."""
-        q = self.earliest()
+        """The next entry to send, removed (None when empty)."""
+        q = self.next_queue()
         return None if q is None else self.take(q)
+
+    def pop_victim(self) -> tuple | None:
+        """The entry to drop when memory is full, removed: the oldest of the class with the
+        longest bound (trades before books), between equal bounds the earliest head."""
+        best, best_b, best_d, bounds = None, 0, 0, self.bounds
+        for cls, q in self.queues.items():
+            if q:
+                b, d = bounds.get(cls, NEVER), q[0][0]
+                if best is None or b > best_b or (b == best_b and d < best_d):
+                    best, best_b, best_d = q, b, d
+        return None if best is None else self.take(best)
 
     def expired(self, now_ns: int) -> list[tuple]:
         """Remove and return every entry whose deadline has passed (the heads of each class:

@@ -2,9 +2,9 @@
 
 Each frame gets its per-(endpoint, topic) ``stream_seq`` here. Sends use NOBLOCK;
 when a downstream can't take more (its HWM is reached), frames wait in a bounded
-buffer, one FIFO per market class sent earliest deadline first (common/freshness.py):
+buffer, one FIFO per market class, the shortest bound's class sent first (common/freshness.py):
 a market frame older than its class's age bound is dropped rather than sent, and past
-the count or byte bound the frame nearest its deadline goes; both are counted per class
+the count or byte bound the oldest frame of the longest-bound class goes; both are counted per class
 and stream and announced (``system.events_dropped``, ``where: ingest``). Account frames
 are kept. The publisher sees the hole in ``stream_seq`` and heals books and tickers.
 """
@@ -26,11 +26,11 @@ from ingest import metrics
 
 log = get_logger(__name__)
 # ZeroMQ's own queue per downstream (messages of up to MAX_BATCH frames). Small on purpose: in a
-# flood the excess waits in our buffer, where it is bounded in bytes, sent earliest deadline first
+# flood the excess waits in our buffer, where it is bounded in bytes, sent books and tickers first
 # and dropped by class, not in ZeroMQ's FIFO. (At 2,000 frames here and 2,000 in the publisher's
 # receive queue a saturated publisher read books 0.5-0.6 s old at 6,000 frames/s, most dropped
 # as too old.)
-HWM = 16
+HWM = 8
 MAX_BATCH = 32            # frames per message when several go at once (common/envelope.py pack)
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 DROP_NOTICE_EVERY_S = 5.0
@@ -100,7 +100,7 @@ class Downstream:
             market = self.market
             market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
             while len(market) > self.bound or market.bytes > self.bound_bytes:
-                self._drop(market.pop(), freshness.BUFFER_FULL)
+                self._drop(market.pop_victim(), freshness.BUFFER_FULL)
 
     def _drop(self, entry: tuple, reason: str) -> None:
         cls, (_, endpoint, topic, seq) = entry[2], entry[3]
@@ -208,7 +208,9 @@ class Handoff:
     ZeroMQ costs a wake-up of its I/O thread, a socket write, and a wake-up of the publisher and a
     write to RabbitMQ downstream (at 5,000 frames/s one by one, these were most of the gateway's CPU).
     Frames closer together than ``linger_s`` go out together at the end of it, so the whole chain
-    works in batches; a frame after a quiet spell goes at once. 0: every frame at once."""
+    works in batches; a frame after a quiet spell goes at once. 0: the frames read in one turn of
+    the event loop go together at its end (a flood is read many frames a turn). Without a running
+    loop (tests, tools) every frame goes at once."""
 
     def __init__(self, run_dir, bound: int, bound_mb: int = 32, ctx: zmq.Context | None = None,
                  max_age_ns: dict[str, int] | None = None, linger_s: float = 0.0):
@@ -222,7 +224,7 @@ class Handoff:
         self._last_notice = 0.0
         self.linger_s = linger_s
         self._held: list[tuple] = []           # (parts, cls, recv_ns, endpoint, topic, seq) waiting for linger
-        self._release_at: asyncio.TimerHandle | None = None
+        self._release_at: asyncio.Handle | None = None
         self._released = 0.0                   # monotonic time of the last release
         self.batches = self.batched = 0        # releases of held frames, and the frames in them
 
@@ -246,7 +248,7 @@ class Handoff:
         parts = (VERSION, dumps(header), raw)     # a tuple: untracked by the garbage collector while it waits
         if self._release_at is not None:
             self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
-        elif self.linger_s > 0 and time.monotonic() - self._released < self.linger_s and self._hold():
+        elif (self.linger_s <= 0 or time.monotonic() - self._released < self.linger_s) and self._hold():
             self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
         else:
             self._released = time.monotonic()
@@ -259,13 +261,17 @@ class Handoff:
             self.persister.send(parts, cls)
 
     def _hold(self) -> bool:
-        """Schedule the release of held frames at the end of the linger (False: no loop to do it)."""
+        """Schedule the release of held frames at the end of the linger, or of this loop turn
+        (False: no loop to do it)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        self._release_at = loop.call_at(loop.time() + self.linger_s - (time.monotonic() - self._released),
-                                        self.release)
+        if self.linger_s <= 0:
+            self._release_at = loop.call_soon(self.release)
+        else:
+            self._release_at = loop.call_at(loop.time() + self.linger_s - (time.monotonic() - self._released),
+                                            self.release)
         return True
 
     def release(self) -> None:

@@ -4,12 +4,13 @@ ingest never waits for us, so while RabbitMQ is slow or away events collect
 here. Two FIFO deques: account and system events leave first, market events after
 them; each keeps its arrival order. Past ``bound`` events (or bytes) in memory:
 
-- market events are dropped nearest their deadline first, counted per class (and per
-  stream, so the outage notice can say which ranges consumers will never see);
+- market events are dropped, the longest-bound class's oldest first (trades before books),
+  counted per class (and per stream, so the outage notice can say which ranges consumers
+  will never see);
 - a market event older than its class's age bound (``max_age_ns``, common/freshness.py)
   is dropped when its turn comes instead of being published, counted the same way under
-  reason ``too_old``; market events wait one FIFO per class and leave earliest deadline
-  first, so fresh books are not held behind seconds of trades;
+  reason ``too_old``; market events wait one FIFO per class and the class with the shorter
+  bound leaves first, so fresh books are not held behind seconds of trades;
 - account events are never dropped: once memory is full they go to an
   append-only spool file and come back, in order, as memory frees up.
 
@@ -159,7 +160,7 @@ class Outbox:
         # A notice put in front may exceed the bound by one: dropping for it would
         # make the notice's own drop counts stale.
         while not front and self.full and self._market:
-            self._drop(self._market.pop()[3], BUFFER_FULL)
+            self._drop(self._market.pop_victim()[3], BUFFER_FULL)
 
     def _drop(self, ev: Event, reason: str) -> None:
         self.bytes -= _size(ev)
@@ -203,7 +204,7 @@ class Outbox:
             else:
                 self._market.appendleft(ev.event_class, ev.recv_ns, size, ev)
         while self.full and self._market:
-            self._drop(self._market.pop()[3], BUFFER_FULL)
+            self._drop(self._market.pop_victim()[3], BUFFER_FULL)
 
     def _refill(self) -> None:
         if self.spool is not None and self.spool.depth and not self._account:
@@ -214,8 +215,8 @@ class Outbox:
                 self._account.append(ev)
 
     def pop(self) -> Event | None:
-        """The oldest waiting account/system event, else the market event with the earliest
-        deadline, or None. (``expire`` first drops those already too old.)"""
+        """The oldest waiting account/system event, else the next market event (the shortest
+        bound's class first), or None. (``expire`` first drops those already too old.)"""
         if not self._account:
             self._refill()
         # Account and system events go first: they are other streams than market data (each

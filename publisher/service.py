@@ -37,7 +37,7 @@ from publisher import retention
 log = get_logger("publisher")
 
 DRAIN_BATCH = 1000
-RCVHWM = 16       # messages: ingest sends up to 32 frames in one (ingest/handoff.py HWM, MAX_BATCH)
+RCVHWM = 8        # messages: ingest sends up to 32 frames in one (ingest/handoff.py HWM, MAX_BATCH)
 INTAKE_HIGH_MIN = 500
 STOP_DRAIN_S = 15.0          # under supervisord's stopwaitsecs=20
 # `supervisorctl stop all` signals ingest at the same moment: keep taking envelopes until it
@@ -108,8 +108,11 @@ class Service:
         self._sock: zmq.Socket | None = None
         self._more: asyncio.Handle | None = None
         # Market events waiting in the outbox beyond which intake pauses while the broker is
-        # up: past it we only read (and parse, and build) events to see them expire here.
-        self.intake_high = max(self.window, INTAKE_HIGH_MIN)
+        # up: past it we only read (and parse, and build) events to see them expire here. A
+        # quarter of the window keeps the window full (acks free it a few dozen at a time) and
+        # the wait short: at a full window of 2,000 a saturated publisher held books ~200 ms
+        # here on top of the window's own ~200 ms, and most expired on the way.
+        self.intake_high = max(self.window // 4, INTAKE_HIGH_MIN)
         self.intake_paused = False
         self.pump_min = max(1, min(64, self.window // 8))   # free window slots worth a pump after acks
         self._last_rx = 0.0
@@ -173,7 +176,7 @@ class Service:
     def _intake_room(self) -> int:
         """How many envelopes to take now. While the broker takes events, no more than keep
         ``intake_high`` market events waiting here: the rest wait in ingest's buffer, which sends
-        the earliest deadline first and drops what grew too old before anyone parsed it again
+        books and tickers first and drops what grew too old before anyone parsed it again
         (a saturated publisher otherwise spent its CPU on trades that expired in its outbox).
         While the broker is away, everything is taken as before: account events go to the
         spool and market events are bounded here."""
@@ -576,7 +579,7 @@ class Service:
         ctx = zmq.Context()
         sock = self._sock = ctx.socket(zmq.PULL, socket_class=Socket)
         # bounded memory, and little of it: a flood waits in ingest's buffer, where it is sent
-        # earliest deadline first and dropped by class, not in this FIFO (see ingest/handoff.py HWM)
+        # books and tickers first and dropped by class, not in this FIFO (see ingest/handoff.py HWM)
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.LINGER, 0)
         address = addresses.publisher_frames(self.s.run_dir)

@@ -2,7 +2,7 @@
 
 A market event older than its class's bound since ingest received it is dropped (ingest's
 hand-off, the publisher's intake and outbox), counted per class and stream; account and
-system events never are. Waiting market data leaves earliest deadline first. A lost book
+system events never are. Waiting market data leaves the shortest bound's class first. A lost book
 frame (or a ticker the publisher cannot complete) marks its stream for a fresh snapshot.
 """
 from __future__ import annotations
@@ -72,13 +72,34 @@ def test_which_losses_need_a_snapshot():
 
 
 # -- the queues --------------------------------------------------------------------------
-def test_earliest_deadline_first_so_fresh_books_pass_old_trades():
+def test_shorter_bound_first_so_fresh_books_pass_old_trades():
     q = MarketQueues(BOUNDS)
     for i in range(3):
         q.append("trades", NOW - (4000 - i) * MS, 10, f"t{i}")      # deadlines NOW+1000..
     q.append("orderbook", NOW - 100 * MS, 10, "b0")                  # deadline NOW+400: first
     assert [q.pop()[3] for _ in range(4)] == ["b0", "t0", "t1", "t2"]
     assert q.pop() is None and q.bytes == 0 and len(q) == 0
+
+
+def test_books_pass_trades_about_to_expire_too():
+    """Under overload the trades at the head are always about to expire; were they sent first
+    (earliest deadline), a fresh book would wait behind them until it expired as well."""
+    q = MarketQueues(BOUNDS)
+    for i in range(3):
+        q.append("trades", NOW - (4990 - i) * MS, 10, f"t{i}")      # deadlines NOW+10..12 ms
+    q.append("tickers", NOW - 50 * MS, 10, "k0")                     # deadline NOW+450
+    q.append("orderbook", NOW - 10 * MS, 10, "b0")                   # deadline NOW+490
+    assert [q.pop()[3] for _ in range(5)] == ["k0", "b0", "t0", "t1", "t2"]   # equal bounds: older head first
+
+
+def test_memory_full_drops_the_oldest_of_the_longest_bound():
+    q = MarketQueues(BOUNDS)
+    q.append("orderbook", NOW - 400 * MS, 10, "old book")
+    q.append("trades", NOW - 10 * MS, 10, "new trade")
+    q.append("trades", NOW - 5 * MS, 10, "newer trade")
+    q.append("liquidations", NOW - 1 * MS, 10, "liq")                # 30 s bound: the first to give way
+    assert [q.pop_victim()[3] for _ in range(4)] == ["liq", "new trade", "newer trade", "old book"]
+    assert q.pop_victim() is None and q.bytes == 0
 
 
 def test_expired_heads_come_out_counted_by_class():

@@ -1,5 +1,6 @@
 """ingest's hand-off never blocks and stays bounded: market frames beyond the bound (count or
-bytes) are dropped oldest first and counted by class; account frames are kept."""
+bytes) are dropped (the longest-bound class oldest first) and counted by class; account frames are kept.
+Frames that come together leave together, several to a ZeroMQ message."""
 import time
 
 import zmq
@@ -59,6 +60,84 @@ def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(sho
         for i, parts in enumerate(got, 1):
             assert parts == Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i,
                                      h.epoch, "c1", "tr", owner).encode()
+    finally:
+        h.close()
+        pull.close(0)
+        ctx.term()
+
+
+def _linger_rig(short_tmp, linger_s: float):
+    from common import addresses
+    from ingest.handoff import Handoff
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(addresses.publisher_frames(short_tmp))
+    return ctx, pull, Handoff(short_tmp, bound=10**6, ctx=ctx, linger_s=linger_s)
+
+
+def _messages(pull, want_envelopes: int) -> list[list[bytes]]:
+    """Messages as received (each a list of frames) until ``want_envelopes`` envelopes came."""
+    from common.envelope import unpack
+
+    got, n, deadline = [], 0, time.monotonic() + 10
+    while n < want_envelopes and time.monotonic() < deadline:
+        if pull.poll(50):
+            got.append(pull.recv_multipart())
+            n += len(unpack(got[-1]))
+    return got
+
+
+def test_frames_read_in_one_loop_turn_leave_together_in_order_before_a_later_notice(short_tmp):
+    import asyncio
+
+    from common.envelope import BATCH, Envelope, unpack
+    from ingest.handoff import MAX_BATCH
+    ctx, pull, h = _linger_rig(short_tmp, 0.0)
+    n = MAX_BATCH + 8            # more than one message holds
+
+    async def turn():
+        for i in range(1, n + 1):
+            h.frame("linear", "publicTrade.BTCUSDT", "trades", b'{"i":%d}' % i, time.time_ns(), "c1")
+        h.system("connection_lost", {"why": "test"})      # after the frames of this turn
+        assert h._held == []                              # released by the notice, none left behind
+
+    try:
+        asyncio.run(turn())
+        got = _messages(pull, n + 1)
+        assert [m[0] for m in got[:2]] == [BATCH, BATCH] and len(unpack(got[0])) == MAX_BATCH
+        envs = [Envelope.decode(p) for m in got for p in unpack(m)]
+        assert [e.stream_seq for e in envs[:n]] == list(range(1, n + 1))
+        assert envs[-1].kind == "system" and envs[-1].topic == "connection_lost"
+        assert h.stats()["publisher"]["lingered"] == {"frames": n, "batches": 1}
+    finally:
+        h.close()
+        pull.close(0)
+        ctx.term()
+
+
+def test_with_a_linger_the_first_frame_goes_at_once_and_the_next_wait_for_company(short_tmp):
+    import asyncio
+
+    from common.envelope import BATCH, Envelope, unpack
+    ctx, pull, h = _linger_rig(short_tmp, 0.05)
+    first_at = []
+
+    async def flow():
+        h.frame("linear", "tickers.BTCUSDT", "tickers", b'{"n":1}', time.time_ns(), "c1")
+        assert pull.poll(1000)                           # sent before anything else happened
+        first_at.append(pull.recv_multipart())
+        for i in range(2, 6):
+            h.frame("linear", "tickers.BTCUSDT", "tickers", b'{"n":%d}' % i, time.time_ns(), "c1")
+            await asyncio.sleep(0.001)
+        assert not pull.poll(0)                          # still lingering
+        await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(flow())
+        assert first_at[0][0] != BATCH
+        [batch] = _messages(pull, 4)
+        assert batch[0] == BATCH and [Envelope.decode(p).stream_seq for p in unpack(batch)] == [2, 3, 4, 5]
     finally:
         h.close()
         pull.close(0)
