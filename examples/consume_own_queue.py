@@ -46,7 +46,10 @@ def main(argv=None) -> int:
     patterns = args.pattern or ["orderbook.linear.#"]
 
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    # Ctrl-C and SIGTERM only set a flag, seen within 0.5 s: a KeyboardInterrupt raised inside
+    # pika's I/O can leave the channel half-way through a frame, and the cancel below then hangs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
     ch.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)   # same arguments as the gateway
@@ -78,8 +81,6 @@ def main(argv=None) -> int:
             handled += 1
             if args.max_messages and handled >= args.max_messages:
                 break
-    except KeyboardInterrupt:
-        pass
     finally:
         if ch.is_open:
             ch.cancel()

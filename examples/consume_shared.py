@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    # Ctrl-C and SIGTERM only set a flag, seen within 0.5 s: a KeyboardInterrupt raised inside
+    # pika's I/O can leave the channel half-way through a frame, and the cancel below then hangs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
     ch.basic_qos(prefetch_count=args.prefetch)
@@ -82,8 +85,6 @@ def main(argv=None) -> int:
             handled += 1
             if args.max_messages and handled >= args.max_messages:
                 break
-    except KeyboardInterrupt:
-        pass
     finally:
         if ch.is_open:
             ch.cancel()   # unacked prefetched messages go back to the queue

@@ -33,10 +33,15 @@ def test_consume_shared_queue(publisher, broker, amqp_url):
 
     # Ctrl-C while idle: a clean exit.
     p = _run(["examples/consume_shared.py", "--event-class", "order_status"], amqp_url)
-    wait_for(lambda: broker.ch.queue_declare("ws-gateway.order_status", passive=True).method.consumer_count == 1,
-             timeout=10, message="consumer attached")
-    p.send_signal(signal.SIGINT)
-    _out, err = p.communicate(timeout=10)
+    try:
+        wait_for(lambda: broker.ch.queue_declare("ws-gateway.order_status", passive=True).method.consumer_count == 1,
+                 timeout=10, message="consumer attached")
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:       # never leave it consuming this session's queue for later tests
+            p.kill()
+            p.wait()
     assert p.returncode == 0 and '"consumed": 0' in err
 
 
