@@ -83,8 +83,10 @@ def consumer(url: str, queue: str, expected: int, idle_s: float, ready, out) -> 
 
 
 # -- pusher process -----------------------------------------------------------------------
-def pusher(run_dir: str, rate: float, count: int, first_seq: int, epoch: str, done) -> None:
-    """PUSH ``count`` trade envelopes at ``rate``/s (0: as fast as possible)."""
+def pusher(run_dir: str, rate: float, count: int, first_seq: int, epoch: str, done, taken=None) -> None:
+    """PUSH ``count`` trade envelopes at ``rate``/s (0: as fast as possible), then keep the socket
+    open until ``taken`` is set (at most 60 s): ZeroMQ discards what a closing socket still queues
+    beyond the reader's receive HWM (the publisher's is small), even within the linger time."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 200_000)
@@ -103,6 +105,8 @@ def pusher(run_dir: str, rate: float, count: int, first_seq: int, epoch: str, do
         sock.send_multipart(Envelope("frame", payload, endpoint="linear", topic=TOPIC, recv_ns=time.time_ns(),
                                      stream_seq=first_seq + i, epoch=epoch).encode())
     done.put(time.perf_counter() - t0)
+    if taken is not None:
+        taken.wait(60)
     sock.close()
     ctx.term()
 
@@ -157,18 +161,19 @@ def pct(values: list[float], p: float) -> float:
 def run_rate(url: str, run_dir: Path, rate: float, duration: float, seq: list[int], pub: Publisher) -> dict:
     n = int(rate * duration)
     ctx = mp.get_context("spawn")
-    ready, out, done = ctx.Event(), ctx.Queue(), ctx.Queue()
+    ready, out, done, taken = ctx.Event(), ctx.Queue(), ctx.Queue(), ctx.Event()
     st0 = pub.status()
     dropped0, lat0 = sum(st0["dropped"].values()), st0.get("received_to_confirmed_ms")
     cpu0 = pub.cpu_s()
     c = ctx.Process(target=consumer, args=(url, "ws-gateway.trades", n, 3.0, ready, out))
     c.start()
     ready.wait(20)
-    p = ctx.Process(target=pusher, args=(str(run_dir), rate, n, seq[0], "bench", done))
+    p = ctx.Process(target=pusher, args=(str(run_dir), rate, n, seq[0], "bench", done, taken))
     p.start()
     push_s = done.get(timeout=duration * 10 + 60)
-    p.join()
     res = out.get(timeout=120)
+    taken.set()
+    p.join()
     c.join()
     seq[0] += n
     st1 = pub.status()
@@ -190,8 +195,8 @@ def flood(url: str, run_dir: Path, n: int, seq: list[int], pub: Publisher) -> tu
     ch = conn.channel()
     ch.queue_purge("ws-gateway.trades")
     ctx = mp.get_context("spawn")
-    done = ctx.Queue()
-    p = ctx.Process(target=pusher, args=(str(run_dir), 0, n, seq[0], "bench", done))
+    done, taken = ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=pusher, args=(str(run_dir), 0, n, seq[0], "bench", done, taken))
     p.start()
     t0 = None
     dropped0, deadline = sum(pub.status()["dropped"].values()), time.monotonic() + 300
@@ -205,6 +210,7 @@ def flood(url: str, run_dir: Path, n: int, seq: list[int], pub: Publisher) -> tu
             break
         conn.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    taken.set()
     p.join()
     seq[0] += n
     ch.queue_purge("ws-gateway.trades")
