@@ -327,7 +327,20 @@ class Handoff:
             out[d.name]["messages_batched"] = d.batches_sent     # messages that carried several frames
         return out
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 2.0) -> None:
+        """Send what still waits, for up to ``drain_s`` (the publisher and the persister keep
+        reading while the gateway stops), then close. ZeroMQ's own queues are small, so at a stop
+        under load most of what is left waits here, account frames included."""
         self.release()
+        deadline = time.monotonic() + drain_s
+        while self.publisher.buffered or self.persister.buffered:
+            self.publisher.flush()
+            self.persister.flush()
+            if not (self.publisher.buffered or self.persister.buffered) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        for d in (self.publisher, self.persister):
+            if d.buffered:
+                log.warning("handoff_unsent_at_stop", downstream=d.name, account=len(d.account), market=len(d.market))
         self.publisher.close()
         self.persister.close()

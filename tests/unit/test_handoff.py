@@ -142,3 +142,39 @@ def test_with_a_linger_the_first_frame_goes_at_once_and_the_next_wait_for_compan
         h.close()
         pull.close(0)
         ctx.term()
+
+
+def test_close_sends_what_still_waits_while_the_reader_reads(short_tmp):
+    """At a stop under load most of what is left waits in ingest's buffer (ZeroMQ's queues are a
+    few messages): close keeps flushing while the publisher still reads, so none of it is lost."""
+    import threading
+
+    from common import addresses
+    from common.envelope import Envelope, unpack
+    from ingest.handoff import Handoff
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    pull.bind(addresses.publisher_frames(short_tmp))
+    h = Handoff(short_tmp, bound=10**6, ctx=ctx)
+    n, got = 2000, []
+    try:
+        for i in range(1, n + 1):
+            h.frame("linear", "publicTrade.BTCUSDT", "trades", b'{"i":%d}' % i, time.time_ns(), "c1")
+        assert h.publisher.buffered > 0                # ZeroMQ took a few; the rest waits with us
+
+        def read():
+            deadline = time.monotonic() + 10
+            while len(got) < n and time.monotonic() < deadline:
+                if pull.poll(50):
+                    got.extend(unpack(pull.recv_multipart()))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        h.close(drain_s=5)
+        reader.join(10)
+        assert [Envelope.decode(p).stream_seq for p in got] == list(range(1, n + 1))
+    finally:
+        pull.close(0)
+        ctx.term()
