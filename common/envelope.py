@@ -13,9 +13,8 @@ on that than on the frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import struct
+from dataclasses import dataclass, field
 
 import orjson
 import zmq

@@ -104,10 +104,15 @@ class MarketQueues:
     def next_queue(self) -> deque | None:
         """The class queue to send from: the shortest bound, between equal bounds the earliest
         head (None when empty)."""
+        return self._pick(1)
+
+    def _pick(self, sign: int) -> deque | None:
+        """The non-empty class queue with the smallest ``sign * bound`` (1: shortest bound,
+        -1: longest), between equal bounds the one with the earliest head."""
         best, best_b, best_d, bounds = None, 0, 0, self.bounds
         for cls, q in self.queues.items():
             if q:
-                b, d = bounds.get(cls, NEVER), q[0][0]
+                b, d = sign * bounds.get(cls, NEVER), q[0][0]
                 if best is None or b < best_b or (b == best_b and d < best_d):
                     best, best_b, best_d = q, b, d
         return best
@@ -127,13 +132,8 @@ class MarketQueues:
     def pop_victim(self) -> tuple | None:
         """The entry to drop when memory is full, removed: the oldest of the class with the
         longest bound (trades before books), between equal bounds the earliest head."""
-        best, best_b, best_d, bounds = None, 0, 0, self.bounds
-        for cls, q in self.queues.items():
-            if q:
-                b, d = bounds.get(cls, NEVER), q[0][0]
-                if best is None or b > best_b or (b == best_b and d < best_d):
-                    best, best_b, best_d = q, b, d
-        return None if best is None else self.take(best)
+        q = self._pick(-1)
+        return None if q is None else self.take(q)
 
     def expired(self, now_ns: int) -> list[tuple]:
         """Remove and return every entry whose deadline has passed (the heads of each class:

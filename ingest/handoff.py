@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 import uuid
 
@@ -69,13 +70,11 @@ class Downstream:
         return len(self.account) + len(self.market)
 
     def send(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
-             seq: int = 0, flush: bool = True) -> None:
-        """``flush``: try to send what waits now (False: the caller flushes after a batch)."""
+             seq: int = 0) -> None:
         if not self.account and not self.market and self._try(parts):
             return
         self._wait(parts, cls, recv_ns, endpoint, topic, seq)
-        if flush:
-            self.flush()
+        self.flush()
 
     def send_many(self, entries: list[tuple]) -> None:
         """Several frames ``(parts, cls, recv_ns, endpoint, topic, seq)`` in order, MAX_BATCH to a message."""
@@ -157,7 +156,7 @@ class Downstream:
             return
         account = self.account
         while account:
-            chunk = [account[i] for i in range(min(MAX_BATCH, len(account)))]
+            chunk = list(itertools.islice(account, MAX_BATCH))
             if not self._try_batch(chunk):
                 return
             for _ in chunk:
@@ -246,9 +245,8 @@ class Handoff:
         if extra:
             header["x"] = extra
         parts = (VERSION, dumps(header), raw)     # a tuple: untracked by the garbage collector while it waits
-        if self._release_at is not None:
-            self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
-        elif (self.linger_s <= 0 or time.monotonic() - self._released < self.linger_s) and self._hold():
+        if self._release_at is not None or (
+                (self.linger_s <= 0 or time.monotonic() - self._released < self.linger_s) and self._hold()):
             self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
         else:
             self._released = time.monotonic()
@@ -333,12 +331,12 @@ class Handoff:
         under load most of what is left waits here, account frames included."""
         self.release()
         deadline = time.monotonic() + drain_s
-        while self.publisher.buffered or self.persister.buffered:
+        while True:
             self.publisher.flush()
             self.persister.flush()
             if not (self.publisher.buffered or self.persister.buffered) or time.monotonic() >= deadline:
                 break
-            time.sleep(0.005)
+            time.sleep(0.005)       # ZeroMQ's queue frees as the reader takes; nothing to wait on here
         for d in (self.publisher, self.persister):
             if d.buffered:
                 log.warning("handoff_unsent_at_stop", downstream=d.name, account=len(d.account), market=len(d.market))

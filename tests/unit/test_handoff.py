@@ -131,7 +131,9 @@ def test_with_a_linger_the_first_frame_goes_at_once_and_the_next_wait_for_compan
             h.frame("linear", "tickers.BTCUSDT", "tickers", b'{"n":%d}' % i, time.time_ns(), "c1")
             await asyncio.sleep(0.001)
         assert not pull.poll(0)                          # still lingering
-        await asyncio.sleep(0.1)
+        deadline = asyncio.get_running_loop().time() + 5
+        while h._held and asyncio.get_running_loop().time() < deadline:    # the linger's timer fires
+            await asyncio.sleep(0.005)
 
     try:
         asyncio.run(flow())
