@@ -35,6 +35,10 @@ HWM = 8
 MAX_BATCH = 32            # frames per message when several go at once (common/envelope.py pack)
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 DROP_NOTICE_EVERY_S = 5.0
+# At a stop, how long the sockets stay open after the last frame went to ZeroMQ. Its linger only
+# writes what is queued to the connection; a reader whose receive queue is full has not taken it
+# yet, and what it has not taken when the connection closes is lost (seen: the last 3-8 messages).
+STOP_GRACE_S = 0.5
 _EVENTS, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLOUT), int(zmq.NOBLOCK)   # ints: enums cost ~1 us
 MAX_DROP_STREAMS = 1000
 
@@ -327,8 +331,9 @@ class Handoff:
 
     def close(self, drain_s: float = 2.0) -> None:
         """Send what still waits, for up to ``drain_s`` (the publisher and the persister keep
-        reading while the gateway stops), then close. ZeroMQ's own queues are small, so at a stop
-        under load most of what is left waits here, account frames included."""
+        reading while the gateway stops), give the readers STOP_GRACE_S to take it, then close.
+        ZeroMQ's own queues are small, so at a stop under load most of what is left waits here,
+        account frames included."""
         self.release()
         deadline = time.monotonic() + drain_s
         while True:
@@ -340,5 +345,7 @@ class Handoff:
         for d in (self.publisher, self.persister):
             if d.buffered:
                 log.warning("handoff_unsent_at_stop", downstream=d.name, account=len(d.account), market=len(d.market))
+        if self.publisher.sent or self.persister.sent:
+            time.sleep(STOP_GRACE_S)
         self.publisher.close()
         self.persister.close()
