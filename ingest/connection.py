@@ -7,6 +7,7 @@ with backoff and resubscribes. Frames go to the manager; nothing here parses dat
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 import time
@@ -21,6 +22,7 @@ from common.topics import PRIVATE
 from ingest import acks, auth, metrics, parse, plan
 from ingest.session import Session, SessionLost, describe as _describe, heartbeat
 from ingest.supervise import supervise
+from ingest.wsclient import PushConnection
 
 log = get_logger(__name__)
 ACK_TIMEOUT_S = 10.0
@@ -189,11 +191,12 @@ class Connection:
         if self.endpoint == PRIVATE and self.settings.max_active_time:
             url += f"?max_active_time={self.settings.max_active_time}"
         ws = await asyncio.wait_for(connect(url, ping_interval=None, max_size=2 ** 24, open_timeout=10,
-                                            close_timeout=2, max_queue=1024), 15)
+                                            close_timeout=2, max_queue=1024, create_connection=PushConnection), 15)
         session = Session(ws, self.id)
         try:
             if self.endpoint == PRIVATE:
                 await self._authenticate(session)
+            ws.deliver_to(functools.partial(self._deliver, session))
             session.tasks = [asyncio.create_task(self._read(session), name=f"read-{self.id}"),
                              asyncio.create_task(self._watch(session), name=f"watch-{self.id}")]
             self._sessions.add(session)
@@ -377,39 +380,56 @@ class Connection:
 
     # -- per-session tasks ---------------------------------------------------------
     async def _read(self, session: Session) -> None:
-        ws, mgr = session.ws, self.mgr
+        """Messages reach ``_message`` from the socket's protocol (ingest/wsclient.py); recv()
+        here returns only what came before that was set up, then waits for the socket to end."""
+        ws = session.ws
         try:
             while True:
-                raw = await ws.recv(decode=False)
-                recv_ns = time.time_ns()
-                session.last_rx = time.monotonic()
-                if self.recorder is not None:
-                    self.recorder.record(recv_ns, self.endpoint, self.id, session.serial, raw)
-                try:
-                    obj = parse.loads(raw)
-                except parse.FrameError as exc:
-                    mgr.bad_frame(self, str(exc), raw)
-                    continue
-                topic = obj.get("topic")
-                if topic is not None:
-                    try:
-                        mgr.on_data(self, session, obj, topic, raw, recv_ns)
-                    except Exception as exc:   # one frame we cannot handle must not drop the connection
-                        self._bad("error", "frame_not_handled", conn=self.id, error=repr(exc), exc_info=True)
-                        mgr.bad_frame(self, f"internal error: {exc!r}", raw)
-                    continue
-                ctl = parse.classify_control(obj)
-                if ctl.kind == parse.PONG:
-                    session.last_pong = session.last_rx
-                elif ctl.kind in (parse.SUB_ACK, parse.ERROR, parse.AUTH):
-                    self._resolve(session, ctl)
-                else:
-                    self._bad("info", "unexpected_control_frame", conn=self.id, frame=raw[:200].decode(errors="replace"))
+                self._message(session, await ws.recv(decode=False))
         except ConnectionClosed as exc:
             session.lost(_describe(exc))
         except Exception as exc:  # never let the reader die silently: this socket is replaced
             self.mgr.task_failures.record("session", f"read-{self.id}", exc)
             session.lost(f"reader failed: {exc!r}")
+
+    def _deliver(self, session: Session, raw: bytes) -> None:
+        """A message straight from the protocol: a failure here replaces the socket, as a
+        failed reader task did, and must not reach websockets."""
+        try:
+            self._message(session, raw)
+        except Exception as exc:
+            self.mgr.task_failures.record("session", f"read-{self.id}", exc)
+            session.lost(f"reader failed: {exc!r}")
+            session.ws.transport.abort()
+
+    def _message(self, session: Session, raw: bytes) -> None:
+        mgr = self.mgr
+        recv_ns = time.time_ns()
+        session.last_rx = time.monotonic()
+        if session.done.is_set():
+            return          # the socket was given up: what it still delivers goes nowhere
+        if self.recorder is not None:
+            self.recorder.record(recv_ns, self.endpoint, self.id, session.serial, raw)
+        try:
+            obj = parse.loads(raw)
+        except parse.FrameError as exc:
+            mgr.bad_frame(self, str(exc), raw)
+            return
+        topic = obj.get("topic")
+        if topic is not None:
+            try:
+                mgr.on_data(self, session, obj, topic, raw, recv_ns)
+            except Exception as exc:   # one frame we cannot handle must not drop the connection
+                self._bad("error", "frame_not_handled", conn=self.id, error=repr(exc), exc_info=True)
+                mgr.bad_frame(self, f"internal error: {exc!r}", raw)
+            return
+        ctl = parse.classify_control(obj)
+        if ctl.kind == parse.PONG:
+            session.last_pong = session.last_rx
+        elif ctl.kind in (parse.SUB_ACK, parse.ERROR, parse.AUTH):
+            self._resolve(session, ctl)
+        else:
+            self._bad("info", "unexpected_control_frame", conn=self.id, frame=raw[:200].decode(errors="replace"))
 
     async def _watch(self, session: Session) -> None:
         try:
