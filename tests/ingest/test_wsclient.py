@@ -1,0 +1,77 @@
+"""PushConnection (ingest/wsclient.py) against a real WebSocket server on a real socket:
+messages reach the callback whole and in order, those that waited for recv() first, and
+recv() still reports the end of the socket."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+from ingest.wsclient import PushConnection
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close():
+    async def main():
+        go = asyncio.Event()
+
+        async def handler(ws):
+            await ws.send(b"m1", text=True)
+            await ws.send(b"m2", text=True)
+            await ws.send([b"m3-", b"a", b"b"], text=True)        # fragmented: three frames
+            await ws.ping()
+            await go.wait()
+            await ws.send([b"m4-", b"c"], text=True)
+            await ws.send(b"m5", text=True)
+            await ws.close(1000, "bye")
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None)
+            try:
+                assert await ws.recv(decode=False) == b"m1"            # before deliver_to: recv() as usual
+                # m2 and m3's three frames parsed and waiting for recv()
+                await _until(lambda: len(ws.recv_messages.frames) >= 4)
+                got: list[bytes] = []
+                ws.deliver_to(got.append)
+                assert got == [b"m2", b"m3-ab"]                       # what waited goes first, whole
+                go.set()
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(decode=False), 5)
+                assert closed.value.rcvd.code == 1000
+                assert got == [b"m2", b"m3-ab", b"m4-c", b"m5"]
+                assert all(type(m) is bytes for m in got)
+            finally:
+                go.set()              # the handler ends, the server can stop (also on a failure)
+                await ws.close()
+
+    asyncio.run(main())
+
+
+def test_a_callback_that_is_set_at_once_gets_every_message():
+    async def main():
+        async def handler(ws):
+            for i in range(200):
+                await ws.send(f"n{i}", text=True)
+            await ws.close()
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None)
+            got: list[bytes] = []
+            ws.deliver_to(got.append)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(decode=False), 5)
+            assert got == [f"n{i}".encode() for i in range(200)]
+
+    asyncio.run(main())
