@@ -389,8 +389,11 @@ class Connection:
         except ConnectionClosed as exc:
             session.lost(_describe(exc))
         except Exception as exc:  # never let the reader die silently: this socket is replaced
-            self.mgr.task_failures.record("session", f"read-{self.id}", exc)
-            session.lost(f"reader failed: {exc!r}")
+            self._reader_failed(session, exc)
+
+    def _reader_failed(self, session: Session, exc: Exception) -> None:
+        self.mgr.task_failures.record("session", f"read-{self.id}", exc)
+        session.lost(f"reader failed: {exc!r}")
 
     def _deliver(self, session: Session, raw: bytes) -> None:
         """A message straight from the protocol: a failure here replaces the socket, as a
@@ -398,8 +401,7 @@ class Connection:
         try:
             self._message(session, raw)
         except Exception as exc:
-            self.mgr.task_failures.record("session", f"read-{self.id}", exc)
-            session.lost(f"reader failed: {exc!r}")
+            self._reader_failed(session, exc)
             session.ws.transport.abort()
 
     def _message(self, session: Session, raw: bytes) -> None:

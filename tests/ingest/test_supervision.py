@@ -18,19 +18,9 @@ from ingest.manager import Manager
 from ingest.supervise import TaskFailures, supervise
 from tests.ingest.conftest import API_KEY, API_SECRET
 from tests.ingest.harness import Capture
+from tests.support import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(predicate, timeout: float, message: str):
-    """The asyncio form of tests.support.wait_for."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 def test_a_task_that_raises_or_returns_is_counted_and_started_again():

@@ -11,14 +11,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from ingest.wsclient import PushConnection
-
-
-async def _until(cond, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.support import until
 
 
 def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close():
@@ -41,7 +34,7 @@ def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close()
             try:
                 assert await ws.recv(decode=False) == b"m1"            # before deliver_to: recv() as usual
                 # m2 and m3's three frames parsed and waiting for recv()
-                await _until(lambda: len(ws.recv_messages.frames) >= 4)
+                await until(lambda: len(ws.recv_messages.frames) >= 4, 5, "m2 and m3 parsed", interval=0.01)
                 got: list[bytes] = []
                 ws.deliver_to(got.append)
                 assert got == [b"m2", b"m3-ab"]                       # what waited goes first, whole

@@ -4,6 +4,7 @@ under supervisord (``gateway``) and a consumer-side ledger of the account (``led
 No pytest here: bench scripts import it too."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: 
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}"
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+async def until(predicate, timeout: float = 10.0, message: str = "condition", interval: float = 0.05):
+    """The asyncio form of ``wait_for``: the loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 def free_port() -> int:
