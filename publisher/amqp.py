@@ -135,7 +135,7 @@ class Broker:
         ch.add_on_close_callback(self._on_channel_closed)
         ch.add_on_return_callback(self._on_returned)
         if self.fast:
-            self._conn.on_confirm_frames(ch.channel_number, self._on_delivery)
+            self._conn.on_confirm_frames(ch.channel_number, self._on_acks)
         ch.confirm_delivery(ack_nack_callback=self._on_delivery, callback=lambda _f: self._declare(ch))
 
     def _on_channel_closed(self, ch, exc) -> None:
@@ -239,23 +239,31 @@ class Broker:
         self.inflight[self._tag] = (ev, time.perf_counter())
 
     def _on_delivery(self, frame) -> None:
+        """pika's public confirm callback (the fast path off)."""
         m = frame.method
-        ok = m.NAME == "Basic.Ack"
-        tag = m.delivery_tag
-        settled: list[tuple[Event, float]] = []
-        if m.multiple:
-            inflight = self.inflight
-            while inflight:
-                first = next(iter(inflight))
-                if first > tag:
-                    break
-                settled.append(inflight.pop(first))
-        else:
-            item = self.inflight.pop(tag, None)
-            if item is not None:
-                settled.append(item)
+        self._on_acks([(m.delivery_tag, bool(m.multiple), m.NAME == "Basic.Ack")])
+
+    def _on_acks(self, acks: list[tuple[int, bool, bool]]) -> None:
+        """``(delivery_tag, multiple, ack?)`` in the order received: each run of acks (or
+        of nacks) settles as one batch."""
+        inflight, settled, run_ok = self.inflight, [], True
+        for tag, multiple, ok in acks:
+            if ok is not run_ok and settled:
+                self._on_confirm(settled, run_ok, time.perf_counter())
+                settled = []
+            run_ok = ok
+            if multiple:
+                while inflight:
+                    first = next(iter(inflight))
+                    if first > tag:
+                        break
+                    settled.append(inflight.pop(first))
+            else:
+                item = inflight.pop(tag, None)
+                if item is not None:
+                    settled.append(item)
         if settled:
-            self._on_confirm(settled, ok, time.perf_counter())
+            self._on_confirm(settled, run_ok, time.perf_counter())
 
     def find_inflight(self, message_id: str) -> Event | None:
         """The unconfirmed event a Basic.Return is about (it names the message, not its

@@ -51,16 +51,44 @@ class CorkedConnection(AsyncioConnection):
       and two epoll_ctl calls per batch. Whatever the kernel does not take (or any
       error) goes through pika's own write path, which handles it as before.
     - Basic.Ack/Basic.Nack frames of the confirm channel go straight to one handler
-      (``on_confirm_frames``), not through pika's generic callback registry, which
-      costs more than the rest of the confirm handling (tests/publisher/test_transport.py
-      checks both of these shortcuts against the real broker).
+      (``on_confirm_frames``) as ``(delivery_tag, multiple, ack?)`` tuples, not through
+      pika's generic callback registry, which costs more than the rest of the confirm
+      handling. Runs of them at the start of what the socket delivered are read from the
+      bytes themselves (21 bytes each, a fixed layout) without pika's frame objects: those
+      were a fifth of the publisher's CPU at 8,000 events/s
+      (tests/publisher/test_transport.py checks these shortcuts against the real broker).
     """
 
     _cork: list | None = None
-    _confirms: tuple[int, Callable] | None = None     # (channel number, handler)
+    _confirms: tuple[int, Callable, bytes] | None = None     # (channel number, handler, frame start)
 
     def on_confirm_frames(self, channel_number: int, handler: Callable) -> None:
-        self._confirms = (channel_number, handler)
+        """``handler(acks)``: a list of ``(delivery_tag, multiple, ack?)`` in the order received."""
+        self._confirms = (channel_number, handler, b"\x01" + _H(channel_number) + _U32(_CONFIRM_PAYLOAD))
+
+    def _on_data_available(self, data_in: bytes) -> None:
+        fast = self._confirms
+        if fast is None or self._frame_buffer:     # mid-frame: pika's reader has the rest
+            super()._on_data_available(data_in)
+            return
+        start, pos, end, acks = fast[2], 0, len(data_in), []
+        while end - pos >= _CONFIRM_FRAME and data_in.startswith(start, pos) \
+                and data_in[pos + _CONFIRM_FRAME - 1] == 0xCE:
+            method = data_in[pos + 7:pos + 11]
+            if method == _ACK:
+                ok = True
+            elif method == _NACK:
+                ok = False
+            else:
+                break
+            acks.append((_TAG(data_in, pos + 11)[0], bool(data_in[pos + 19] & 1), ok))
+            pos += _CONFIRM_FRAME
+        if acks:
+            self.bytes_received += pos        # pika's heartbeat checker watches this
+            self.frames_received += len(acks)
+            fast[1](acks)
+        if pos < end:
+            super()._on_data_available(data_in[pos:] if pos else data_in)
 
     def _process_frame(self, frame_value) -> None:
         fast = self._confirms
@@ -68,7 +96,8 @@ class CorkedConnection(AsyncioConnection):
                 and frame_value.channel_number == fast[0]
                 and frame_value.method.__class__ in _CONFIRM_METHODS):
             self.frames_received += 1
-            fast[1](frame_value)
+            m = frame_value.method
+            fast[1]([(m.delivery_tag, bool(m.multiple), m.__class__ is pika.spec.Basic.Ack)])
             return
         super()._process_frame(frame_value)
 
@@ -102,6 +131,11 @@ class CorkedConnection(AsyncioConnection):
 
 _FRAME_METHOD = pika.spec.FRAME_METHOD
 _CONFIRM_METHODS = (pika.spec.Basic.Ack, pika.spec.Basic.Nack)
+# Basic.Ack (60, 80) and Basic.Nack (60, 120): delivery tag (8 bytes) and one octet of bits
+# (multiple first), 13 bytes of payload; 7 bytes of frame header before it, 0xCE after.
+_ACK, _NACK = struct.pack(">HH", 60, 80), struct.pack(">HH", 60, 120)
+_CONFIRM_PAYLOAD, _CONFIRM_FRAME = 13, 21
+_TAG = struct.Struct(">Q").unpack_from
 
 
 _U32, _U64, _I64 = struct.Struct(">I").pack, struct.Struct(">Q").pack, struct.Struct(">q").pack

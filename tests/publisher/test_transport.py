@@ -87,3 +87,51 @@ def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_confirmed(amqp_
         assert all(len(m[2]["pad"]) == 8_000 for m in got)
     finally:
         inspector.ch.queue_delete(queue)
+
+
+def _reader(channel: int):
+    """A CorkedConnection with no socket: only what its confirm reader touches, and pika's own
+    reader (``_on_data_available``) for the bytes it leaves, recorded as frames."""
+    from publisher.pika_fast import CorkedConnection
+
+    conn = object.__new__(CorkedConnection)
+    conn._frame_buffer = b""
+    conn.bytes_received = conn.frames_received = 0
+    got: dict[str, list] = {"acks": [], "frames": []}
+    conn.on_confirm_frames(channel, lambda acks: got["acks"].append(acks))
+    conn._process_frame = lambda f: got["frames"].append(f)     # what pika's reader decoded
+    return conn, got
+
+
+def _marshal(channel: int, method) -> bytes:
+    return pika.frame.Method(channel, method).marshal()       # pika's encoder: the oracle
+
+
+def test_confirm_frames_are_read_from_the_bytes_as_pika_would_decode_them():
+    import pika.frame
+
+    conn, got = _reader(1)
+    acks = [pika.spec.Basic.Ack(delivery_tag=7), pika.spec.Basic.Ack(delivery_tag=2 ** 40, multiple=True),
+            pika.spec.Basic.Nack(delivery_tag=9, multiple=True, requeue=False),
+            pika.spec.Basic.Nack(delivery_tag=10, multiple=False, requeue=True)]
+    data = b"".join(_marshal(1, m) for m in acks)
+    conn._on_data_available(data)
+    assert got["acks"] == [[(7, False, True), (2 ** 40, True, True), (9, True, False), (10, False, False)]]
+    assert got["frames"] == []
+    assert conn.bytes_received == len(data) and conn.frames_received == 4
+
+
+def test_anything_else_and_what_follows_it_goes_to_pikas_reader_in_order():
+    import pika.frame
+
+    conn, got = _reader(1)
+    other_channel = _marshal(2, pika.spec.Basic.Ack(delivery_tag=3))
+    ack = _marshal(1, pika.spec.Basic.Ack(delivery_tag=4))
+    close = _marshal(1, pika.spec.Channel.Close(reply_code=406, reply_text="x", class_id=0, method_id=0))
+    conn._on_data_available(ack + other_channel + ack)
+    conn._on_data_available(close + ack[:10])            # a frame cut short: pika buffers the rest
+    conn._on_data_available(ack[10:])
+    assert got["acks"] == [[(4, False, True)]]
+    kinds = [(f.channel_number, f.method.NAME, getattr(f.method, "delivery_tag", None)) for f in got["frames"]]
+    assert kinds == [(2, "Basic.Ack", 3), (1, "Basic.Ack", 4), (1, "Channel.Close", None), (1, "Basic.Ack", 4)]
+    assert conn.bytes_received == 3 * len(ack) + len(other_channel) + len(close)
