@@ -90,33 +90,55 @@ class Downstream:
                     break
                 i += len(chunk)
         if i < n:
-            wait = self._wait
+            queue = self._queue
             for e in entries[i:]:
-                wait(*e)
+                queue(*e)
+            self._trim()
             self.flush()
 
     def _wait(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
               seq: int = 0) -> None:
+        self._queue(parts, cls, recv_ns, endpoint, topic, seq)
+        self._trim()
+
+    def _queue(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
+               seq: int = 0) -> None:
         if cls in DURABLE_CLASSES or cls == "":
             self.account.append(parts)      # never dropped
         else:
-            market = self.market
-            market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
-            while len(market) > self.bound or market.bytes > self.bound_bytes:
-                self._drop(market.pop_victim(), freshness.BUFFER_FULL)
+            self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
 
-    def _drop(self, entry: tuple, reason: str) -> None:
-        cls, (_, endpoint, topic, seq) = entry[2], entry[3]
-        self.dropped[cls] += 1          # into the metric by flush_metrics (a labelled inc costs ~5 us)
-        self.dropped_by[reason][cls] += 1
-        ranges, stream = self.drop_ranges[reason], f"{endpoint}:{topic}"
-        r = ranges.get(stream)
-        if r is not None:
-            r[0], r[1], r[2] = min(r[0], seq), max(r[1], seq), r[2] + 1
-        elif len(ranges) < MAX_DROP_STREAMS:
-            ranges[stream] = [seq, seq, 1]
+    def _trim(self) -> None:
+        """Back within the count and byte bounds, dropping what ``pop_victim`` gives up."""
+        market, bound, bound_bytes = self.market, self.bound, self.bound_bytes
+        if len(market) > bound or market.bytes > bound_bytes:
+            victims, pop = [], market.pop_victim
+            while len(market) > bound or market.bytes > bound_bytes:
+                victims.append(pop())
+            self._drop(victims, freshness.BUFFER_FULL)
+
+    def _drop(self, entries: list[tuple], reason: str) -> None:
+        """Count dropped entries per class and reason, and the frame numbers per stream for the
+        next notice. Counted a batch at a time: in a flood a drop per frame read is the norm."""
+        if not entries:
+            return
+        dropped, by_reason, ranges = self.dropped, self.dropped_by[reason], self.drop_ranges[reason]
+        for entry in entries:
+            cls, (_, endpoint, topic, seq) = entry[2], entry[3]
+            dropped[cls] += 1          # into the metric by flush_metrics (a labelled inc costs ~5 us)
+            by_reason[cls] += 1
+            stream = endpoint + ":" + topic
+            r = ranges.get(stream)
+            if r is not None:
+                if seq < r[0]:
+                    r[0] = seq
+                elif seq > r[1]:
+                    r[1] = seq
+                r[2] += 1
+            elif len(ranges) < MAX_DROP_STREAMS:
+                ranges[stream] = [seq, seq, 1]
         self._warn("warning", "handoff_dropping", downstream=self.name, reason=reason,
-                   dropped=sum(self.dropped.values()), buffered=len(self.market),
+                   dropped=sum(dropped.values()), buffered=len(self.market),
                    buffered_mb=round(self.market.bytes / 2 ** 20, 1))
 
     def flush_metrics(self) -> None:
@@ -155,8 +177,7 @@ class Downstream:
     def flush(self, now_ns: int | None = None) -> None:
         if (self.account or self.market) and not self.writable():
             if self.market:
-                for entry in self.market.expired(time.time_ns() if now_ns is None else now_ns):
-                    self._drop(entry, freshness.TOO_OLD)
+                self._drop(self.market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
             return
         account = self.account
         while account:
@@ -168,8 +189,7 @@ class Downstream:
         market = self.market
         if not market:
             return
-        for entry in market.expired(time.time_ns() if now_ns is None else now_ns):
-            self._drop(entry, freshness.TOO_OLD)
+        self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
         pop = market.pop
         while market:
             taken = []

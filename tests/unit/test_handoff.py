@@ -180,3 +180,37 @@ def test_close_sends_what_still_waits_while_the_reader_reads(short_tmp):
     finally:
         pull.close(0)
         ctx.term()
+
+
+def test_a_batch_beyond_the_bound_drops_the_oldest_and_names_each_streams_range(short_tmp):
+    """Frames handed over together (``send_many``) while nobody reads: the buffer stays at its
+    bound, the oldest trades go, and the drop notice names per stream the first and last frame
+    number dropped and how many."""
+    ctx = zmq.Context()
+    d = Downstream(ctx, "publisher", f"ipc://{short_tmp}/nobody-batch", bound=500, bound_bytes=10**9)
+    try:
+        topics = ("publicTrade.AUSDT", "publicTrade.BUSDT")
+        seqs = {t: 0 for t in topics}
+        entries = []
+        for i in range(20_000):
+            t = topics[i % 3 == 0]
+            seqs[t] += 1
+            entries.append(([b"gw1", b"{}", b"x" * 100], "trades", time.time_ns(), "linear", t, seqs[t]))
+        for at in range(0, len(entries), 700):
+            d.send_many(entries[at:at + 700])
+        assert len(d.market) == 500
+        kept: dict[str, list[int]] = {t: [] for t in topics}
+        for q in d.market.queues.values():
+            for entry in q:
+                kept[entry[3][2]].append(entry[3][3])
+        [notice] = d.take_drop_notices()
+        frames = notice["dropped_frames"]
+        assert notice["reason"] == "buffer_full" and notice["dropped_total"] == {"trades": sum(d.dropped.values())}
+        for t in topics:
+            r = frames[f"linear:{t}"]
+            assert r["ingest_seq_to"] < min(kept[t])          # what is left is newer than all dropped
+            assert r["count"] == r["ingest_seq_to"] - r["ingest_seq_from"] + 1   # one run, nothing counted twice
+            assert max(kept[t]) == seqs[t]                      # the newest is kept
+    finally:
+        d.sock.close(0)         # before term(), which waits for every socket: a failure must not hang
+        ctx.term()
