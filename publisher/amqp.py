@@ -24,8 +24,8 @@ from common import classify
 from common.logs import get_logger
 from common.runtime import backoff_s
 from publisher.events import Event
-from publisher.pika_fast import _MAX_ITEMS, CorkedConnection, EventProperties, content_frames, fast_path, \
-    publish_frames
+from publisher.pika_fast import _MAX_ITEMS, CorkedConnection, EventProperties, confirm_of, content_frames, \
+    fast_path, publish_frames
 
 log = get_logger("publisher.amqp")
 
@@ -240,8 +240,7 @@ class Broker:
 
     def _on_delivery(self, frame) -> None:
         """pika's public confirm callback (the fast path off)."""
-        m = frame.method
-        self._on_acks([(m.delivery_tag, bool(m.multiple), m.NAME == "Basic.Ack")])
+        self._on_acks([confirm_of(frame.method)])
 
     def _on_acks(self, acks: list[tuple[int, bool, bool]]) -> None:
         """``(delivery_tag, multiple, ack?)`` in the order received: each run of acks (or

@@ -96,8 +96,7 @@ class CorkedConnection(AsyncioConnection):
                 and frame_value.channel_number == fast[0]
                 and frame_value.method.__class__ in _CONFIRM_METHODS):
             self.frames_received += 1
-            m = frame_value.method
-            fast[1]([(m.delivery_tag, bool(m.multiple), m.__class__ is pika.spec.Basic.Ack)])
+            fast[1]([confirm_of(frame_value.method)])
             return
         super()._process_frame(frame_value)
 
@@ -136,6 +135,11 @@ _CONFIRM_METHODS = (pika.spec.Basic.Ack, pika.spec.Basic.Nack)
 _ACK, _NACK = struct.pack(">HH", 60, 80), struct.pack(">HH", 60, 120)
 _CONFIRM_PAYLOAD, _CONFIRM_FRAME = 13, 21
 _TAG = struct.Struct(">Q").unpack_from
+
+
+def confirm_of(method) -> tuple[int, bool, bool]:
+    """A decoded Basic.Ack/Basic.Nack as the confirm handler takes it: (delivery_tag, multiple, ack?)."""
+    return method.delivery_tag, bool(method.multiple), method.__class__ is pika.spec.Basic.Ack
 
 
 _U32, _U64, _I64 = struct.Struct(">I").pack, struct.Struct(">Q").pack, struct.Struct(">q").pack
