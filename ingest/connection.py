@@ -412,6 +412,14 @@ class Connection:
             return          # the socket was given up: what it still delivers goes nowhere
         if self.recorder is not None:
             self.recorder.record(recv_ns, self.endpoint, self.id, session.serial, raw)
+        if self.endpoint != PRIVATE:
+            # Most public pushes are forwarded as they came: the topic is all ingest needs, and
+            # the publisher parses them anyway (a broken one is its bad input). on_data parses
+            # the frames whose fields it checks (books, linear/inverse tickers).
+            topic = parse.leading_topic(raw)
+            if topic is not None:
+                self._data(session, None, topic, raw, recv_ns)
+                return
         try:
             obj = parse.loads(raw)
         except parse.FrameError as exc:
@@ -419,11 +427,7 @@ class Connection:
             return
         topic = obj.get("topic")
         if topic is not None:
-            try:
-                mgr.on_data(self, session, obj, topic, raw, recv_ns)
-            except Exception as exc:   # one frame we cannot handle must not drop the connection
-                self._bad("error", "frame_not_handled", conn=self.id, error=repr(exc), exc_info=True)
-                mgr.bad_frame(self, f"internal error: {exc!r}", raw)
+            self._data(session, obj, topic, raw, recv_ns)
             return
         ctl = parse.classify_control(obj)
         if ctl.kind == parse.PONG:
@@ -432,6 +436,13 @@ class Connection:
             self._resolve(session, ctl)
         else:
             self._bad("info", "unexpected_control_frame", conn=self.id, frame=raw[:200].decode(errors="replace"))
+
+    def _data(self, session: Session, obj: dict | None, topic, raw: bytes, recv_ns: int) -> None:
+        try:
+            self.mgr.on_data(self, session, obj, topic, raw, recv_ns)
+        except Exception as exc:   # one frame we cannot handle must not drop the connection
+            self._bad("error", "frame_not_handled", conn=self.id, error=repr(exc), exc_info=True)
+            self.mgr.bad_frame(self, f"internal error: {exc!r}", raw)
 
     async def _watch(self, session: Session) -> None:
         try:

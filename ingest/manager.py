@@ -30,6 +30,8 @@ log = get_logger(__name__)
 _clock, _CLOCK = time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)   # as leases.clock
 ROTATION_GRACE_S = 5.0       # after a rotation, how long a late copy from the closed socket is still caught
 OVERLAP_MAX = 16_384         # pushes remembered per rotation (a rotation lasts a few round trips)
+_BOOKS = frozenset(("orderbook", "orderbook_rpi"))   # every push's u/seq is checked
+_MERGED_TICKERS = frozenset(("linear", "inverse"))   # ticker deltas need a snapshot first
 
 
 def push_key(topic: str, obj: dict) -> bytes:
@@ -202,7 +204,9 @@ class Manager:
         return conn
 
     # -- called by connections ----------------------------------------------------
-    def on_data(self, conn: Connection, session, obj: dict, topic: str, raw: bytes, recv_ns: int) -> None:
+    def on_data(self, conn: Connection, session, obj: dict | None, topic: str, raw: bytes, recv_ns: int) -> None:
+        """A push of ``topic``; ``obj`` is the parsed frame, or None for a public push read only
+        for its topic (parsed here if its fields are checked)."""
         key = f"{conn.endpoint}:{topic}"
         st = self.topics.get(key)
         if st is None:
@@ -212,10 +216,16 @@ class Manager:
         if lease.valid_until < _clock(_CLOCK):    # self-fenced: the unit may be someone else's by now
             self.fenced += 1
             return
+        cls = st.cls
+        if obj is None and (cls in _BOOKS or (cls == "tickers" and conn.endpoint in _MERGED_TICKERS)):
+            try:
+                obj = parse.loads(raw)
+            except parse.FrameError as exc:
+                self.bad_frame(conn, str(exc), raw)
+                return
         if conn.endpoint == PRIVATE and self._overlaps and self._duplicate_push(conn, session, topic, obj):
             return
-        cls = st.cls
-        if cls == "orderbook" or cls == "orderbook_rpi":     # the RPI book is sequenced the same way
+        if cls in _BOOKS:     # the RPI book is sequenced the same way
             try:
                 upd = parse.book_update(obj)
             except parse.FrameError as exc:
@@ -229,7 +239,7 @@ class Manager:
                 if verdict.action == books.RESYNC:
                     self._resync(conn, st, "book_resync", verdict.reason)
                 return
-        elif cls == "tickers" and conn.endpoint in ("linear", "inverse"):
+        elif cls == "tickers" and conn.endpoint in _MERGED_TICKERS:
             if obj.get("type") == "snapshot":
                 st.ticker_ok = True
             elif not st.ticker_ok:

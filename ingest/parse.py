@@ -42,6 +42,25 @@ def loads(raw: bytes) -> dict:
     return obj
 
 
+_TOPIC_HEAD = b'{"topic":"'
+_HEAD_LEN = len(_TOPIC_HEAD)
+
+
+def leading_topic(raw: bytes) -> str | None:
+    """The topic of a push that starts with it, as Bybit writes public pushes
+    (``{"topic":"publicTrade.BTCUSDT",...``), read without parsing the rest; None for any
+    other layout (another key first, spaces, an escape), which then goes through ``loads``."""
+    if not raw.startswith(_TOPIC_HEAD):
+        return None
+    end = raw.find(b'"', _HEAD_LEN)
+    if end <= _HEAD_LEN or raw.find(b"\\", _HEAD_LEN, end) != -1:
+        return None
+    try:
+        return raw[_HEAD_LEN:end].decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def classify_control(obj: dict) -> Control:
     """A frame without ``topic``: auth result, subscription ack, pong, or error reply."""
     op = obj.get("op") or ""

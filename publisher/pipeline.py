@@ -118,6 +118,9 @@ class Pipeline:
         if endpoint == PRIVATE:
             return events.account_events(env, frame, self.numbers)
         topic = frame["topic"]
+        if topic != env.topic:
+            # ingest routed it by the topic it read first: a frame naming two is not Bybit's
+            raise FrameError(f"frame topic {topic!r} is not the one ingest read ({env.topic!r})")
         if topic.startswith("tickers."):
             merged = self._merge(env, frame)
             if merged is None:

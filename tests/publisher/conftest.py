@@ -171,10 +171,17 @@ def frame_seq(body: dict, name: str) -> int:
 
 def market_env(seq: int, name: str = "public_trade", endpoint: str = "linear", epoch: str = "ep1",
                payload: bytes | None = None) -> Envelope:
-    """A public frame envelope; the payload is made unique per seq (distinct event ids)."""
+    """A public frame envelope; the payload is made unique per seq (distinct event ids). With
+    ``payload``, the topic is the one it names (as ingest reads it), else ``name``'s."""
     frame = orjson.loads(frame_bytes(name))
     frame["ts"] = frame["ts"] + seq
-    return Envelope("frame", payload or orjson.dumps(frame), endpoint=endpoint, topic=frame["topic"],
+    topic = frame["topic"]
+    if payload is not None:
+        try:
+            topic = orjson.loads(payload).get("topic", topic)
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+    return Envelope("frame", payload or orjson.dumps(frame), endpoint=endpoint, topic=topic,
                     recv_ns=time.time_ns(), stream_seq=seq, epoch=epoch, trace_id=f"t{seq}")
 
 

@@ -48,6 +48,22 @@ def test_ticker_delta_before_snapshot_is_not_published():
     assert len(p.process(frame_env("ticker_linear_delta", "linear", 3))) == 1
 
 
+def test_a_frame_naming_another_topic_than_ingest_read_is_bad_input():
+    """ingest routes most public pushes by the topic it reads first; a frame whose parsed topic
+    differs (a second "topic" key) is rejected, not published under either."""
+    import pytest
+
+    from publisher.events import FrameError
+
+    p = Pipeline()
+    env = frame_env("public_trade", "linear", 1)
+    twice = env.payload.rstrip()[:-1] + b', "topic": "publicTrade.ETHUSDT"}'
+    with pytest.raises(FrameError, match="not the one ingest read"):
+        p.process(Envelope("frame", twice, endpoint="linear", topic=env.topic, recv_ns=NS, stream_seq=2,
+                           epoch="ep1"))
+    assert len(p.process(frame_env("public_trade", "linear", 3))) == 1
+
+
 # -- gaps ----------------------------------------------------------------------------
 def test_seq_jump_publishes_stream_gap():
     p = Pipeline()

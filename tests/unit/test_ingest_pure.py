@@ -30,6 +30,40 @@ def test_data_frames_have_topics():
         assert "topic" in parse.loads(frame(name))
 
 
+PUBLIC_PUSHES = ("public_trade.json", "public_trade_option.json", "orderbook_delta.json", "orderbook_snapshot.json",
+                 "orderbook_l1_snapshot.json", "ticker_linear_delta.json", "ticker_linear_snapshot.json",
+                 "ticker_option.json", "ticker_spot.json", "kline.json", "all_liquidation.json", "insurance.json",
+                 "price_limit.json")
+
+
+def test_leading_topic_of_every_recorded_frame_as_sent():
+    """On the wire a push is compact JSON in Bybit's key order: its topic is read without parsing,
+    and is what a full parse finds; every other recorded frame gives None (then parsed)."""
+    import json
+
+    read = 0
+    for path in sorted(FRAMES.glob("*.json")):
+        doc = json.loads(path.read_bytes())
+        wire = json.dumps(doc, separators=(",", ":")).encode()
+        got = parse.leading_topic(wire)
+        if got is not None:
+            read += 1
+            assert got == doc["topic"], path.name
+        elif path.name in PUBLIC_PUSHES and next(iter(doc)) == "topic":
+            raise AssertionError(f"{path.name}: topic first, yet not read")
+    assert read >= len(PUBLIC_PUSHES) - 1     # the option trade puts "id" first
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":"x","topic":"publicTrade.BTCUSDT"}',       # another key first
+    b'{ "topic":"publicTrade.BTCUSDT"}', b'{"topic": "publicTrade.BTCUSDT"}',   # spaces
+    b'{"topic":"public\\u0054rade.BTCUSDT"}',         # an escape inside
+    b'{"topic":"publicTrade.BTCUSDT', b'{"topic":""}', b'{"topic":"\xff"}', b"", b"[]",
+])
+def test_leading_topic_leaves_other_layouts_to_the_parser(raw):
+    assert parse.leading_topic(raw) is None
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"[1,2]", b'"pong"', b"\xff\xfe"])
 def test_garbage_raises_frame_error(raw):
     with pytest.raises(parse.FrameError):
