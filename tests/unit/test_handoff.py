@@ -58,8 +58,23 @@ def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(sho
             h.flush()
         assert len(got) == n and h.publisher.buffered == 0 and not h.publisher.dropped
         for i, parts in enumerate(got, 1):
-            assert parts == Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i,
-                                     h.epoch, "c1", "tr", owner).encode()
+            assert Envelope.decode(parts) == Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i,
+                                                      h.epoch, "c1", "tr", owner)
+        # the header's fixed part is kept per topic: a new socket, request or lease shows at once
+        later = [("c2", "tr", owner), ("c2", "tr2", owner), ("c2", "tr2", {"oi": "gw-b", "oe": 4}), ("c2", "tr2", None)]
+        for i, (conn, trace, lease) in enumerate(later, n + 1):
+            h.frame("linear", "publicTrade.BTCUSDT", "trades", body(i), t0 + i, conn, trace, lease)
+        h.frame("linear", "publicTrade.ETHUSDT", "trades", body(0), t0, "c1", "tr", owner)
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < len(later) + 1 and time.monotonic() < deadline:
+            if pull.poll(50):
+                got.extend(unpack(pull.recv_multipart()))
+            h.flush()
+        assert [Envelope.decode(p) for p in got] == [
+            Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i, h.epoch, conn, trace, lease or {})
+            for i, (conn, trace, lease) in enumerate(later, n + 1)] + [
+            Envelope("frame", body(0), "linear", "publicTrade.ETHUSDT", t0, 1, h.epoch, "c1", "tr", owner)]
     finally:
         h.close()
         pull.close(0)
