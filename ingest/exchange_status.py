@@ -15,6 +15,7 @@ import time
 from common.identity import bybit_ms
 from common.logs import get_logger
 from common.topics import STATUS_ENDPOINT, STATUS_PATH, STATUS_TOPIC
+from ingest import parse
 from ingest.connection import Connection
 
 log = get_logger(__name__)
@@ -97,12 +98,18 @@ class ExchangeStatus:
             # always wanted: asked again later (at once would be a loop of refusals)
             asyncio.get_running_loop().call_later(RETRY_S, conn.add, name)
 
-    def on_data(self, conn, session, obj: dict, topic: str, raw: bytes, recv_ns: int) -> None:
+    def on_data(self, conn, session, obj: dict | None, topic: str, raw: bytes, recv_ns: int) -> None:
+        """A push; ``obj`` None when the connection read only its topic (parsed here)."""
         if topic != STATUS_TOPIC:
             self.mgr.bad_frame(conn, f"unexpected topic {topic!r} on the system-status socket", raw)
             return
         try:
+            if obj is None:
+                obj = parse.loads(raw)
             self.notices = fold(self.notices, obj)
+        except parse.FrameError as exc:
+            self.mgr.bad_frame(conn, str(exc), raw)
+            return      # not JSON: nothing a consumer could read either
         except NoticeError as exc:
             self.mgr.bad_frame(conn, str(exc), raw)     # still published: consumers see what Bybit sent
         self.handoff.frame(STATUS_ENDPOINT, topic, CLASS, raw, recv_ns, session.id)
