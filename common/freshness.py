@@ -21,6 +21,7 @@ from collections import deque
 from common.classify import MARKET_CLASSES
 
 BOOK_CLASSES = frozenset({"orderbook", "orderbook_rpi"})
+MERGED_TICKERS = frozenset({"linear", "inverse"})   # endpoints whose ticker deltas carry only what changed
 # class -> the setting group that bounds it (MARKET_MAX_AGE_MS_{GROUP})
 GROUPS = {"orderbook": "books", "orderbook_rpi": "books", "tickers": "tickers", "trades": "trades",
           "liquidations": "liquidations"}
@@ -47,7 +48,7 @@ def needs_snapshot(endpoint: str, topic: str) -> bool:
     (deltas carry only the fields that changed)."""
     if topic.startswith("orderbook."):
         return not topic.startswith("orderbook.1.")
-    return topic.startswith("tickers.") and endpoint in ("linear", "inverse")
+    return topic.startswith("tickers.") and endpoint in MERGED_TICKERS
 
 
 class MarketQueues:

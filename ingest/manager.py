@@ -30,8 +30,7 @@ log = get_logger(__name__)
 _clock, _CLOCK = time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)   # as leases.clock
 ROTATION_GRACE_S = 5.0       # after a rotation, how long a late copy from the closed socket is still caught
 OVERLAP_MAX = 16_384         # pushes remembered per rotation (a rotation lasts a few round trips)
-_BOOKS = frozenset(("orderbook", "orderbook_rpi"))   # every push's u/seq is checked
-_MERGED_TICKERS = frozenset(("linear", "inverse"))   # ticker deltas need a snapshot first
+_BOOKS, _MERGED_TICKERS = freshness.BOOK_CLASSES, freshness.MERGED_TICKERS   # pushes whose fields are checked
 
 
 def push_key(topic: str, obj: dict) -> bytes:
@@ -204,7 +203,8 @@ class Manager:
         return conn
 
     # -- called by connections ----------------------------------------------------
-    def on_data(self, conn: Connection, session, obj: dict | None, topic: str, raw: bytes, recv_ns: int) -> None:
+    def on_data(self, conn: Connection, session, obj: dict | None, topic: str, raw: bytes,
+                recv_ns: int) -> None:
         """A push of ``topic``; ``obj`` is the parsed frame, or None for a public push read only
         for its topic (parsed here if its fields are checked)."""
         key = f"{conn.endpoint}:{topic}"

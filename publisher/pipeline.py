@@ -22,7 +22,7 @@ import orjson
 from common import envelope as envmod
 from common.classify import UnknownTopic, event_class
 from common.envelope import Envelope
-from common.freshness import BOOK_CLASSES, TOO_OLD, needs_snapshot
+from common.freshness import BOOK_CLASSES, MERGED_TICKERS, TOO_OLD, needs_snapshot
 from common.topics import PRIVATE
 from publisher import events
 from publisher.events import Event, FrameError, StreamNumbers
@@ -127,11 +127,11 @@ class Pipeline:
                 # Lost to consumers like a dropped event: their numbering shows it.
                 self.counts["ticker_delta_no_snapshot"] += 1
                 self.numbers.skip(events.market_routing_key(endpoint, topic), 1)
-                if endpoint in ("linear", "inverse"):
+                if endpoint in MERGED_TICKERS:
                     self.healer.lost(f"{endpoint}:{topic}", "ticker delta without a snapshot in the publisher",
                                      now_ns / 1e9)
                 return []
-            if merged.type == "snapshot" and endpoint in ("linear", "inverse"):
+            if merged.type == "snapshot" and endpoint in MERGED_TICKERS:
                 self.healer.frame(f"{endpoint}:{topic}", True, now_ns / 1e9)
             return [events.market_event(env, frame, data=merged.data, type_=merged.type,
                                         changed_keys=merged.changed_keys, numbers=self.numbers)]

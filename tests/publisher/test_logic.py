@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from common.envelope import Envelope
-from publisher.events import system_event
+from publisher.events import FrameError, system_event
 from publisher.gaps import GapTracker
 from publisher.metrics import LatencyCounts, percentile_ms
 from publisher.outbox import EventSpool, Outbox
@@ -51,10 +52,6 @@ def test_ticker_delta_before_snapshot_is_not_published():
 def test_a_frame_naming_another_topic_than_ingest_read_is_bad_input():
     """ingest routes most public pushes by the topic it reads first; a frame whose parsed topic
     differs (a second "topic" key) is rejected, not published under either."""
-    import pytest
-
-    from publisher.events import FrameError
-
     p = Pipeline()
     env = frame_env("public_trade", "linear", 1)
     twice = env.payload.rstrip()[:-1] + b', "topic": "publicTrade.ETHUSDT"}'
