@@ -126,6 +126,9 @@ def test_a_rotation_forwards_what_both_sockets_deliver_once(scripted, sim, inges
         got = [(f["creationTime"], f["data"][0]["totalAvailableBalance"]) for f in pushed(proc.publisher, "wallet")]
         assert got == [(t0 + 1, a), (t0 + 2, b), (t0 + 3, a), (t0 + 5, b)]
         assert [f["creationTime"] for f in pushed(proc.publisher, "order")] == [t0 + 3]
+        # the persister's copy arrives on its own socket, read by its own capture thread: waited for
+        wait_for(lambda: len(pushed(proc.persister, "wallet")) >= 4 and len(pushed(proc.persister, "order")) >= 1,
+                 10, message="the persister's copies")
         assert len(pushed(proc.persister, "wallet")) == 4 and len(pushed(proc.persister, "order")) == 1
         assert proc.status()["rotation_duplicates"] == 2
     finally:
