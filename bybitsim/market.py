@@ -91,7 +91,8 @@ class Market:
     def __init__(self, seed: int = 0):
         self.seed = seed
         self._instruments: dict[tuple[str, str], Instrument] = {}
-        self._last: dict[Instrument, tuple] = {}   # (ms, mid, 250 ms bucket, its noise): many frames share one ms
+        self._last: dict[Instrument, tuple] = {}   # (ms, mid in ticks, 250 ms bucket, its noise): many frames share one ms
+        self._mids: dict[Instrument, tuple[int, Decimal]] = {}   # the last mid made a Decimal: (ticks, price)
         self._ref_ticks: dict[Instrument, float] = {}
 
     def instrument(self, category: str, symbol: str) -> Instrument:
@@ -127,6 +128,14 @@ class Market:
         """Mid price at ``ts_ms``: two slow waves plus a few ticks of per-250 ms noise. Worked
         in whole ticks (float), made a Decimal once: the Decimal arithmetic per call was a
         third of the cost of a trade push."""
+        ticks = self.mid_ticks(inst, ts_ms)
+        made = self._mids.get(inst)
+        if made is None or made[0] != ticks:
+            made = self._mids[inst] = (ticks, inst.tick * ticks)
+        return made[1]
+
+    def mid_ticks(self, inst: Instrument, ts_ms: int) -> int:
+        """``mid`` in whole ticks."""
         last = self._last.get(inst)
         if last is not None and last[0] == ts_ms:
             return last[1]
@@ -140,9 +149,9 @@ class Market:
         ref_ticks = self._ref_ticks.get(inst)
         if ref_ticks is None:
             ref_ticks = self._ref_ticks[inst] = float(inst.ref_price / inst.tick)
-        mid = inst.tick * max(int(ref_ticks * (1 + move) + 0.5) + noise, 10)
-        self._last[inst] = (ts_ms, mid, bucket, noise)
-        return mid
+        ticks = max(int(ref_ticks * (1 + move) + 0.5) + noise, 10)
+        self._last[inst] = (ts_ms, ticks, bucket, noise)
+        return ticks
 
 
 def rng_uuid(rng) -> str:

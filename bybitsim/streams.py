@@ -62,9 +62,14 @@ class TradeStream(Stream):
             self.topic, self.base = topic, parsed.symbol
         else:
             super().__init__(market, category, topic, seed, parsed)
-        self.last: Decimal | None = None
+        self.last: int | None = None        # the last trade's price in ticks
         self.last_dir = 0
         self.n = 0
+        # Trade ids: a random UUID head per stream and the trade's number as its tail, unique
+        # like Bybit's; drawing 128 random bits per trade was a seventh of a flood's CPU.
+        self.id_head = rng_uuid(self.rng)[:24]
+        self.sizes: list[str] = []        # trade sizes as sent, by qty steps - 1 (Decimal str is slow)
+        self.prices: dict[int, str] = {}    # price in ticks -> as sent
 
     def next(self, ts_ms: int) -> dict:
         self.seq += self.rng.randint(1, 50)
@@ -75,24 +80,32 @@ class TradeStream(Stream):
         return frame
 
     def _trade(self, ts_ms: int) -> dict:
-        price = self.mid(ts_ms) + self.inst.tick * self.rng.randint(-2, 2)     # the mid is on the tick grid
-        if self.last is not None and price != self.last:
-            self.last_dir = 1 if price > self.last else -1
-        direction = _TICK_DIR[self.last_dir] if self.last is None or price != self.last else (
+        # in whole ticks (ints): Decimal arithmetic and str() per trade were a fifth of its cost
+        ticks = self.market.mid_ticks(self.inst, ts_ms) + self.rng.randint(-2, 2)
+        if self.last is not None and ticks != self.last:
+            self.last_dir = 1 if ticks > self.last else -1
+        direction = _TICK_DIR[self.last_dir] if self.last is None or ticks != self.last else (
             "ZeroPlusTick" if self.last_dir >= 0 else "ZeroMinusTick")
-        self.last = price
+        self.last = ticks
         self.n += 1
+        if not self.sizes:
+            self.sizes = [_s(self.inst.qty_step * k) for k in range(1, 51)]
+        p = self.prices.get(ticks)
+        if p is None:
+            if len(self.prices) > 1000:
+                self.prices.clear()
+            p = self.prices[ticks] = _s(self.inst.tick * ticks)
         trade = {"T": ts_ms - self.rng.randint(0, 3), "s": self.inst.symbol,
-                 "S": self.rng.choice(("Buy", "Sell")), "v": _s(self.size(50)), "p": _s(price)}
+                 "S": self.rng.choice(("Buy", "Sell")), "v": self.sizes[self.rng.randint(0, 49)], "p": p}
         if self.category == "option":
             index = self.market.index_price(self.base, ts_ms)
             iv = Decimal("0.45") + Decimal(self.rng.randint(-200, 200)) / 10000
-            trade.update({"i": rng_uuid(self.rng), "BT": False, "seq": self.seq,
-                          "mP": _s(price), "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
+            trade.update({"i": f"{self.id_head}{self.n:012x}", "BT": False, "seq": self.seq,
+                          "mP": p, "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
             return trade
         if self.category != "spot":
             trade["L"] = direction
-        trade["i"] = str(2290000000000000000 + self.n) if self.category == "spot" else rng_uuid(self.rng)
+        trade["i"] = str(2290000000000000000 + self.n) if self.category == "spot" else f"{self.id_head}{self.n:012x}"
         trade.update({"BT": False, "RPI": False, "seq": self.seq})
         return trade
 
@@ -107,28 +120,39 @@ class BookStream(Stream):
         self.bids: dict[Decimal, Decimal] = {}
         self.asks: dict[Decimal, Decimal] = {}
         self.best_bid: Decimal | None = None
+        self.best_ticks = 0
         self.started = False
         self.gap_next = False      # hooks: the next delta skips one u
         self.reset_next = False    # hooks: the next frame is a snapshot with u == 1
 
-    def _target(self, ts_ms: int) -> tuple[dict, dict]:
-        """The book at ``ts_ms``: ``depth`` levels each side of the mid, a few re-quoted."""
+    def _target(self, ts_ms: int) -> tuple[dict, dict, tuple[list, list] | None]:
+        """The book at ``ts_ms``: ``depth`` levels each side of the mid, a few re-quoted; and the
+        prices re-quoted per side, or None when the book moved (every level may differ)."""
         tick = self.inst.tick
-        best_bid = max(self.inst.q_price(self.mid(ts_ms) - tick / 2), tick * (self.depth + 1))
-        if self.bids and best_bid == self.best_bid:
+        # the mid is on the tick grid: the best bid is the mid (at least depth + 1 ticks)
+        best_ticks = max(self.market.mid_ticks(self.inst, ts_ms), self.depth + 1)
+        if self.bids and best_ticks == self.best_ticks:
+            best_bid = self.best_bid
             bids, asks = dict(self.bids), dict(self.asks)
+            touched = ([], [])
         else:
+            best_bid = tick * best_ticks
             bids, asks = {}, {}
             for i in range(self.depth):
                 bp, ap = best_bid - tick * i, best_bid + tick * (i + 1)
                 bids[bp] = self.bids.get(bp) or self.size()
                 asks[ap] = self.asks.get(ap) or self.size()
-        self.best_bid = best_bid
-        for book in (bids, asks):
+            touched = None
+        self.best_bid, self.best_ticks = best_bid, best_ticks
+        for side, book in enumerate((bids, asks)):
             for _ in range(self.rng.randint(1, 3)):
-                book[best_bid + tick * self.rng.randint(1 - self.depth, 0) if book is bids
-                     else best_bid + tick * self.rng.randint(1, self.depth)] = self.size()
-        return bids, asks
+                size = self.size()      # drawn before the price, as the seeded streams always were
+                price = (best_bid + tick * self.rng.randint(1 - self.depth, 0) if side == 0
+                         else best_bid + tick * self.rng.randint(1, self.depth))
+                book[price] = size
+                if touched is not None:
+                    touched[side].append(price)
+        return bids, asks, touched
 
     def next(self, ts_ms: int) -> dict:
         if self.reset_next:
@@ -136,7 +160,7 @@ class BookStream(Stream):
             self.bids, self.asks = {}, {}
         if self.depth == 1 and self.started and self.rng.random() < 0.25:
             return self._frame("snapshot", ts_ms, self.bids, self.asks)   # unchanged: same u
-        bids, asks = self._target(ts_ms)
+        bids, asks, touched = self._target(ts_ms)
         self.seq += self.rng.randint(1, 40)
         if not self.started or self.depth == 1:
             self.started = True
@@ -145,7 +169,10 @@ class BookStream(Stream):
             return self._frame("snapshot", ts_ms, bids, asks)
         self.u += 2 if self.gap_next else 1
         self.gap_next = False
-        db, da = _diff(self.bids, bids), _diff(self.asks, asks)
+        if touched is None:
+            db, da = _diff(self.bids, bids), _diff(self.asks, asks)
+        else:       # only the re-quoted levels can differ: no need to compare all of them
+            db, da = _requoted(self.bids, bids, touched[0]), _requoted(self.asks, asks, touched[1])
         self.bids, self.asks = bids, asks
         return self._frame("delta", ts_ms, dict(db), dict(da), ordered=False)
 
@@ -168,6 +195,12 @@ def _diff(old: dict, new: dict) -> list:
     changed += [(p, _ZERO) for p in old if p not in new]
     changed.sort(key=itemgetter(0))
     return changed
+
+
+def _requoted(old: dict, new: dict, prices: list) -> list:
+    """``_diff`` when only ``prices`` were set in ``new`` (a copy of ``old``)."""
+    changed = {p: new[p] for p in prices if old.get(p) != new[p]}
+    return sorted(changed.items(), key=itemgetter(0))
 
 
 class TickerStream(Stream):
