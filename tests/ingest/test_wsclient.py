@@ -1,6 +1,7 @@
 """PushConnection (ingest/wsclient.py) against a real WebSocket server on a real socket:
 messages reach the callback whole and in order, those that waited for recv() first, and
-recv() still reports the end of the socket."""
+recv() still reports the end of the socket; without compression (the frames taken off the
+buffer directly, as from Bybit) and with it (websockets' parser decoding every frame)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,11 @@ from ingest.wsclient import PushConnection
 from tests.support import until
 
 
-def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close():
+COMPRESSION = pytest.mark.parametrize("compression", [None, "deflate"])
+
+
+@COMPRESSION
+def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close(compression):
     async def main():
         go = asyncio.Event()
 
@@ -28,9 +33,11 @@ def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close()
             await ws.send(b"m5", text=True)
             await ws.close(1000, "bye")
 
-        async with serve(handler, "127.0.0.1", 0) as server:
+        async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
             port = server.sockets[0].getsockname()[1]
-            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None)
+            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None,
+                               compression=compression)
+            assert bool(ws.protocol.extensions) == (compression is not None)
             try:
                 assert await ws.recv(decode=False) == b"m1"            # before deliver_to: recv() as usual
                 # m2 and m3's three frames parsed and waiting for recv()
@@ -51,20 +58,23 @@ def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close()
     asyncio.run(main())
 
 
-def test_a_callback_that_is_set_at_once_gets_every_message():
+@COMPRESSION
+def test_a_callback_that_is_set_at_once_gets_every_message(compression):
     async def main():
         async def handler(ws):
             for i in range(200):
-                await ws.send(f"n{i}", text=True)
+                await ws.send(f"n{i}" * (i * 7 % 300), text=True)      # sizes across 125/126 header forms
             await ws.close()
 
-        async with serve(handler, "127.0.0.1", 0) as server:
+        async with serve(handler, "127.0.0.1", 0, compression=compression) as server:
             port = server.sockets[0].getsockname()[1]
-            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None)
+            ws = await connect(f"ws://127.0.0.1:{port}", create_connection=PushConnection, ping_interval=None,
+                               compression=compression)
+            assert bool(ws.protocol.extensions) == (compression is not None)
             got: list[bytes] = []
             ws.deliver_to(got.append)
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(decode=False), 5)
-            assert got == [f"n{i}".encode() for i in range(200)]
+            assert got == [(f"n{i}" * (i * 7 % 300)).encode() for i in range(200)]
 
     asyncio.run(main())
