@@ -110,13 +110,10 @@ class Downstream:
             self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
 
     def _trim(self) -> None:
-        """Back within the count and byte bounds, dropping what ``pop_victim`` gives up."""
+        """Back within the count and byte bounds, dropping what ``pop_victim`` would give up."""
         market, bound, bound_bytes = self.market, self.bound, self.bound_bytes
         if len(market) > bound or market.bytes > bound_bytes:
-            victims, pop = [], market.pop_victim
-            while len(market) > bound or market.bytes > bound_bytes:
-                victims.append(pop())
-            self._drop(victims, freshness.BUFFER_FULL)
+            self._drop(market.trim(bound, bound_bytes), freshness.BUFFER_FULL)
 
     def _drop(self, entries: list[tuple], reason: str) -> None:
         """Count dropped entries per class and reason, and the frame numbers per stream for the
@@ -191,11 +188,8 @@ class Downstream:
         if not market:
             return
         self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
-        pop = market.pop
         while market:
-            taken = []
-            while market and len(taken) < MAX_BATCH:
-                taken.append(pop())
+            taken = market.pop_many(MAX_BATCH)
             if not self._try_batch([entry[3][0] for entry in taken]):
                 market.put_back(taken)
                 return

@@ -102,6 +102,39 @@ def test_memory_full_drops_the_oldest_of_the_longest_bound():
     assert q.pop_victim() is None and q.bytes == 0
 
 
+def test_runs_of_takes_and_drops_come_out_as_one_at_a_time():
+    """``pop_many`` and ``trim`` (a queue picked once per run) against ``pop`` and ``pop_victim``
+    called one entry at a time, over random mixes: equal bounds (books and tickers), a class with
+    no bound, equal receive times and unknown ones (0)."""
+    import random
+
+    rng = random.Random(11)
+    classes = ["orderbook", "tickers", "trades", "liquidations", "unbounded"]
+    for trial in range(300):
+        entries = []
+        for i in range(rng.randint(0, 60)):
+            cls = rng.choice(classes)
+            recv = 0 if rng.random() < 0.1 else NOW - rng.choice([0, 1, 2, 50, 400, 3000]) * MS
+            entries.append((cls, recv, rng.randint(1, 30), f"{cls}-{i}"))
+        entries.sort(key=lambda e: (e[0], e[1] or NOW))      # within a class, in receive order
+
+        def filled():
+            q = MarketQueues(BOUNDS)
+            for cls, recv, size, item in entries:
+                q.append(cls, recv, size, item)
+            return q
+        one, run = filled(), filled()
+        n = rng.randint(1, 40)
+        singly = [one.pop() for _ in range(min(n, len(one)))]
+        assert [e[3] for e in run.pop_many(n)] == [e[3] for e in singly], trial
+        count, size = rng.randint(0, len(one)), rng.randint(0, one.bytes + 1)
+        singly = []
+        while len(one) > count or one.bytes > size:
+            singly.append(one.pop_victim())
+        assert [e[3] for e in run.trim(count, size)] == [e[3] for e in singly], trial
+        assert (len(run), run.bytes) == (len(one), one.bytes)
+
+
 def test_expired_heads_come_out_counted_by_class():
     q = MarketQueues(BOUNDS)
     q.append("orderbook", NOW - 600 * MS, 5, "old book")
