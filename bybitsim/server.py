@@ -261,11 +261,11 @@ class SimServer:
                 return
             for payload in payloads:
                 protocol.send_text(payload)
-            chunks = ws.protocol.data_to_send()
+            chunks = protocol.data_to_send()
             if all(chunks):
                 ws.transport.write(b"".join(chunks))
             else:       # an end-of-stream marker among them: websockets' own writer handles it
-                ws.protocol.writes.extend(chunks)
+                protocol.writes.extend(chunks)
 
     async def _private_watchdog(self, conn: Conn) -> None:
         """max_active_time (no client traffic for that long) and the close_private hook."""

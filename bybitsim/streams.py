@@ -68,7 +68,8 @@ class TradeStream(Stream):
         # Trade ids: a random UUID head per stream and the trade's number as its tail, unique
         # like Bybit's; drawing 128 random bits per trade was a seventh of a flood's CPU.
         self.id_head = rng_uuid(self.rng)[:24]
-        self.sizes: list[str] = []        # trade sizes as sent, by qty steps - 1 (Decimal str is slow)
+        # trade sizes as sent, by qty steps - 1 (str of a Decimal per trade is slow)
+        self.sizes = [_s(self.inst.qty_step * k) for k in range(1, 51)]
         self.prices: dict[int, str] = {}    # price in ticks -> as sent
 
     def next(self, ts_ms: int) -> dict:
@@ -88,8 +89,6 @@ class TradeStream(Stream):
             "ZeroPlusTick" if self.last_dir >= 0 else "ZeroMinusTick")
         self.last = ticks
         self.n += 1
-        if not self.sizes:
-            self.sizes = [_s(self.inst.qty_step * k) for k in range(1, 51)]
         p = self.prices.get(ticks)
         if p is None:
             if len(self.prices) > 1000:

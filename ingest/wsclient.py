@@ -40,9 +40,8 @@ class _Frames(Protocol):
         fast = not self.extensions
         try:
             while True:
-                if fast and self.on_data is not None and self.current_size is None and self._take_messages():
-                    continue
-                # as Protocol.parse from here on, except that data frames go to on_data
+                # as Protocol.parse, except that data frames go to on_data (at_eof returns at
+                # once while the buffer holds data, and waits for more when it is empty)
                 if (yield from reader.at_eof()):
                     raise EOFError("unexpected end of stream")
                 if fast and self.on_data is not None and self.current_size is None and self._take_messages():
