@@ -2,7 +2,8 @@
 
 Writes three JSON-lines files in ``out_dir``:
 - ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
-  -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts;
+  -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts, and the
+  order books healed by a snapshot after a hole (``BookHeals``) and those still broken;
 - ``account.jsonl``: every account event as received (body fields, ``mid`` = message_id, ``rk`` =
   routing key), for the consumer-side ledger (tests/support/ledger.py);
 - ``system.jsonl``: every system event with its consume time (same extra fields).
@@ -82,6 +83,51 @@ class Streams:
             self.dups += 1
 
 
+class BookHeals:
+    """How long a consumer's order book stays wrong after a hole, judged from what it receives.
+
+    Per book routing key: a ``stream_seq`` jump (events dropped somewhere in the gateway) breaks
+    the book until the next ``snapshot`` event of that key. Each healed hole is recorded as
+    ``[seen_ms, quiet_ms, deltas, key, healed at]``: ``seen_ms`` from the first event that showed the hole (a
+    delta after it, or the snapshot itself) to the snapshot; ``quiet_ms`` from the last event
+    before the hole to the snapshot (how long the book had no correct update); ``deltas`` the
+    deltas received in between (a consumer must discard them). A new ``stream_epoch`` (a
+    publisher restart) starts the key afresh; a delta first on a key is a hole too."""
+
+    def __init__(self):
+        self.keys: dict[str, list] = {}       # key -> [epoch, last seq, last at, hole or None]
+        self.healed: list[list] = []          # since the last take()
+
+    def see(self, key: str, epoch, seq: int, kind, now: float) -> None:
+        st = self.keys.get(key)
+        if st is None or st[0] != epoch:
+            st = self.keys[key] = [epoch, None, now, None]
+        last, hole = st[1], st[3]
+        jumped = last is None or seq > last + 1
+        if kind == "snapshot":
+            if hole is None and jumped and last is not None:
+                hole = [st[2], now, 0]            # the snapshot itself shows the hole it heals
+            if hole is not None:
+                self.healed.append([round((now - hole[1]) * 1000, 1), round((now - hole[0]) * 1000, 1), hole[2],
+                                    key, round(now, 3)])
+                st[3] = None
+        else:
+            if hole is None and jumped:
+                hole = st[3] = [st[2], now, 0]    # [last good at, seen at, deltas since]
+            if hole is not None:
+                hole[2] += 1
+        st[1] = seq if last is None else max(last, seq)
+        st[2] = now
+
+    def take(self) -> list[list]:
+        out, self.healed = self.healed, []
+        return out
+
+    def open(self, now: float) -> dict[str, float]:
+        """Keys broken now -> ms since the hole showed."""
+        return {k: round((now - st[3][1]) * 1000, 1) for k, st in self.keys.items() if st[3] is not None}
+
+
 def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None:
     """Consume until ``stop`` (an Event) is set; ``ready.set()`` once the first connection consumes."""
     import orjson
@@ -91,6 +137,7 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
     out = Path(out_dir)
     files = {name: open(out / f"{name}.jsonl", "ab", buffering=0) for name in ("windows", "account", "system")}
     streams = Streams()
+    heals = BookHeals()
     state = {"hist": Counter(), "by_class": {}, "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
 
     def on_message(channel, method, props, body):
@@ -106,6 +153,8 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
                 by = state["by_class"][cls] = Counter()
             by[b] += 1
             streams.see(f"{method.routing_key}@{doc.get('stream_epoch')}", doc["stream_seq"])
+            if cls == "orderbook":
+                heals.see(method.routing_key, doc.get("stream_epoch"), doc["stream_seq"], doc.get("type"), now / 1e9)
         elif cls in ACCOUNT:
             files["account"].write(orjson.dumps({
                 "cls": cls, "event_class": cls, "source": doc.get("source"), "data": doc.get("data"),
@@ -129,7 +178,8 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
             "t": time.time(), "hist": {str(k): v for k, v in state["hist"].items()},
             "hist_by_class": {c: {str(k): v for k, v in h.items()} for c, h in state["by_class"].items()},
             "counts": dict(state["counts"]), "gaps": streams.gaps, "dups": streams.dups,
-            "restarts": streams.restarts, "reconnects": state["reconnects"]}) + b"\n")
+            "restarts": streams.restarts, "reconnects": state["reconnects"],
+            "book_heals": heals.take(), "books_open": heals.open(time.time())}) + b"\n")
         state["hist"], state["counts"], state["by_class"] = Counter(), Counter(), {}
 
     next_window = time.monotonic() + window_s
