@@ -27,6 +27,7 @@ GROUPS = {"orderbook": "books", "orderbook_rpi": "books", "tickers": "tickers", 
           "liquidations": "liquidations"}
 NEVER = 1 << 62           # the deadline of an item with no bound or an unknown receive time
 TOO_OLD, BUFFER_FULL = "too_old", "buffer_full"
+SUPERSEDED = "superseded"     # a book's frames still waiting when a snapshot that replaces them is handed off
 
 
 def age_bounds(books_ms: int = 500, tickers_ms: int = 500, trades_ms: int = 5_000,
@@ -165,6 +166,20 @@ class MarketQueues:
                 out.append(entry)
                 if not q or q[0][0] >= rival or not more(out):
                     break
+        return out
+
+    def remove(self, cls: str, pred) -> list[tuple]:
+        """Remove and return the entries of ``cls`` whose item ``pred`` accepts, the rest kept in order."""
+        q = self.queues.get(cls)
+        if not q:
+            return []
+        out = [e for e in q if pred(e[3])]
+        if out:
+            keep = [e for e in q if not pred(e[3])]
+            q.clear()
+            q.extend(keep)
+            self.n -= len(out)
+            self.bytes -= sum(e[1] for e in out)
         return out
 
     def expired(self, now_ns: int) -> list[tuple]:

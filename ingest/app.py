@@ -59,6 +59,7 @@ class Ingest:
         self.handoff = Handoff(settings.run_dir, settings.handoff_buffer, settings.handoff_buffer_mb,
                                linger_s=settings.handoff_linger_ms / 1000)
         self.mgr = Manager(settings, self.handoff)
+        self.handoff.on_lost = self.mgr.hand_off_lost
         self.recorder = None
         if settings.record_dir is not None:
             self.recorder = self.mgr.recorder = recorder.Recorder.from_settings(settings)

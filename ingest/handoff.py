@@ -35,6 +35,7 @@ HWM = 8
 MAX_BATCH = 32            # frames per message when several go at once (common/envelope.py pack)
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 DROP_NOTICE_EVERY_S = 5.0
+_HEALED_CLASSES = freshness.BOOK_CLASSES | {"tickers"}    # those needs_snapshot may name
 # At a stop, how long the sockets stay open after the last frame went to ZeroMQ. Its linger only
 # writes what is queued to the connection; a reader whose receive queue is full has not taken it
 # yet, and what it has not taken when the connection closes is lost (seen: the last 3-8 messages).
@@ -58,10 +59,18 @@ class Downstream:
         self.market = freshness.MarketQueues(freshness.age_bounds() if max_age_ns is None else max_age_ns)
         self.dropped: collections.Counter = collections.Counter()
         self.dropped_by: dict[str, collections.Counter] = {freshness.TOO_OLD: collections.Counter(),
-                                                           freshness.BUFFER_FULL: collections.Counter()}
+                                                           freshness.BUFFER_FULL: collections.Counter(),
+                                                           freshness.SUPERSEDED: collections.Counter()}
         # reason -> "endpoint:topic" -> [first seq, last seq, count], for the next notice
-        self.drop_ranges: dict[str, dict[str, list[int]]] = {freshness.TOO_OLD: {}, freshness.BUFFER_FULL: {}}
+        self.drop_ranges: dict[str, dict[str, list[int]]] = {freshness.TOO_OLD: {}, freshness.BUFFER_FULL: {},
+                                                             freshness.SUPERSEDED: {}}
         self._dropped_counted: dict[str, int] = {}
+        # (endpoint, topic) -> [the last frame number dropped, reason] for books and linear/inverse
+        # tickers, whose consumers' copy a drop breaks until a snapshot (taken by Handoff.flush)
+        self.lost: dict[tuple[str, str], list] = {}
+        # healing snapshots waiting in the account lane: id(parts) -> ((endpoint, topic), parts)
+        self._heals: dict[int, tuple] = {}
+        self.healing: set[tuple[str, str]] = set()
         self.sent = 0
         self.batches_sent = 0
         self._warn = RateLimited(log, 10.0)
@@ -109,6 +118,20 @@ class Downstream:
         else:
             self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
 
+    def heal(self, parts: tuple, cls: str, endpoint: str, topic: str, seq: int) -> None:
+        """A snapshot that replaces the book ``topic``'s frames still waiting (dropped as superseded:
+        sent after it they would be applied to it) and goes before every market frame, in the
+        account lane, where neither the age nor the memory bound drops it. The caller sends one
+        per book at a time (``healing``)."""
+        self._drop(self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic),
+                   freshness.SUPERSEDED)
+        if not self.account and self._try(parts):
+            return
+        self.account.append(parts)
+        self._heals[id(parts)] = ((endpoint, topic), parts)
+        self.healing.add((endpoint, topic))
+        self.flush()
+
     def _trim(self) -> None:
         """Back within the count and byte bounds, dropping what ``pop_victim`` would give up."""
         market, bound, bound_bytes = self.market, self.bound, self.bound_bytes
@@ -125,6 +148,12 @@ class Downstream:
             cls, (_, endpoint, topic, seq) = entry[2], entry[3]
             dropped[cls] += 1          # into the metric by flush_metrics (a labelled inc costs ~5 us)
             by_reason[cls] += 1
+            if cls in _HEALED_CLASSES and reason != freshness.SUPERSEDED and freshness.needs_snapshot(endpoint, topic):
+                lost = self.lost.get((endpoint, topic))
+                if lost is None:
+                    self.lost[(endpoint, topic)] = [seq, reason]
+                elif seq > lost[0]:
+                    lost[0], lost[1] = seq, reason
             stream = endpoint + ":" + topic
             r = ranges.get(stream)
             if r is not None:
@@ -183,7 +212,11 @@ class Downstream:
             if not self._try_batch(chunk):
                 return
             for _ in chunk:
-                account.popleft()
+                parts = account.popleft()
+                if self._heals:
+                    sent = self._heals.pop(id(parts), None)
+                    if sent is not None:
+                        self.healing.discard(sent[0])
         market = self.market
         if not market:
             return
@@ -247,6 +280,9 @@ class Handoff:
         self._release_at: asyncio.Handle | None = None
         self._released = 0.0                   # monotonic time of the last release
         self.batches = self.batched = 0        # releases of held frames, and the frames in them
+        # (endpoint, topic, last frame number dropped, reason): a book or linear/inverse ticker
+        # lost frames here, so consumers' copy is wrong until a snapshot
+        self.on_lost = None
 
     def set_max_age(self, max_age_ns: dict[str, int]) -> None:
         """The age bound per market class (Settings.market_max_age_ns)."""
@@ -257,6 +293,17 @@ class Handoff:
               trace_id: str = "", extra: dict | None = None) -> int:
         """``trace_id``: the request that created the subscription, so its events can be traced to it.
         ``extra``: the owner of the topic's unit and its lease epoch (ingest/leases.py)."""
+        parts, seq = self._parts(endpoint, topic, raw, recv_ns, conn_id, trace_id, extra)
+        if self._release_at is not None or (
+                (self.linger_s <= 0 or time.monotonic() - self._released < self.linger_s) and self._hold()):
+            self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
+        else:
+            self._released = time.monotonic()
+            self._send(parts, cls, recv_ns, endpoint, topic, seq)
+        return seq
+
+    def _parts(self, endpoint: str, topic: str, raw: bytes, recv_ns: int, conn_id: str, trace_id: str,
+               extra: dict | None) -> tuple[tuple, int]:
         key = (endpoint, topic)
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
@@ -265,13 +312,19 @@ class Handoff:
         head = self._heads.get(key)
         if head is None or head[0] != conn_id or head[1] != trace_id or head[2] is not extra:
             head = self._head(key, conn_id, trace_id, extra)
-        parts = (VERSION, head[3] + b'%d,"s":%d}' % (recv_ns, seq), raw)   # a tuple: untracked by the GC
-        if self._release_at is not None or (
-                (self.linger_s <= 0 or time.monotonic() - self._released < self.linger_s) and self._hold()):
-            self._held.append((parts, cls, recv_ns, endpoint, topic, seq))
-        else:
-            self._released = time.monotonic()
-            self._send(parts, cls, recv_ns, endpoint, topic, seq)
+        return (VERSION, head[3] + b'%d,"s":%d}' % (recv_ns, seq), raw), seq   # a tuple: untracked by the GC
+
+    def healing(self, endpoint: str, topic: str) -> bool:
+        """A healing snapshot of this book still waits to go to the publisher."""
+        return (endpoint, topic) in self.publisher.healing
+
+    def heal(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
+             trace_id: str = "", extra: dict | None = None) -> int:
+        """Hand off ``raw``, a snapshot of a book made by ingest, in place of that book's frames still
+        waiting and ahead of all other market frames (Downstream.heal); its frame number."""
+        self.release()      # frames held for company are queued first: this topic's are superseded
+        parts, seq = self._parts(endpoint, topic, raw, recv_ns, conn_id, trace_id, extra)
+        self.publisher.heal(parts, cls, endpoint, topic, seq)
         return seq
 
     def _head(self, key: tuple[str, str], conn_id: str, trace_id: str, extra: dict | None) -> tuple:
@@ -338,6 +391,12 @@ class Handoff:
             d.flush()
             d.flush_metrics()
             metrics.BUFFERED.labels(d.name).set(d.buffered)
+        lost = self.publisher.lost
+        if lost:
+            self.publisher.lost = {}
+            if self.on_lost is not None:
+                for (endpoint, topic), (seq, reason) in lost.items():
+                    self.on_lost(endpoint, topic, seq, reason)
         if time.monotonic() - self._last_notice >= DROP_NOTICE_EVERY_S:
             notices = self.publisher.take_drop_notices() + self.persister.take_drop_notices()
             if notices:

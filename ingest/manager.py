@@ -69,7 +69,7 @@ class RotationOverlap:
 
 class TopicState:
     __slots__ = ("topic", "cls", "status", "error", "last_event_ms", "frames", "book", "ticker_ok",
-                 "trace_id", "conn", "metric", "added_at", "counted", "lease")
+                 "trace_id", "conn", "metric", "added_at", "counted", "lease", "kept", "snapshot_seq")
 
     def __init__(self, topic: Topic, trace_id: str, lease: Lease = ALWAYS):
         self.topic = topic
@@ -79,6 +79,10 @@ class TopicState:
         self.frames = 0
         self.counted = 0     # frames already added to the metric (flush_metrics)
         self.book = books.BookTracker()
+        # ingest's copy of a plain order book (not RPI: its levels are shaped otherwise), and the
+        # hand-off's number of the last snapshot of this topic handed off
+        self.kept = books.KeptBook() if self.cls == "orderbook" else None
+        self.snapshot_seq = 0
         self.ticker_ok = False
         self.trace_id = trace_id
         self.conn: Connection | None = None
@@ -114,6 +118,7 @@ class Manager:
         self.reconciler = None     # ingest.reconcile.Reconciler when keys are configured (set by the app)
         self.ownership = None      # ingest.leases.Coordinator (set by the app); None: every topic is ours
         self.fenced = 0            # frames not handed off because their unit's lease had lapsed
+        self.book_heals = 0        # snapshots handed off from ingest's copy of a book (KeptBook)
         if hasattr(handoff, "set_max_age"):
             handoff.set_max_age(settings.market_max_age_ns())
 
@@ -239,6 +244,8 @@ class Manager:
                 if verdict.action == books.RESYNC:
                     self._resync(conn, st, "book_resync", verdict.reason)
                 return
+            if st.kept is not None:
+                st.kept.apply(obj, recv_ns, session.id)
         elif cls == "tickers" and conn.endpoint in _MERGED_TICKERS:
             if obj.get("type") == "snapshot":
                 st.ticker_ok = True
@@ -247,7 +254,9 @@ class Manager:
                 return
         rec = self.reconciler
         if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
-            self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id, lease.extra)
+            seq = self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id, lease.extra)
+            if obj is not None and conn.endpoint != PRIVATE and obj.get("type") == "snapshot":
+                st.snapshot_seq = seq
         st.frames += 1
         st.last_event_ms = recv_ns // 1_000_000
         self._activity[key] = st.last_event_ms
@@ -290,6 +299,8 @@ class Manager:
         if st.topic.name in conn.resync:
             return
         st.book.reset()
+        if st.kept is not None:
+            st.kept.invalidate()
         st.ticker_ok = False
         self._announce(conn, st, kind, reason)
         conn.request_resync(st.topic.name)
@@ -301,7 +312,31 @@ class Manager:
         st = self.topics.get(f"{endpoint}:{topic}")
         if st is None or st.conn is None or st.status != ACTIVE or not freshness.needs_snapshot(endpoint, topic):
             return False
-        self._resync(st.conn, st, "ticker_resync" if st.cls == "tickers" else "book_resync", reason)
+        if not self._heal(st, reason):
+            self._resync(st.conn, st, "ticker_resync" if st.cls == "tickers" else "book_resync", reason)
+        return True
+
+    def hand_off_lost(self, endpoint: str, topic: str, seq: int, reason: str) -> None:
+        """The hand-off dropped frames of a book up to its number ``seq``: a snapshot from ingest's
+        copy heals consumers' books at once, unless a snapshot handed off after them already does.
+        (Without a copy the publisher asks for a resubscribe once it sees the hole.)"""
+        st = self.topics.get(f"{endpoint}:{topic}")
+        if st is not None and st.conn is not None and st.status == ACTIVE and st.snapshot_seq <= seq:
+            self._heal(st, f"dropped in ingest's hand-off: {reason}")
+
+    def _heal(self, st: TopicState, reason: str) -> bool:
+        """Hand off a snapshot of ``st``'s book from ingest's copy (announced as a ``book_resync``
+        first); False when there is no valid copy (the caller resubscribes). True, sending
+        nothing, while one such snapshot still waits to go."""
+        kept, conn = st.kept, st.conn
+        if kept is None or not kept.valid or st.book.resyncing or st.lease.valid_until < _clock(_CLOCK):
+            return False
+        if self.handoff.healing(conn.endpoint, st.topic.name):
+            return True
+        self._announce(conn, st, "book_resync", f"{reason}; snapshot from ingest's copy of the book")
+        st.snapshot_seq = self.handoff.heal(conn.endpoint, st.topic.name, st.cls, orjson.dumps(kept.snapshot()),
+                                            kept.recv_ns, kept.session, st.trace_id, st.lease.extra)
+        self.book_heals += 1
         return True
 
     def _announce(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
@@ -378,6 +413,7 @@ class Manager:
             "new_connections_5min": len(self.budget.opened),
             "bad_frames": self.bad_frames,
             "fenced_frames": self.fenced,
+            "book_heals": self.book_heals,
             "rotation_duplicates": self.rotation_duplicates,
             "task_failures": self.task_failures.status(),
             "reconciliation": self.reconciler.status() if self.reconciler else {"configured": False},
