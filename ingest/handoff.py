@@ -68,9 +68,9 @@ class Downstream:
         # (endpoint, topic) -> [the last frame number dropped, reason] for books and linear/inverse
         # tickers, whose consumers' copy a drop breaks until a snapshot (taken by Handoff.flush)
         self.lost: dict[tuple[str, str], list] = {}
-        # healing snapshots waiting in the account lane: id(parts) -> ((endpoint, topic), parts)
-        self._heals: dict[int, tuple] = {}
-        self.healing: set[tuple[str, str]] = set()
+        # healing snapshots waiting in the account lane, by book and by id(parts)
+        self.healing: dict[tuple[str, str], tuple] = {}
+        self._heals: dict[int, tuple[str, str]] = {}
         self.sent = 0
         self.batches_sent = 0
         self._warn = RateLimited(log, 10.0)
@@ -119,17 +119,23 @@ class Downstream:
             self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
 
     def heal(self, parts: tuple, cls: str, endpoint: str, topic: str, seq: int) -> None:
-        """A snapshot that replaces the book ``topic``'s frames still waiting (dropped as superseded:
-        sent after it they would be applied to it) and goes before every market frame, in the
-        account lane, where neither the age nor the memory bound drops it. The caller sends one
-        per book at a time (``healing``)."""
-        self._drop(self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic),
-                   freshness.SUPERSEDED)
+        """A snapshot that replaces the book ``topic``'s frames still waiting, and an earlier such
+        snapshot still waiting (dropped as superseded: sent after it they would be applied to it),
+        and goes before every market frame, in the account lane, where neither the age nor the
+        memory bound drops it: at most one per book waits there."""
+        key = (endpoint, topic)
+        gone = self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic)
+        old = self.healing.pop(key, None)
+        if old is not None:
+            del self._heals[id(old[0])]
+            self.account.remove(old[0])
+            gone.append((0, 0, cls, old))
+        self._drop(gone, freshness.SUPERSEDED)
         if not self.account and self._try(parts):
             return
         self.account.append(parts)
-        self._heals[id(parts)] = ((endpoint, topic), parts)
-        self.healing.add((endpoint, topic))
+        self.healing[key] = (parts, endpoint, topic, seq)
+        self._heals[id(parts)] = key
         self.flush()
 
     def _trim(self) -> None:
@@ -214,9 +220,9 @@ class Downstream:
             for _ in chunk:
                 parts = account.popleft()
                 if self._heals:
-                    sent = self._heals.pop(id(parts), None)
-                    if sent is not None:
-                        self.healing.discard(sent[0])
+                    key = self._heals.pop(id(parts), None)
+                    if key is not None:
+                        del self.healing[key]
         market = self.market
         if not market:
             return

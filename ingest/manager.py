@@ -326,16 +326,16 @@ class Manager:
 
     def _heal(self, st: TopicState, reason: str) -> bool:
         """Hand off a snapshot of ``st``'s book from ingest's copy (announced as a ``book_resync``
-        first); False when there is no valid copy (the caller resubscribes). True, sending
-        nothing, while one such snapshot still waits to go."""
+        first; it replaces one still waiting); False when there is no valid copy (the caller
+        resubscribes)."""
         kept, conn = st.kept, st.conn
         if kept is None or not kept.valid or st.book.resyncing or st.lease.valid_until < _clock(_CLOCK):
             return False
-        if self.handoff.healing(conn.endpoint, st.topic.name):
-            return True
         self._announce(conn, st, "book_resync", f"{reason}; snapshot from ingest's copy of the book")
+        # stamped with the time it is made: it is the book as ingest knows it now (a quiet book is
+        # still current), and the publisher must not drop it as too old
         st.snapshot_seq = self.handoff.heal(conn.endpoint, st.topic.name, st.cls, orjson.dumps(kept.snapshot()),
-                                            kept.recv_ns, kept.session, st.trace_id, st.lease.extra)
+                                            time.time_ns(), kept.session, st.trace_id, st.lease.extra)
         self.book_heals += 1
         return True
 

@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-from common.freshness import BUFFER_FULL, TOO_OLD, MarketQueues
+from common.freshness import BUFFER_FULL, SUPERSEDED, TOO_OLD, MarketQueues
 from common.runtime import LineSpool
 from publisher.events import Event
 
@@ -107,7 +107,8 @@ class Outbox:
         # so events read back from an old spool never wait behind newer ones.
         self._seq = itertools.count(clock())
         self.dropped: Counter[str] = Counter()
-        self.dropped_by: dict[str, Counter[str]] = {BUFFER_FULL: Counter(), TOO_OLD: Counter()}
+        self.dropped_by: dict[str, Counter[str]] = {BUFFER_FULL: Counter(), TOO_OLD: Counter(),
+                                                    SUPERSEDED: Counter()}
         self.drop_ranges: dict[str, list[int]] = {}   # stream -> [first_seq, last_seq, count] (buffer full)
         self.age_ranges: dict[str, list[int]] = {}    # the same for events too old
         self.on_drop = None       # (event class, stream, reason) for each market event dropped
@@ -161,6 +162,19 @@ class Outbox:
         # make the notice's own drop counts stale.
         while not front and self.full and self._market:
             self._drop(self._market.pop_victim()[3], BUFFER_FULL)
+
+    def heal(self, event: Event) -> None:
+        """A book snapshot for a stream consumers hold wrong: the stream's events still waiting
+        are dropped as superseded (published after it they would be applied to it; their numbers
+        stay unused, a hole the snapshot closes at once, so they ask for no further snapshot), and
+        it goes before every market event, in the lane that is never dropped (never spooled)."""
+        for entry in self._market.remove(event.event_class, lambda ev: ev.routing_key == event.routing_key):
+            self.bytes -= _size(entry[3])
+            self.dropped[event.event_class] += 1
+            self.dropped_by[SUPERSEDED][event.event_class] += 1
+        event.seq = next(self._seq)
+        self.bytes += _size(event)
+        self._account.append(event)
 
     def _drop(self, ev: Event, reason: str) -> None:
         self.bytes -= _size(ev)

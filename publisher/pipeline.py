@@ -139,7 +139,9 @@ class Pipeline:
         if ev.event_class in BOOK_CLASSES and needs_snapshot(endpoint, topic):
             stream = f"{endpoint}:{topic}"
             self.healer.register(stream, ev.routing_key)
-            self.healer.frame(stream, frame.get("type") == "snapshot", now_ns / 1e9)
+            healed = self.healer.frame(stream, frame.get("type") == "snapshot", now_ns / 1e9)
+            # goes first in place of the key's waiting events, unless another depth shares the key
+            ev.heals = healed and len(self.healer.by_key.get(ev.routing_key, ())) <= 1
         return [ev]
 
     def _merge(self, env: Envelope, frame: dict):

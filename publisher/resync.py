@@ -33,15 +33,19 @@ class Healer:
                 self.by_key.clear()
             self.by_key.setdefault(routing_key, set()).add(stream)
 
-    def frame(self, stream: str, snapshot: bool, now_s: float) -> None:
-        """A frame of a book/ticker stream goes out (to be published)."""
+    def frame(self, stream: str, snapshot: bool, now_s: float) -> bool:
+        """A frame of a book/ticker stream goes out (to be published); True for a snapshot that
+        heals a broken stream."""
         if snapshot:
-            if self.broken.pop(stream, None) is not None:
+            healed = self.broken.pop(stream, None) is not None
+            if healed:
                 self.healed += 1
             if len(self.ok) < MAX_STREAMS:
                 self.ok.add(stream)
-        elif stream not in self.ok and stream not in self.broken:
+            return healed
+        if stream not in self.ok and stream not in self.broken:
             self.broken[stream] = ["no snapshot since the publisher started", now_s, None]
+        return False
 
     def lost(self, stream: str, reason: str, now_s: float) -> None:
         """A frame of ``stream`` will never reach consumers."""

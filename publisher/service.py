@@ -144,7 +144,10 @@ class Service:
                     kind=env.kind, error=str(exc))
             return
         for ev in out:
-            self.outbox.add(ev)
+            if ev.heals:
+                self.outbox.heal(ev)
+            else:
+                self.outbox.add(ev)
 
     def _on_readable(self) -> None:
         """The frames socket has input: take up to DRAIN_BATCH envelopes, then publish.

@@ -212,6 +212,39 @@ def test_too_old_book_delta_asks_for_a_snapshot_which_heals_it():
     assert not p.healer.broken and p.healer.healed == 1
 
 
+def test_only_the_snapshot_that_heals_a_broken_book_is_marked_to_go_first():
+    p = pipeline([])
+    [first] = p.process(env("orderbook_snapshot", 1, 10))
+    assert not first.heals
+    assert p.process(env("orderbook_delta", 2, 700)) == []                 # too old: the book breaks
+    [healing] = p.process(env("orderbook_snapshot", 3, 10))
+    [later] = p.process(env("orderbook_snapshot", 4, 10))
+    assert healing.heals and not later.heals
+
+
+def test_a_healing_snapshot_replaces_its_books_waiting_events_and_goes_before_the_market():
+    box = Outbox(bound=1000, max_age_ns=BOUNDS)
+    seen = []
+    box.on_drop = lambda *a: seen.append(a)
+    other = ev("orderbook", 1, 10)
+    other.stream = other.routing_key = "orderbook.linear.ETHUSDT"
+    for n in range(1, 4):
+        e = ev("orderbook", n, 10)
+        e.routing_key = e.stream
+        box.add(e)
+    box.add(other)
+    box.add(ev("tickers", 1, 10))
+    box.add(ev("executions", 1, 10))
+    snap = ev("orderbook", 4, 0)
+    snap.routing_key, snap.heals = snap.stream, True
+    box.heal(snap)
+    assert dict(box.dropped_by["superseded"]) == {"orderbook": 3} and not seen       # no loss to heal again
+    out = [(e.event_class, e.stream, e.stream_seq) for e in iter(box.pop, None)]
+    assert out == [("executions", "executions.linear.BTCUSDT", 1), ("orderbook", "orderbook.linear.BTCUSDT", 4),
+                   ("orderbook", "orderbook.linear.ETHUSDT", 1), ("tickers", "tickers.linear.BTCUSDT", 1)]
+    assert box.bytes == 0 and len(box) == 0
+
+
 def test_frames_lost_before_the_publisher_break_the_book_and_the_ticker():
     p = pipeline([])
     p.process(env("orderbook_snapshot", 1, 10))

@@ -71,7 +71,7 @@ def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(sho
     """While the publisher reads nothing, frames wait in the hand-off. A snapshot handed off to
     heal one book drops that book's waiting frames (superseded, counted, not a loss that asks for
     another snapshot), leaves other topics' frames in order, goes before every market frame, and
-    only one per book waits at a time."""
+    replaces an earlier one of the same book still waiting."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1)
@@ -87,9 +87,15 @@ def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(sho
         waiting_a = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.AUSDT")
         waiting_b = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.BUSDT")
         assert waiting_a > 0 and waiting_b > 0
-        seq = h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":1}', now + 10**6, "c")
+        h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":0}', now + 10**6, "c")
         assert h.healing("linear", "orderbook.50.AUSDT")
         assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a
+        # a later one replaces it while it waits: one per book in the lane that is never dropped
+        h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":-1,"p":"%s"}' % pad, now + 10**6, "c")
+        h.release()
+        seq = h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":1}', now + 2 * 10**6, "c")
+        assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a + 2
+        assert len(h.publisher.healing) == 1 and len(h.publisher.account) == 1
         assert not h.publisher.lost                                   # superseded is not a loss
         assert all(e[3][2] == "orderbook.50.BUSDT" for e in h.publisher.market.queues["orderbook"])
         got = []
@@ -99,6 +105,7 @@ def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(sho
                 got.extend(unpack(pull.recv_multipart()))
             h.flush()
         payloads = [p[2] for p in got]
+        assert b'{"snapshot":0}' not in payloads
         at = payloads.index(b'{"snapshot":1}')
         assert orjson.loads(got[at][1])["s"] == seq
         assert all(not p.startswith(b'{"a"') for p in payloads[at + 1:])       # nothing older of A after it
