@@ -91,17 +91,20 @@ class BookHeals:
     ``[seen_ms, quiet_ms, deltas, key, healed at]``: ``seen_ms`` from the first event that showed the hole (a
     delta after it, or the snapshot itself) to the snapshot; ``quiet_ms`` from the last event
     before the hole to the snapshot (how long the book had no correct update); ``deltas`` the
-    deltas received in between (a consumer must discard them). A new ``stream_epoch`` (a
-    publisher restart) starts the key afresh; a delta first on a key is a hole too."""
+    deltas received in between (a consumer must discard them). Each ``stream_epoch`` (one run of
+    the publisher's numbering) is judged on its own, a delta first in one being a hole too; events
+    without a ``type`` (the bench's forwarder shares these queues) are not judged."""
 
     def __init__(self):
-        self.keys: dict[str, list] = {}       # key -> [epoch, last seq, last at, hole or None]
+        self.keys: dict[tuple, list] = {}     # (key, epoch) -> [epoch, last seq, last at, hole or None]
         self.healed: list[list] = []          # since the last take()
 
     def see(self, key: str, epoch, seq: int, kind, now: float) -> None:
-        st = self.keys.get(key)
-        if st is None or st[0] != epoch:
-            st = self.keys[key] = [epoch, None, now, None]
+        if kind is None:
+            return          # not a book event of the gateway (the bench's forwarder shares the queues)
+        st = self.keys.get((key, epoch))
+        if st is None:
+            st = self.keys[(key, epoch)] = [epoch, None, now, None]
         last, hole = st[1], st[3]
         jumped = last is None or seq > last + 1
         if kind == "snapshot":
@@ -125,7 +128,7 @@ class BookHeals:
 
     def open(self, now: float) -> dict[str, float]:
         """Keys broken now -> ms since the hole showed."""
-        return {k: round((now - st[3][1]) * 1000, 1) for k, st in self.keys.items() if st[3] is not None}
+        return {f"{k}@{e}": round((now - st[3][1]) * 1000, 1) for (k, e), st in self.keys.items() if st[3] is not None}
 
 
 def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None:

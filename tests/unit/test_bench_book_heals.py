@@ -14,7 +14,7 @@ def test_a_hole_breaks_the_book_until_the_next_snapshot():
     assert h.open(10.2) == {} and h.take() == []
     h.see("orderbook.linear.X", "e1", 5, "delta", 10.3)       # 3 and 4 never came
     h.see("orderbook.linear.X", "e1", 6, "delta", 10.4)
-    assert h.open(10.5) == {"orderbook.linear.X": 200.0}
+    assert h.open(10.5) == {"orderbook.linear.X@e1": 200.0}
     h.see("orderbook.linear.X", "e1", 7, "snapshot", 10.9)
     [(seen_ms, quiet_ms, deltas, key, _at)] = h.take()
     assert (seen_ms, quiet_ms, deltas, key) == (600.0, 800.0, 2, "orderbook.linear.X")
@@ -30,19 +30,29 @@ def test_a_snapshot_that_shows_the_hole_heals_it_at_once():
     assert [r[:3] for r in h.take()] == [[0.0, 300.0, 0]]
 
 
-def test_books_are_judged_per_key_and_a_new_epoch_starts_afresh():
+def test_books_are_judged_per_key_and_epoch():
     h = BookHeals()
     h.see("a", "e1", 1, "snapshot", 1.0)
     h.see("b", "e1", 1, "snapshot", 1.0)
     h.see("a", "e1", 3, "delta", 1.1)
     h.see("b", "e1", 2, "delta", 1.1)
-    assert set(h.open(1.2)) == {"a"}
+    assert set(h.open(1.2)) == {"a@e1"}
     h.see("b", "e2", 1, "delta", 1.3)             # a restarted publisher: a delta first is a hole
-    assert set(h.open(1.4)) == {"a", "b"}
+    assert set(h.open(1.4)) == {"a@e1", "b@e2"}
     h.see("b", "e2", 2, "snapshot", 1.5)
-    assert set(h.open(1.6)) == {"a"}
+    assert set(h.open(1.6)) == {"a@e1"}
     h.see("a", "e1", 2, "delta", 1.7)             # a late duplicate does not heal or break anything
-    assert set(h.open(1.8)) == {"a"}
+    assert set(h.open(1.8)) == {"a@e1"}
+
+
+def test_other_publishers_on_the_same_keys_leave_the_gateways_books_alone():
+    h = BookHeals()
+    h.see("a", "gw", 1, "snapshot", 1.0)
+    h.see("a", "gw", 2, "delta", 1.1)
+    for n in range(1, 50):                        # the bench's forwarder: its own numbers, no type
+        h.see("a", None, n * 3, None, 2.0 + n / 100)
+    h.see("a", "gw", 3, "delta", 9.0)             # the gateway again, in sequence: nothing broken
+    assert h.take() == [] and h.open(9.1) == {}
 
 
 def test_the_step_summary_counts_every_heal_and_keeps_the_last_open_books():
