@@ -7,11 +7,14 @@ sends a snapshot only when a topic is subscribed. So a stream is *broken* when o
 frames is dropped here (too old, buffer full), when frames from ingest went missing (a
 ``seq_jump``), or when a delta comes with no snapshot seen since this publisher started
 (after a restart). A broken stream is asked for once at once, then again every ``RETRY_S``
-while no snapshot arrives; never more often than ``MIN_INTERVAL_S`` per topic.
+while no snapshot arrives; never more often than ``MIN_INTERVAL_S`` per topic. Plain order books
+are asked for up to ``BOOK_INTERVAL_S``: ingest answers them from its own copy of the book, no
+request to Bybit (RPI books and tickers are resubscribed).
 """
 from __future__ import annotations
 
 MIN_INTERVAL_S = 0.5      # per topic: at most two requests a second
+BOOK_INTERVAL_S = 0.1     # the same for a plain order book (ingest's copy, no resubscribe)
 RETRY_S = 2.0             # asked, and still no snapshot this long after: ask again
 MAX_STREAMS = 100_000     # streams remembered (the subscribed books and tickers: far fewer)
 
@@ -64,7 +67,7 @@ class Healer:
         for stream, entry in self.broken.items():
             asked = entry[2]
             if asked is None:
-                if now_s - self.last_ask.get(stream, -1e18) < MIN_INTERVAL_S:
+                if now_s - self.last_ask.get(stream, -1e18) < _interval(stream):
                     continue
             elif now_s - asked < RETRY_S:
                 continue
@@ -87,3 +90,9 @@ class Healer:
     def status(self) -> dict:
         return {"requests": self.requests, "healed": self.healed, "awaiting_snapshot": len(self.broken),
                 "awaiting": dict(list({s: e[0] for s, e in self.broken.items()}.items())[:20])}
+
+
+def _interval(stream: str) -> float:
+    """``endpoint:topic`` -> the least time between two requests for it."""
+    topic = stream.partition(":")[2]
+    return BOOK_INTERVAL_S if topic.startswith("orderbook.") and not topic.startswith("orderbook.rpi") else MIN_INTERVAL_S
