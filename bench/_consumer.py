@@ -96,7 +96,7 @@ class BookHeals:
     without a ``type`` (the bench's forwarder shares these queues) are not judged."""
 
     def __init__(self):
-        self.keys: dict[tuple, list] = {}     # (key, epoch) -> [epoch, last seq, last at, hole or None]
+        self.keys: dict[tuple, list] = {}     # (key, epoch) -> [last seq, last at, hole or None]
         self.healed: list[list] = []          # since the last take()
 
     def see(self, key: str, epoch, seq: int, kind, now: float) -> None:
@@ -104,23 +104,23 @@ class BookHeals:
             return          # not a book event of the gateway (the bench's forwarder shares the queues)
         st = self.keys.get((key, epoch))
         if st is None:
-            st = self.keys[(key, epoch)] = [epoch, None, now, None]
-        last, hole = st[1], st[3]
+            st = self.keys[(key, epoch)] = [None, now, None]
+        last, hole = st[0], st[2]
         jumped = last is None or seq > last + 1
         if kind == "snapshot":
             if hole is None and jumped and last is not None:
-                hole = [st[2], now, 0]            # the snapshot itself shows the hole it heals
+                hole = [st[1], now, 0]            # the snapshot itself shows the hole it heals
             if hole is not None:
                 self.healed.append([round((now - hole[1]) * 1000, 1), round((now - hole[0]) * 1000, 1), hole[2],
                                     key, round(now, 3)])
-                st[3] = None
+                st[2] = None
         else:
             if hole is None and jumped:
-                hole = st[3] = [st[2], now, 0]    # [last good at, seen at, deltas since]
+                hole = st[2] = [st[1], now, 0]    # [last good at, seen at, deltas since]
             if hole is not None:
                 hole[2] += 1
-        st[1] = seq if last is None else max(last, seq)
-        st[2] = now
+        st[0] = seq if last is None else max(last, seq)
+        st[1] = now
 
     def take(self) -> list[list]:
         out, self.healed = self.healed, []
@@ -128,7 +128,7 @@ class BookHeals:
 
     def open(self, now: float) -> dict[str, float]:
         """Keys broken now -> ms since the hole showed."""
-        return {f"{k}@{e}": round((now - st[3][1]) * 1000, 1) for (k, e), st in self.keys.items() if st[3] is not None}
+        return {f"{k}@{e}": round((now - st[2][1]) * 1000, 1) for (k, e), st in self.keys.items() if st[2] is not None}
 
 
 def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None:

@@ -173,9 +173,10 @@ class MarketQueues:
         q = self.queues.get(cls)
         if not q:
             return []
-        out = [e for e in q if pred(e[3])]
+        out, keep = [], []
+        for e in q:
+            (out if pred(e[3]) else keep).append(e)
         if out:
-            keep = [e for e in q if not pred(e[3])]
             q.clear()
             q.extend(keep)
             self.n -= len(out)

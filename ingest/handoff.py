@@ -35,7 +35,6 @@ HWM = 8
 MAX_BATCH = 32            # frames per message when several go at once (common/envelope.py pack)
 OVERHEAD = 200            # Python objects around each buffered frame, bytes (approximate)
 DROP_NOTICE_EVERY_S = 5.0
-_HEALED_CLASSES = freshness.BOOK_CLASSES | {"tickers"}    # those needs_snapshot may name
 # At a stop, how long the sockets stay open after the last frame went to ZeroMQ. Its linger only
 # writes what is queued to the connection; a reader whose receive queue is full has not taken it
 # yet, and what it has not taken when the connection closes is lost (seen: the last 3-8 messages).
@@ -65,12 +64,12 @@ class Downstream:
         self.drop_ranges: dict[str, dict[str, list[int]]] = {freshness.TOO_OLD: {}, freshness.BUFFER_FULL: {},
                                                              freshness.SUPERSEDED: {}}
         self._dropped_counted: dict[str, int] = {}
-        # (endpoint, topic) -> [the last frame number dropped, reason] for books and linear/inverse
-        # tickers, whose consumers' copy a drop breaks until a snapshot (taken by Handoff.flush)
+        # (endpoint, topic) -> [the last frame number dropped, reason] for plain order books, which
+        # ingest heals from its copy (taken by Handoff.flush; tickers and RPI books are healed
+        # through the publisher, which sees the hole)
         self.lost: dict[tuple[str, str], list] = {}
-        # healing snapshots waiting in the account lane, by book and by id(parts)
+        # (endpoint, topic) -> (parts, endpoint, topic, seq) of a healing snapshot waiting in the account lane
         self.healing: dict[tuple[str, str], tuple] = {}
-        self._heals: dict[int, tuple[str, str]] = {}
         self.sent = 0
         self.batches_sent = 0
         self._warn = RateLimited(log, 10.0)
@@ -127,7 +126,6 @@ class Downstream:
         gone = self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic)
         old = self.healing.pop(key, None)
         if old is not None:
-            del self._heals[id(old[0])]
             self.account.remove(old[0])
             gone.append((0, 0, cls, old))
         self._drop(gone, freshness.SUPERSEDED)
@@ -135,8 +133,13 @@ class Downstream:
             return
         self.account.append(parts)
         self.healing[key] = (parts, endpoint, topic, seq)
-        self._heals[id(parts)] = key
         self.flush()
+
+    def _heal_sent(self, parts: tuple) -> None:
+        for key, waiting in self.healing.items():     # a few books at most
+            if waiting[0] is parts:
+                del self.healing[key]
+                return
 
     def _trim(self) -> None:
         """Back within the count and byte bounds, dropping what ``pop_victim`` would give up."""
@@ -154,7 +157,7 @@ class Downstream:
             cls, (_, endpoint, topic, seq) = entry[2], entry[3]
             dropped[cls] += 1          # into the metric by flush_metrics (a labelled inc costs ~5 us)
             by_reason[cls] += 1
-            if cls in _HEALED_CLASSES and reason != freshness.SUPERSEDED and freshness.needs_snapshot(endpoint, topic):
+            if cls == "orderbook" and reason != freshness.SUPERSEDED and freshness.needs_snapshot(endpoint, topic):
                 lost = self.lost.get((endpoint, topic))
                 if lost is None:
                     self.lost[(endpoint, topic)] = [seq, reason]
@@ -219,10 +222,8 @@ class Downstream:
                 return
             for _ in chunk:
                 parts = account.popleft()
-                if self._heals:
-                    key = self._heals.pop(id(parts), None)
-                    if key is not None:
-                        del self.healing[key]
+                if self.healing:
+                    self._heal_sent(parts)
         market = self.market
         if not market:
             return
@@ -286,8 +287,8 @@ class Handoff:
         self._release_at: asyncio.Handle | None = None
         self._released = 0.0                   # monotonic time of the last release
         self.batches = self.batched = 0        # releases of held frames, and the frames in them
-        # (endpoint, topic, last frame number dropped, reason): a book or linear/inverse ticker
-        # lost frames here, so consumers' copy is wrong until a snapshot
+        # (endpoint, topic, last frame number dropped, reason): a plain order book lost frames
+        # here, so consumers' copy is wrong until a snapshot
         self.on_lost = None
 
     def set_max_age(self, max_age_ns: dict[str, int]) -> None:
@@ -319,10 +320,6 @@ class Handoff:
         if head is None or head[0] != conn_id or head[1] != trace_id or head[2] is not extra:
             head = self._head(key, conn_id, trace_id, extra)
         return (VERSION, head[3] + b'%d,"s":%d}' % (recv_ns, seq), raw), seq   # a tuple: untracked by the GC
-
-    def healing(self, endpoint: str, topic: str) -> bool:
-        """A healing snapshot of this book still waits to go to the publisher."""
-        return (endpoint, topic) in self.publisher.healing
 
     def heal(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
              trace_id: str = "", extra: dict | None = None) -> int:

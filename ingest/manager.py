@@ -255,7 +255,7 @@ class Manager:
         rec = self.reconciler
         if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
             seq = self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id, lease.extra)
-            if obj is not None and conn.endpoint != PRIVATE and obj.get("type") == "snapshot":
+            if st.kept is not None and obj.get("type") == "snapshot":
                 st.snapshot_seq = seq
         st.frames += 1
         st.last_event_ms = recv_ns // 1_000_000

@@ -28,57 +28,46 @@ def test_bounded_in_bytes_drops_market_keeps_account(short_tmp):
         ctx.term()
 
 
-def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(short_tmp):
+def test_a_frame_goes_out_as_its_envelope_and_waits_while_the_socket_is_full(slow_publisher):
     """The hand-off writes the envelope's bytes itself (no Envelope object per frame) and, while
     ZeroMQ's queue is full, keeps frames in its buffer in order until the reader takes them."""
-    from common import addresses
     from common.envelope import Envelope, unpack
-    from ingest.handoff import Handoff
 
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    pull.bind(addresses.publisher_frames(short_tmp))
-    h = Handoff(short_tmp, bound=10**6, ctx=ctx)
-    try:
-        owner = {"oi": "gw-a", "oe": 3}
-        n, t0 = HWM * 4, time.time_ns()      # received now: within the trades' age bound
+    h, pull = slow_publisher
+    owner = {"oi": "gw-a", "oe": 3}
+    n, t0 = HWM * 4, time.time_ns()      # received now: within the trades' age bound
 
-        def body(i: int) -> bytes:       # 10 KB: beyond what ZeroMQ and the kernel buffer hold
-            return b'{"i":%d,"pad":"%s"}' % (i, b"x" * 10_000)
+    def body(i: int) -> bytes:       # 10 KB: beyond what ZeroMQ and the kernel buffer hold
+        return b'{"i":%d,"pad":"%s"}' % (i, b"x" * 10_000)
 
-        for i in range(1, n + 1):
-            h.frame("linear", "publicTrade.BTCUSDT", "trades", body(i), t0 + i, "c1", "tr", owner)
-        assert h.publisher.buffered > 0               # more than ZeroMQ holds: the rest waits with us
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < n and time.monotonic() < deadline:
-            if pull.poll(50):
-                got.extend(unpack(pull.recv_multipart()))
-            h.flush()
-        assert len(got) == n and h.publisher.buffered == 0 and not h.publisher.dropped
-        for i, parts in enumerate(got, 1):
-            assert Envelope.decode(parts) == Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i,
-                                                      h.epoch, "c1", "tr", owner)
-        # the header's fixed part is kept per topic: a new socket, request or lease shows at once
-        later = [("c2", "tr", owner), ("c2", "tr2", owner), ("c2", "tr2", {"oi": "gw-b", "oe": 4}), ("c2", "tr2", None)]
-        for i, (conn, trace, lease) in enumerate(later, n + 1):
-            h.frame("linear", "publicTrade.BTCUSDT", "trades", body(i), t0 + i, conn, trace, lease)
-        h.frame("linear", "publicTrade.ETHUSDT", "trades", body(0), t0, "c1", "tr", owner)
-        got = []
-        deadline = time.monotonic() + 20
-        while len(got) < len(later) + 1 and time.monotonic() < deadline:
-            if pull.poll(50):
-                got.extend(unpack(pull.recv_multipart()))
-            h.flush()
-        assert [Envelope.decode(p) for p in got] == [
-            Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i, h.epoch, conn, trace, lease or {})
-            for i, (conn, trace, lease) in enumerate(later, n + 1)] + [
-            Envelope("frame", body(0), "linear", "publicTrade.ETHUSDT", t0, 1, h.epoch, "c1", "tr", owner)]
-    finally:
-        h.close()
-        pull.close(0)
-        ctx.term()
+    for i in range(1, n + 1):
+        h.frame("linear", "publicTrade.BTCUSDT", "trades", body(i), t0 + i, "c1", "tr", owner)
+    assert h.publisher.buffered > 0               # more than ZeroMQ holds: the rest waits with us
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < n and time.monotonic() < deadline:
+        if pull.poll(50):
+            got.extend(unpack(pull.recv_multipart()))
+        h.flush()
+    assert len(got) == n and h.publisher.buffered == 0 and not h.publisher.dropped
+    for i, parts in enumerate(got, 1):
+        assert Envelope.decode(parts) == Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i,
+                                                  h.epoch, "c1", "tr", owner)
+    # the header's fixed part is kept per topic: a new socket, request or lease shows at once
+    later = [("c2", "tr", owner), ("c2", "tr2", owner), ("c2", "tr2", {"oi": "gw-b", "oe": 4}), ("c2", "tr2", None)]
+    for i, (conn, trace, lease) in enumerate(later, n + 1):
+        h.frame("linear", "publicTrade.BTCUSDT", "trades", body(i), t0 + i, conn, trace, lease)
+    h.frame("linear", "publicTrade.ETHUSDT", "trades", body(0), t0, "c1", "tr", owner)
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < len(later) + 1 and time.monotonic() < deadline:
+        if pull.poll(50):
+            got.extend(unpack(pull.recv_multipart()))
+        h.flush()
+    assert [Envelope.decode(p) for p in got] == [
+        Envelope("frame", body(i), "linear", "publicTrade.BTCUSDT", t0 + i, i, h.epoch, conn, trace, lease or {})
+        for i, (conn, trace, lease) in enumerate(later, n + 1)] + [
+        Envelope("frame", body(0), "linear", "publicTrade.ETHUSDT", t0, 1, h.epoch, "c1", "tr", owner)]
 
 
 def _linger_rig(short_tmp, linger_s: float):

@@ -7,14 +7,12 @@ import time
 from decimal import Decimal
 
 import orjson
-import zmq
 
 from bybitsim.market import Market
 from bybitsim.streams import make_stream
-from common import addresses
 from common.envelope import unpack
 from ingest import books, parse
-from ingest.handoff import HWM, Handoff
+from ingest.handoff import HWM
 
 
 def _truth(side: dict) -> dict[Decimal, Decimal]:
@@ -67,55 +65,45 @@ def test_a_malformed_level_or_a_delta_before_any_snapshot_leaves_no_copy():
     assert not kept.valid
 
 
-def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(short_tmp):
+def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(slow_publisher):
     """While the publisher reads nothing, frames wait in the hand-off. A snapshot handed off to
     heal one book drops that book's waiting frames (superseded, counted, not a loss that asks for
     another snapshot), leaves other topics' frames in order, goes before every market frame, and
     replaces an earlier one of the same book still waiting."""
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    pull.bind(addresses.publisher_frames(short_tmp))
-    h = Handoff(short_tmp, bound=10**6, ctx=ctx)
-    try:
-        now = time.time_ns()
-        pad = b"x" * 20_000                      # beyond what ZeroMQ and the kernel buffer hold
-        for i in range(HWM * 6):
-            h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":%d,"p":"%s"}' % (i, pad), now + i, "c")
-            h.frame("linear", "orderbook.50.BUSDT", "orderbook", b'{"b":%d,"p":"%s"}' % (i, pad), now + i, "c")
+    h, pull = slow_publisher
+    now = time.time_ns()
+    pad = b"x" * 20_000                      # beyond what ZeroMQ and the kernel buffer hold
+    for i in range(HWM * 6):
+        h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":%d,"p":"%s"}' % (i, pad), now + i, "c")
+        h.frame("linear", "orderbook.50.BUSDT", "orderbook", b'{"b":%d,"p":"%s"}' % (i, pad), now + i, "c")
+    h.flush()
+    waiting_a = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.AUSDT")
+    waiting_b = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.BUSDT")
+    assert waiting_a > 0 and waiting_b > 0
+    h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":0}', now + 10**6, "c")
+    assert ("linear", "orderbook.50.AUSDT") in h.publisher.healing
+    assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a
+    # a later one replaces it while it waits: one per book in the lane that is never dropped
+    h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":-1,"p":"%s"}' % pad, now + 10**6, "c")
+    h.release()
+    seq = h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":1}', now + 2 * 10**6, "c")
+    assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a + 2
+    assert len(h.publisher.healing) == 1 and len(h.publisher.account) == 1
+    assert not h.publisher.lost                                   # superseded is not a loss
+    assert all(e[3][2] == "orderbook.50.BUSDT" for e in h.publisher.market.queues["orderbook"])
+    got = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (h.publisher.buffered or not got or pull.poll(200)):
+        if pull.poll(20):
+            got.extend(unpack(pull.recv_multipart()))
         h.flush()
-        waiting_a = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.AUSDT")
-        waiting_b = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.BUSDT")
-        assert waiting_a > 0 and waiting_b > 0
-        h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":0}', now + 10**6, "c")
-        assert h.healing("linear", "orderbook.50.AUSDT")
-        assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a
-        # a later one replaces it while it waits: one per book in the lane that is never dropped
-        h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":-1,"p":"%s"}' % pad, now + 10**6, "c")
-        h.release()
-        seq = h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":1}', now + 2 * 10**6, "c")
-        assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a + 2
-        assert len(h.publisher.healing) == 1 and len(h.publisher.account) == 1
-        assert not h.publisher.lost                                   # superseded is not a loss
-        assert all(e[3][2] == "orderbook.50.BUSDT" for e in h.publisher.market.queues["orderbook"])
-        got = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (h.publisher.buffered or not got or pull.poll(200)):
-            if pull.poll(20):
-                got.extend(unpack(pull.recv_multipart()))
-            h.flush()
-        payloads = [p[2] for p in got]
-        assert b'{"snapshot":0}' not in payloads
-        at = payloads.index(b'{"snapshot":1}')
-        assert orjson.loads(got[at][1])["s"] == seq
-        assert all(not p.startswith(b'{"a"') for p in payloads[at + 1:])       # nothing older of A after it
-        # ahead of B's backlog: before it only what ZeroMQ had taken already
-        assert sum(p.startswith(b'{"b"') for p in payloads[:at]) == HWM * 6 - waiting_b
-        b_after = [orjson.loads(p)["b"] for p in payloads[at + 1:] if p.startswith(b'{"b"')]
-        assert b_after == sorted(b_after) and b_after                  # B's frames still in order, after it
-        assert not h.healing("linear", "orderbook.50.AUSDT")           # sent: the next loss may heal again
-    finally:
-        h.publisher.close()
-        h.persister.close()
-        pull.close(0)
-        ctx.term()
+    payloads = [p[2] for p in got]
+    assert b'{"snapshot":0}' not in payloads
+    at = payloads.index(b'{"snapshot":1}')
+    assert orjson.loads(got[at][1])["s"] == seq
+    assert all(not p.startswith(b'{"a"') for p in payloads[at + 1:])       # nothing older of A after it
+    # ahead of B's backlog: before it only what ZeroMQ had taken already
+    assert sum(p.startswith(b'{"b"') for p in payloads[:at]) == HWM * 6 - waiting_b
+    b_after = [orjson.loads(p)["b"] for p in payloads[at + 1:] if p.startswith(b'{"b"')]
+    assert b_after == sorted(b_after) and b_after                  # B's frames still in order, after it
+    assert not h.publisher.healing                                  # sent: the next loss may heal again
