@@ -88,10 +88,12 @@ class BookHeals:
 
     Per book routing key: a ``stream_seq`` jump (events dropped somewhere in the gateway) breaks
     the book until the next ``snapshot`` event of that key. Each healed hole is recorded as
-    ``[seen_ms, quiet_ms, deltas, key, healed at]``: ``seen_ms`` from the first event that showed the hole (a
+    ``[seen_ms, quiet_ms, deltas, key, healed at, snapshot_ms]``: ``seen_ms`` from the first event that showed the hole (a
     delta after it, or the snapshot itself) to the snapshot; ``quiet_ms`` from the last event
     before the hole to the snapshot (how long the book had no correct update); ``deltas`` the
-    deltas received in between (a consumer must discard them). Each ``stream_epoch`` (one run of
+    deltas received in between (a consumer must discard them); ``snapshot_ms`` the snapshot's own
+    age (its ``received_at``, when ingest made it, to now: its way through the gateway and
+    RabbitMQ). Each ``stream_epoch`` (one run of
     the publisher's numbering) is judged on its own, a delta first in one being a hole too; events
     without a ``type`` (the bench's forwarder shares these queues) are not judged."""
 
@@ -99,7 +101,7 @@ class BookHeals:
         self.keys: dict[tuple, list] = {}     # (key, epoch) -> [last seq, last at, hole or None]
         self.healed: list[list] = []          # since the last take()
 
-    def see(self, key: str, epoch, seq: int, kind, now: float) -> None:
+    def see(self, key: str, epoch, seq: int, kind, now: float, made: float = 0.0) -> None:
         if kind is None:
             return          # not a book event of the gateway (the bench's forwarder shares the queues)
         st = self.keys.get((key, epoch))
@@ -112,7 +114,7 @@ class BookHeals:
                 hole = [st[1], now, 0]            # the snapshot itself shows the hole it heals
             if hole is not None:
                 self.healed.append([round((now - hole[1]) * 1000, 1), round((now - hole[0]) * 1000, 1), hole[2],
-                                    key, round(now, 3)])
+                                    key, round(now, 3), round((now - made) * 1000, 1)])
                 st[2] = None
         else:
             if hole is None and jumped:
@@ -157,7 +159,8 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
             by[b] += 1
             streams.see(f"{method.routing_key}@{doc.get('stream_epoch')}", doc["stream_seq"])
             if cls == "orderbook":
-                heals.see(method.routing_key, doc.get("stream_epoch"), doc["stream_seq"], doc.get("type"), now / 1e9)
+                heals.see(method.routing_key, doc.get("stream_epoch"), doc["stream_seq"], doc.get("type"), now / 1e9,
+                          iso_to_ns(doc["received_at"]) / 1e9)
         elif cls in ACCOUNT:
             files["account"].write(orjson.dumps({
                 "cls": cls, "event_class": cls, "source": doc.get("source"), "data": doc.get("data"),

@@ -445,8 +445,8 @@ def book_heals(wins: list[dict]) -> dict:
         v = sorted(h[i] for h in heals)
         return (v[len(v) // 2], v[min(len(v) - 1, int(len(v) * 0.99))], v[-1]) if v else (None, None, None)
 
-    return {"holes": len(heals), "seen": stats(0), "quiet": stats(1), "deltas": sum(h[2] for h in heals),
-            "open": (wins[-1].get("books_open") or {}) if wins else {}}
+    return {"holes": len(heals), "seen": stats(0), "quiet": stats(1), "snapshot_age": stats(5),
+            "deltas": sum(h[2] for h in heals), "open": (wins[-1].get("books_open") or {}) if wins else {}}
 
 
 def overload_phase(args) -> dict:
@@ -720,7 +720,8 @@ def overload_rows(over: dict) -> list[str]:
              "event after it, or with the snapshot itself.", "",
              "| offered (simulator sent/s) | delivered/s (x bare around it) | books p50/p99 | tickers p50/p99 "
              "| trades p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync "
-             "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; still broken "
+             "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; "
+             "snapshot made -> taken p50/max; still broken "
              "| account | RSS MB | tree CPU us/event (bare) | result |", "|---" * 13 + "|"]
     for st in over["steps"]:
         a = st["ages"]
@@ -732,7 +733,8 @@ def overload_rows(over: dict) -> list[str]:
         quiet_max = (bh.get("quiet") or (None, None, None))[2]
         healed_ok = not late and (quiet_max is None or quiet_max <= HEAL_TARGET_MS)
         heal_cell = "-" if not bh else (
-            f"{bh['holes']}: {'/'.join(map(str, bh['seen']))}; {'/'.join(map(str, bh['quiet']))}; {len(bh['open'])}"
+            f"{bh['holes']}: {'/'.join(map(str, bh['seen']))}; {'/'.join(map(str, bh['quiet']))}; "
+            f"{'/'.join(map(str, (bh.get('snapshot_age') or (None, None, None))[::2]))}; {len(bh['open'])}"
             + (f" ({len(late)} over 1 s)" if late else "") if bh["holes"] or bh["open"] else "0")
         cpu_cell = f"{st['cpu_us_per_event']:.0f} ({bare_cpu:.0f})" if st["cpu_us_per_event"] else "-"
         ratio = st["ratio"]

@@ -164,13 +164,16 @@ class Service:
         if room <= 0:
             self.intake_paused = True
             return
-        recv, take, n, limit = self._sock.recv_multipart, self._take, 0, min(DRAIN_BATCH, room)
+        # Counted in envelopes, not messages: a message from ingest carries up to 32, and a turn
+        # that read DRAIN_BATCH of those held the loop (and every event it made) for ~0.5 s.
+        recv, take, n, first = self._sock.recv_multipart, self._take, 0, self._handled
+        limit = min(DRAIN_BATCH, room)
         try:
-            while n < limit:
+            while n < DRAIN_BATCH and self._handled - first < limit:
                 take(recv(zmq.NOBLOCK))
                 n += 1
         except zmq.Again:
-            pass
+            limit = -1
         if n:
             self._last_rx = time.monotonic()
             self.pump()
@@ -178,7 +181,7 @@ class Service:
                 self._ask_resync()
             if self.max_envelopes is not None and self._handled >= self.max_envelopes:
                 self.request_stop()
-        if n == limit and self._more is None:
+        if limit >= 0 and self._more is None:
             self._more = asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _intake_room(self) -> int:

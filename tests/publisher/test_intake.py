@@ -35,9 +35,10 @@ class _Broker:
         self.inflight[len(self.sent)] = (ev, 0.0)
 
 
-def _run(tmp_path, ready: bool, n: int, confirm_rounds: int = 0):
+def _run(tmp_path, ready: bool, n: int, confirm_rounds: int = 0, batch: int = 1):
     """Push ``n`` market envelopes (and one account envelope at the end) into the service's
-    socket; let it read; then confirm everything in flight ``confirm_rounds`` times."""
+    socket, ``batch`` to a message as ingest packs them; let it read; then confirm everything in
+    flight ``confirm_rounds`` times."""
     svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
     svc.broker = _Broker(ready)
     ctx = zmq.Context()
@@ -50,8 +51,9 @@ def _run(tmp_path, ready: bool, n: int, confirm_rounds: int = 0):
     seen: list[int] = []
 
     async def main():
-        for i in range(1, n + 1):
-            push.send_multipart(market_env(i).encode(), zmq.NOBLOCK)
+        for i in range(1, n + 1, batch):
+            envs = [market_env(j).encode() for j in range(i, min(n + 1, i + batch))]
+            push.send_multipart(envs[0] if batch == 1 else pack([(e[1], e[2]) for e in envs]), zmq.NOBLOCK)
         push.send_multipart(account_env(1).encode(), zmq.NOBLOCK)
         svc._sock = pull
         svc._on_readable()
@@ -82,6 +84,21 @@ def test_intake_pauses_at_the_mark_while_the_broker_takes_events(tmp_path):
     assert len(svc.broker.sent) == 100
     assert svc.outbox.market_waiting == high
     assert seen[0] == high + 100 and svc.intake_paused
+
+
+def test_the_mark_counts_events_not_messages(tmp_path):
+    """ingest sends up to 32 frames in a message: intake still stops at the mark (give or take one
+    message), not after as many messages, which held the loop for half a second in a flood and
+    made every book wait behind thousands of trades."""
+    svc, seen = _run(tmp_path, ready=True, n=6400, batch=32)
+    high = svc.intake_high
+    assert high + 100 <= seen[0] < high + 100 + 32
+    assert high <= svc.outbox.market_waiting < high + 32 and svc.intake_paused
+
+
+def test_batched_intake_resumes_and_loses_nothing(tmp_path):
+    svc, seen = _run(tmp_path, ready=True, n=6400, batch=32, confirm_rounds=80)
+    assert seen[-1] == 6401 and [ev.event_class for ev in svc.broker.sent].count("trades") == 6400
 
 
 def test_intake_resumes_as_the_broker_confirms_and_loses_nothing(tmp_path):

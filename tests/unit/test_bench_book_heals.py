@@ -15,9 +15,9 @@ def test_a_hole_breaks_the_book_until_the_next_snapshot():
     h.see("orderbook.linear.X", "e1", 5, "delta", 10.3)       # 3 and 4 never came
     h.see("orderbook.linear.X", "e1", 6, "delta", 10.4)
     assert h.open(10.5) == {"orderbook.linear.X@e1": 200.0}
-    h.see("orderbook.linear.X", "e1", 7, "snapshot", 10.9)
-    [(seen_ms, quiet_ms, deltas, key, _at)] = h.take()
-    assert (seen_ms, quiet_ms, deltas, key) == (600.0, 800.0, 2, "orderbook.linear.X")
+    h.see("orderbook.linear.X", "e1", 7, "snapshot", 10.9, made=10.75)   # made by ingest 150 ms before
+    [(seen_ms, quiet_ms, deltas, key, _at, snapshot_ms)] = h.take()
+    assert (seen_ms, quiet_ms, deltas, key, snapshot_ms) == (600.0, 800.0, 2, "orderbook.linear.X", 150.0)
     assert h.open(11.0) == {}
     h.see("orderbook.linear.X", "e1", 8, "delta", 11.0)      # in sequence after the snapshot: whole
     assert h.take() == [] and h.open(11.1) == {}
@@ -56,11 +56,13 @@ def test_other_publishers_on_the_same_keys_leave_the_gateways_books_alone():
 
 
 def test_the_step_summary_counts_every_heal_and_keeps_the_last_open_books():
-    wins = [{"book_heals": [[0.0, 300.0, 0, "a", 1.0], [600.0, 800.0, 2, "b", 1.5]], "books_open": {"a": 50.0}},
-            {"book_heals": [[100.0, 900.0, 1, "a", 2.0]], "books_open": {"c": 1500.0}}]
+    wins = [{"book_heals": [[0.0, 300.0, 0, "a", 1.0, 90.0], [600.0, 800.0, 2, "b", 1.5, 20.0]],
+             "books_open": {"a": 50.0}},
+            {"book_heals": [[100.0, 900.0, 1, "a", 2.0, 40.0]], "books_open": {"c": 1500.0}}]
     out = book_heals(wins)
     assert out["holes"] == 3 and out["deltas"] == 3
     assert out["seen"] == (100.0, 600.0, 600.0) and out["quiet"] == (800.0, 900.0, 900.0)
+    assert out["snapshot_age"] == (40.0, 90.0, 90.0)
     assert out["open"] == {"c": 1500.0}
-    assert book_heals([]) == {"holes": 0, "seen": (None, None, None), "quiet": (None, None, None), "deltas": 0,
-                              "open": {}}
+    assert book_heals([]) == {"holes": 0, "seen": (None, None, None), "quiet": (None, None, None),
+                              "snapshot_age": (None, None, None), "deltas": 0, "open": {}}
