@@ -435,6 +435,13 @@ HEAL_GRACE_S = 2.0       # after a step: time for its last holes' snapshots (at 
 HEAL_TARGET_MS = 1000.0
 
 
+def fills_cell(fills: dict | None) -> str:
+    """``; fills p50/p99/max ms (n)`` for the overload table's account column."""
+    if not fills or not fills.get("fills"):
+        return ""
+    return f"; fills {fills['p50']}/{fills['p99']}/{fills['max']} ms ({fills['fills']})"
+
+
 def book_heals(wins: list[dict]) -> dict:
     """The consumer's healed book holes in ``wins`` (bench/_consumer.py ``BookHeals``): count, the
     time from the hole showing to the snapshot and from the last event before it (p50/p99/max
@@ -458,7 +465,8 @@ def overload_phase(args) -> dict:
     the simulator really sent, what the consumer got per second, the age of what it got per class
     (event ``received_at`` -> consume time), what was left queued in RabbitMQ at the end (the
     consumer keeping up or not), drops per class and reason (ingest + publisher), books resynced,
-    the account checked against the simulator, RSS and CPU per delivered event per process."""
+    the account checked against the simulator and its fills' push -> consumer time, RSS and CPU per
+    delivered event per process."""
     out: dict = {"steps": [], "bare_runs": []}
     with stores() as (pg_url, amqp_url, _):
         gw = BenchGateway(pg_url, amqp_url, SIM_RATE="0", SIM_ACCOUNT_RATE="0", GW_LOG_LEVEL="warning",
@@ -514,6 +522,7 @@ def overload_phase(args) -> dict:
                 book_resyncs = len([e for e in consumer.system("book_resync", t0)
                                     if "dropped in" in str(e["data"].get("reason"))])
                 acct = run.measure(f"overload_{mult}x", lambda res: None)
+                fills = fill_stats([lat for _, lat in fill_latencies(consumer, t0, t1)])
                 # books broken by a hole during the step, healed (or not) by a snapshot up to HEAL_GRACE_S after it
                 wait_for(lambda: consumer.windows(since=t1 + HEAL_GRACE_S), 15, message="consumer window after the step")
                 heal_wins = consumer.windows(t0, t1 + HEAL_GRACE_S)
@@ -534,7 +543,7 @@ def overload_phase(args) -> dict:
                     "ages": ages, "drops": drops,
                     "queued_at_end": queued, "resync_requests": resync, "book_resync_events": book_resyncs,
                     "book_heals": book_heals(heal_wins),
-                    "account_missing": acct.account_missing, "rss": rss,
+                    "account_missing": acct.account_missing, "fills": fills, "rss": rss,
                     "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
                     "cpu_us_per_event": tree / delivered * 1e6 if delivered else None,
                     "cpu_us_by_process": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {}})
@@ -578,12 +587,8 @@ def reconcile_phase(args, seconds: float = 20.0) -> dict:
             spans = [(e["data"]["at"] - e["data"]["duration_ms"] / 1000, e["data"]["at"])
                      for e in consumer.system("reconciliation_done", t0) if e["data"].get("at")]
             inside, outside = [], []
-            for line in consumer.account():
-                if line.get("cls") == "executions" and line.get("source") == "bybit" and line.get("exchange_ts"):
-                    pushed = line["exchange_ts"] / 1000
-                    if t0 <= pushed < t1:
-                        lat = line["at"] * 1000 - line["exchange_ts"]
-                        (inside if any(a <= pushed <= z for a, z in spans) else outside).append(lat)
+            for pushed, lat in fill_latencies(consumer, t0, t1):
+                (inside if any(a <= pushed <= z for a, z in spans) else outside).append(lat)
         finally:
             try:
                 if consumer is not None:
@@ -591,14 +596,28 @@ def reconcile_phase(args, seconds: float = 20.0) -> dict:
             finally:
                 gw.stop()
 
-    def stats(lat: list[float]) -> dict:
-        lat = sorted(lat)
-        pick = (lambda p: round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1)) if lat else (lambda p: None)
-        return {"fills": len(lat), "p50": pick(50), "p99": pick(99), "max": round(lat[-1], 1) if lat else None}
-
     durations = sorted(round((z - a) * 1000) for a, z in spans)
     return {"reconciliations": len(spans), "duration_ms_p50": durations[len(durations) // 2] if durations else None,
-            "during": stats(inside), "otherwise": stats(outside)}
+            "during": fill_stats(inside), "otherwise": fill_stats(outside)}
+
+
+def fill_latencies(consumer, t0: float, t1: float) -> list[tuple[float, float]]:
+    """(push time s, push -> consumer ms) of each Bybit fill pushed in [t0, t1): the push time is
+    the fill's ``creationTime`` (the simulator's clock, this machine's), delivered when the
+    consumer process took it."""
+    out = []
+    for line in consumer.account():
+        if line.get("cls") == "executions" and line.get("source") == "bybit" and line.get("exchange_ts"):
+            pushed = line["exchange_ts"] / 1000
+            if t0 <= pushed < t1:
+                out.append((pushed, line["at"] * 1000 - line["exchange_ts"]))
+    return out
+
+
+def fill_stats(lat: list[float]) -> dict:
+    lat = sorted(lat)
+    pick = (lambda p: round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1)) if lat else (lambda p: None)
+    return {"fills": len(lat), "p50": pick(50), "p99": pick(99), "max": round(lat[-1], 1) if lat else None}
 
 
 def whole_category_phase(args, seconds: float = 20.0) -> dict:
@@ -722,7 +741,8 @@ def overload_rows(over: dict) -> list[str]:
              "| trades p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync "
              "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; "
              "snapshot made -> taken p50/max; still broken "
-             "| account | RSS MB | tree CPU us/event (bare) | result |", "|---" * 13 + "|"]
+             "| account (fills pushed -> consumer p50/p99/max ms) | RSS MB | tree CPU us/event (bare) | result |",
+             "|---" * 13 + "|"]
     for st in over["steps"]:
         a = st["ages"]
         ok = all(a[c][1] is None or a[c][1] <= 1000 for c in ("orderbook", "tickers")) and not st["account_missing"]
@@ -743,7 +763,7 @@ def overload_rows(over: dict) -> list[str]:
             f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {age3(a, 'orderbook')} | "
             f"{age3(a, 'tickers')} | {age3(a, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | {heal_cell} | "
-            f"{'untouched' if not st['account_missing'] else st['account_missing']} | "
+            f"{'untouched' if not st['account_missing'] else st['account_missing']}{fills_cell(st.get('fills'))} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
             + f" | {cpu_cell} | {'PASS' if ok and healed_ok and ratio >= 0.8 else 'FAIL'} |")
     names = ["ingest", "publisher", "persister", "api", "ops", "supervisord", "bare", "simulator", "consumer",
