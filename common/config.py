@@ -208,7 +208,8 @@ TABLE: tuple[Setting, ...] = (
     S("MARKET_MAX_AGE_MS_BOOKS", "int", 500, "ingest", field="market_max_age_ms_books", minimum=50, maximum=60_000,
       doc="order-book events (`orderbook`, `orderbook_rpi`) older than this (ms since ingest received them) are "
           "dropped, not published (ingest's hand-off and the publisher alike; account and system events never "
-          "are); the topic is resubscribed for a fresh snapshot. 50-60000"),
+          "are); a snapshot follows, from ingest's copy of a plain order book (an RPI book is resubscribed). "
+          "50-60000"),
     S("MARKET_MAX_AGE_MS_TICKERS", "int", 500, "ingest", field="market_max_age_ms_tickers", minimum=50,
       maximum=60_000, doc="the same for tickers (a dropped linear or inverse delta is still merged, so the next "
                           "ticker is complete). 50-60000"),
