@@ -6,8 +6,16 @@ from pathlib import Path
 
 
 def publisher_frames(run_dir: Path) -> str:
-    """ingest PUSH -> publisher PULL (binds): every frame and system event."""
+    """ingest PUSH -> publisher PULL (binds): market frames (and, from senders other than ingest,
+    anything)."""
     return f"ipc://{run_dir}/publisher.frames"
+
+
+def publisher_priority(run_dir: Path) -> str:
+    """ingest PUSH -> the publisher's same PULL socket (binds it too): account frames and system
+    events on a pipe of their own, which ZeroMQ reads in turn with the frames pipe, so they never
+    wait behind a backlog of market frames."""
+    return f"ipc://{run_dir}/publisher.priority"
 
 
 def persister_frames(run_dir: Path) -> str:

@@ -46,12 +46,15 @@ MAX_HEADS = 100_000        # topics whose envelope header start is kept
 
 class Downstream:
     def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int, bound_bytes: int,
-                 max_age_ns: dict[str, int] | None = None):
+                 max_age_ns: dict[str, int] | None = None, priority_address: str | None = None):
+        """``priority_address``: where account frames and system events go on a socket of their
+        own (the publisher reads its pipes in turn), so they never wait behind market frames in
+        ZeroMQ's queues; None: one socket for everything."""
         self.name = name
-        self.sock = ctx.socket(zmq.PUSH, socket_class=Socket)
-        self.sock.setsockopt(zmq.SNDHWM, HWM)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(address)
+        self.sock = self._connect(ctx, address)
+        # account frames and system events (the account lane); healing snapshots stay on ``sock``,
+        # where they must come before the book's later deltas
+        self.account_sock = self.sock if priority_address is None else self._connect(ctx, priority_address)
         self.bound, self.bound_bytes = bound, bound_bytes
         self.account: collections.deque = collections.deque()
         # market frames waiting: item (parts, endpoint, topic, seq)
@@ -68,11 +71,20 @@ class Downstream:
         # ingest heals from its copy (taken by Handoff.flush; tickers and RPI books are healed
         # through the publisher, which sees the hole)
         self.lost: dict[tuple[str, str], list] = {}
-        # (endpoint, topic) -> (parts, endpoint, topic, seq) of a healing snapshot waiting in the account lane
+        # (endpoint, topic) -> (parts, endpoint, topic, seq) of a healing snapshot waiting, in hand-off
+        # order: sent on ``sock`` ahead of every market frame
         self.healing: dict[tuple[str, str], tuple] = {}
         self.sent = 0
         self.batches_sent = 0
         self._warn = RateLimited(log, 10.0)
+
+    @staticmethod
+    def _connect(ctx: zmq.Context, address: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.PUSH, socket_class=Socket)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(address)
+        return sock
 
     @property
     def market_bytes(self) -> int:
@@ -80,22 +92,41 @@ class Downstream:
 
     @property
     def buffered(self) -> int:
-        return len(self.account) + len(self.market)
+        return len(self.account) + len(self.healing) + len(self.market)
+
+    def _idle(self, account: bool) -> bool:
+        """Nothing waits that a frame of this lane would overtake on its socket."""
+        if account:
+            return not self.account and (self.account_sock is not self.sock or not (self.healing or self.market))
+        return not self.healing and not self.market and (self.account_sock is not self.sock or not self.account)
 
     def send(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
              seq: int = 0) -> None:
-        if not self.account and not self.market and self._try(parts):
+        account = cls in DURABLE_CLASSES or cls == ""
+        if self._idle(account) and self._try(parts, self.account_sock if account else self.sock):
             return
         self._wait(parts, cls, recv_ns, endpoint, topic, seq)
         self.flush()
 
     def send_many(self, entries: list[tuple]) -> None:
-        """Several frames ``(parts, cls, recv_ns, endpoint, topic, seq)`` in order, MAX_BATCH to a message."""
+        """Several frames ``(parts, cls, recv_ns, endpoint, topic, seq)`` in order, MAX_BATCH to a message
+        (account frames and the rest on their own sockets, each in order)."""
+        if self.account_sock is not self.sock:
+            account = [e for e in entries if e[1] in DURABLE_CLASSES or e[1] == ""]
+            if account:
+                if len(account) < len(entries):
+                    self._send_lane([e for e in entries if not (e[1] in DURABLE_CLASSES or e[1] == "")], False)
+                self._send_lane(account, True)
+                return
+        self._send_lane(entries, False)
+
+    def _send_lane(self, entries: list[tuple], account: bool) -> None:
         i, n = 0, len(entries)
-        if not self.account and not self.market:
+        if self._idle(account):
+            sock = self.account_sock if account else self.sock
             while i < n:
                 chunk = entries[i:i + MAX_BATCH]
-                if not self._try_batch([e[0] for e in chunk]):
+                if not self._try_batch([e[0] for e in chunk], sock):
                     break
                 i += len(chunk)
         if i < n:
@@ -126,20 +157,12 @@ class Downstream:
         gone = self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic)
         old = self.healing.pop(key, None)
         if old is not None:
-            self.account.remove(old[0])
             gone.append((0, 0, cls, old))
         self._drop(gone, freshness.SUPERSEDED)
-        if not self.account and self._try(parts):
+        if not self.healing and (self.account_sock is not self.sock or not self.account) and self._try(parts):
             return
-        self.account.append(parts)
         self.healing[key] = (parts, endpoint, topic, seq)
         self.flush()
-
-    def _heal_sent(self, parts: tuple) -> None:
-        for key, waiting in self.healing.items():     # a few books at most
-            if waiting[0] is parts:
-                del self.healing[key]
-                return
 
     def _trim(self) -> None:
         """Back within the count and byte bounds, dropping what ``pop_victim`` would give up."""
@@ -185,46 +208,54 @@ class Downstream:
                 metrics.DROPPED.labels(self.name, cls).inc(new)
                 self._dropped_counted[cls] = n
 
-    def _try(self, parts) -> bool:
+    def _try(self, parts, sock: zmq.Socket | None = None) -> bool:
         try:
-            self.sock.send_multipart(parts, _NOBLOCK)   # copy: frames are small; zero-copy costs more below ~64 KB
+            # copy: frames are small; zero-copy costs more below ~64 KB
+            (self.sock if sock is None else sock).send_multipart(parts, _NOBLOCK)
         except zmq.Again:
             return False
         self.sent += 1
         return True
 
-    def _try_batch(self, envelopes: list[tuple]) -> bool:
+    def _try_batch(self, envelopes: list[tuple], sock: zmq.Socket | None = None) -> bool:
         """Several envelopes (their frames) as one message; one goes as itself."""
         if len(envelopes) == 1:
-            return self._try(envelopes[0])
+            return self._try(envelopes[0], sock)
         try:
-            self.sock.send_multipart(pack([(e[1], e[2]) for e in envelopes]), _NOBLOCK)
+            (self.sock if sock is None else sock).send_multipart(pack([(e[1], e[2]) for e in envelopes]), _NOBLOCK)
         except zmq.Again:
             return False
         self.sent += len(envelopes)
         self.batches_sent += 1
         return True
 
-    def writable(self) -> bool:
+    def writable(self, sock: zmq.Socket | None = None) -> bool:
         """Room for one more message in ZeroMQ's queue: asked before trying to send from our
         buffer, since a refused send (an exception) costs three times as much as asking."""
-        return bool(self.sock.get(_EVENTS) & _POLLOUT)
+        return bool((self.sock if sock is None else sock).get(_EVENTS) & _POLLOUT)
 
     def flush(self, now_ns: int | None = None) -> None:
-        if (self.account or self.market) and not self.writable():
-            if self.market:
-                self._drop(self.market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
-            return
-        account = self.account
-        while account:
-            chunk = list(itertools.islice(account, MAX_BATCH))
-            if not self._try_batch(chunk):
-                return
-            for _ in chunk:
-                parts = account.popleft()
-                if self.healing:
-                    self._heal_sent(parts)
+        account, shared = self.account, self.account_sock is self.sock
+        if account and (shared or self.writable(self.account_sock)):
+            while account:
+                chunk = list(itertools.islice(account, MAX_BATCH))
+                if not self._try_batch(chunk, self.account_sock):
+                    break
+                for _ in chunk:
+                    account.popleft()
         market = self.market
+        if (shared and account) or ((self.healing or market) and not self.writable()):
+            if market:
+                self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
+            return
+        healing = self.healing
+        while healing:
+            key = next(iter(healing))
+            if not self._try(healing[key][0]):
+                if market:
+                    self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
+                return
+            del healing[key]
         if not market:
             return
         self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
@@ -258,6 +289,8 @@ class Downstream:
         return out
 
     def close(self) -> None:
+        if self.account_sock is not self.sock:
+            self.account_sock.close(linger=1000)
         self.sock.close(linger=1000)
 
 
@@ -275,7 +308,7 @@ class Handoff:
         self.ctx = ctx or zmq.Context.instance()
         self.epoch = uuid.uuid4().hex[:12]
         self.publisher = Downstream(self.ctx, "publisher", addresses.publisher_frames(run_dir), bound,
-                                    bound_mb * 2 ** 20, max_age_ns)
+                                    bound_mb * 2 ** 20, max_age_ns, addresses.publisher_priority(run_dir))
         self.persister = Downstream(self.ctx, "persister", addresses.persister_frames(run_dir), bound,
                                     bound_mb * 2 ** 20, max_age_ns)
         self._seq: dict[tuple[str, str], int] = {}

@@ -111,6 +111,8 @@ class Service:
         self.intake_open = True
         self._handled = 0
         self._sock: zmq.Socket | None = None
+        self._psock: zmq.Socket | None = None    # ingest's account frames and system events
+        self._pmore: asyncio.Handle | None = None
         self._more: asyncio.Handle | None = None
         # Market events waiting in the outbox beyond which intake pauses while the broker is
         # up: past it we only read (and parse, and build) events to see them expire here. A
@@ -160,6 +162,7 @@ class Service:
         next loop turn (after pika's reads, writes and timers) instead of waiting for it.
         """
         self._more = None
+        self._on_priority()
         room = self._intake_room()
         if room <= 0:
             self.intake_paused = True
@@ -183,6 +186,27 @@ class Service:
                 self.request_stop()
         if limit >= 0 and self._more is None:
             self._more = asyncio.get_running_loop().call_soon(self._on_readable)
+
+    def _on_priority(self) -> None:
+        """The priority socket (ingest's account frames and system events): read whenever it has
+        input, even while market intake is paused, so a fill never waits behind market frames
+        in ZeroMQ's queues; these events go first in the outbox as well."""
+        self._pmore = None
+        sock = self._psock
+        if sock is None:
+            return
+        recv, take, n = sock.recv_multipart, self._take, 0
+        try:
+            while n < DRAIN_BATCH:
+                take(recv(zmq.NOBLOCK))
+                n += 1
+        except zmq.Again:
+            n = -n
+        if n:
+            self._last_rx = time.monotonic()
+            self.pump()
+        if n > 0 and self._pmore is None:
+            self._pmore = asyncio.get_running_loop().call_soon(self._on_priority)
 
     def _intake_room(self) -> int:
         """How many envelopes to take now. While the broker takes events, no more than keep
@@ -214,12 +238,13 @@ class Service:
             self.pump()
 
     def _drain_socket(self) -> None:
-        """Take what already sits in our receive queue before closing (it would be lost)."""
-        while True:
-            try:
-                self._take(self._sock.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+        """Take what already sits in our receive queues before closing (it would be lost)."""
+        for sock in (self._psock, self._sock):
+            while sock is not None:
+                try:
+                    self._take(sock.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
 
     def _take(self, parts: list[bytes]) -> None:
         if parts and parts[0] == BATCH:      # several envelopes in one message
@@ -599,11 +624,18 @@ class Service:
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.LINGER, 0)
         address = addresses.publisher_frames(self.s.run_dir)
+        # ingest's account frames and system events come on a socket of their own, read first and
+        # even while market intake is paused: they never wait behind market frames here
+        psock = self._psock = ctx.socket(zmq.PULL, socket_class=Socket)
+        psock.setsockopt(zmq.RCVHWM, RCVHWM)
+        psock.setsockopt(zmq.LINGER, 0)
         try:
             sock.bind(address)
+            psock.bind(addresses.publisher_priority(self.s.run_dir))
         except zmq.ZMQError as exc:
             log.error("cannot bind frames socket", address=address, error=str(exc))
             sock.close(0)
+            psock.close(0)
             ctx.term()
             return 1
         self.broker = Broker(self.s.rabbitmq_url, on_ready=self._on_ready, on_confirm=self._on_confirm,
@@ -619,9 +651,10 @@ class Service:
         self._control.connect(addresses.ingest_control(self.s.run_dir))
         resync_task = asyncio.create_task(self._resync_loop())
         retention_task = asyncio.create_task(self._apply_retention())
-        fd = sock.getsockopt(zmq.FD)
+        fd, pfd = sock.getsockopt(zmq.FD), psock.getsockopt(zmq.FD)
         loop.add_reader(fd, self._on_readable)
-        loop.call_soon(self._on_readable)    # anything queued before the reader was added
+        loop.add_reader(pfd, self._on_priority)
+        loop.call_soon(self._on_readable)    # anything queued before the readers were added
         house_task = asyncio.create_task(self._housekeeping_loop())
         try:
             await self._stop.wait()
@@ -630,13 +663,16 @@ class Service:
             drained = self._handled
             await self._drain_until_quiet()
             loop.remove_reader(fd)
-            if self._more is not None:
-                self._more.cancel()
+            loop.remove_reader(pfd)
+            for handle in (self._more, self._pmore):
+                if handle is not None:
+                    handle.cancel()
             self._drain_socket()
             drained = self._handled - drained
             resync_task.cancel()
             self._control.close(0)
             sock.close(0)
+            psock.close(0)
             ctx.term()
             self.pump()
             await self._finish(drained)

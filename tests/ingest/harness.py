@@ -25,11 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class Capture:
     """Binds a PULL socket and keeps every envelope received, in order."""
 
-    def __init__(self, ctx: zmq.Context, address: str):
+    def __init__(self, ctx: zmq.Context, address: str, *more: str):
+        """``more``: further addresses bound by the same socket (the publisher's priority pipe)."""
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVTIMEO, 100)
-        self.sock.bind(address)
+        for a in (address, *more):
+            self.sock.bind(a)
         self.items: list[Envelope] = []
         self.lock = threading.Lock()
         self._stop = False
@@ -76,7 +78,7 @@ class IngestProcess:
         self.env.update({k: str(v) for k, v in overrides.items()})
         (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.ctx = zmq.Context()
-        self.publisher = Capture(self.ctx, addresses.publisher_frames(run_dir))
+        self.publisher = Capture(self.ctx, addresses.publisher_frames(run_dir), addresses.publisher_priority(run_dir))
         self.persister = Capture(self.ctx, addresses.persister_frames(run_dir))
         self.log_path = run_dir / "ingest.log"
         self.proc = None

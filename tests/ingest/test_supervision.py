@@ -93,7 +93,7 @@ def test_a_connection_whose_task_raised_comes_back_and_frames_flow(sim, short_tm
                               "BYBIT_API_SECRET": API_SECRET, "GW_RUN_DIR": str(short_tmp),
                               "GW_PING_INTERVAL_S": "0.5", "GW_DEAD_AFTER_S": "2", "GW_BACKOFF_MAX_S": "2"})
     ctx = zmq.Context()
-    publisher = Capture(ctx, addresses.publisher_frames(short_tmp))
+    publisher = Capture(ctx, addresses.publisher_frames(short_tmp), addresses.publisher_priority(short_tmp))
     persister = Capture(ctx, addresses.persister_frames(short_tmp))
     sim.rate(account_rate=10)
 

@@ -158,3 +158,44 @@ def test_a_batch_of_envelopes_is_taken_whole_and_a_broken_one_is_counted(tmp_pat
     broken = pack([(e[1], e[2]) for e in envs])
     svc._take([broken[0], broken[1][:-3]])
     assert svc.tally.bad_input["envelope"] == 1 and svc._handled == 5
+
+
+def test_the_priority_socket_is_read_while_market_intake_is_paused(tmp_path):
+    """ingest's account frames and system events come on a socket of their own: read (and
+    published first) while market intake waits at the mark, not after the market backlog."""
+    svc = Service(load_settings({"GW_RUN_DIR": str(tmp_path), "PUBLISHER_CONFIRM_WINDOW": "100"}))
+    svc.broker = _Broker(True)
+    ctx = zmq.Context()
+    socks = []
+    for name in ("market", "priority"):
+        pull = ctx.socket(zmq.PULL, socket_class=Socket)
+        push = ctx.socket(zmq.PUSH, socket_class=Socket)
+        pull.setsockopt(zmq.RCVHWM, 0)
+        push.setsockopt(zmq.SNDHWM, 0)
+        pull.bind(f"inproc://intake-{name}")
+        push.connect(f"inproc://intake-{name}")
+        socks += [pull, push]
+    market_pull, market_push, prio_pull, prio_push = socks
+
+    async def main():
+        for i in range(1, 3001):
+            market_push.send_multipart(market_env(i).encode(), zmq.NOBLOCK)
+        svc._sock, svc._psock = market_pull, prio_pull
+        svc._on_readable()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert svc.intake_paused and len(svc.broker.sent) == 100      # the window full, the mark reached
+        svc.broker.inflight.popitem()                                  # one slot confirmed
+        prio_push.send_multipart(account_env(1).encode(), zmq.NOBLOCK)
+        svc._on_priority()                                             # as the loop's reader calls it
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+    assert svc.intake_paused                                           # market intake still waits
+    assert svc.broker.sent[-1].event_class == "order_status"           # the account event went out first

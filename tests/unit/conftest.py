@@ -16,6 +16,7 @@ def slow_publisher(short_tmp):
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1)
     pull.bind(addresses.publisher_frames(short_tmp))
+    pull.bind(addresses.publisher_priority(short_tmp))
     h = Handoff(short_tmp, bound=10**6, ctx=ctx)
     try:
         yield h, pull

@@ -77,6 +77,7 @@ def _linger_rig(short_tmp, linger_s: float):
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.bind(addresses.publisher_frames(short_tmp))
+    pull.bind(addresses.publisher_priority(short_tmp))
     return ctx, pull, Handoff(short_tmp, bound=10**6, ctx=ctx, linger_s=linger_s)
 
 
@@ -92,7 +93,36 @@ def _messages(pull, want_envelopes: int) -> list[list[bytes]]:
     return got
 
 
-def test_frames_read_in_one_loop_turn_leave_together_in_order_before_a_later_notice(short_tmp):
+def test_an_account_frame_passes_a_backlog_of_market_frames(slow_publisher):
+    """Account frames go on the priority pipe: while market frames wait in the hand-off (the
+    publisher slow), a fill is handed to ZeroMQ at once, and the reader, taking from its pipes in
+    turn, gets it after at most the few market messages already queued on the other pipe."""
+    from common.envelope import Envelope, unpack
+
+    h, pull = slow_publisher
+    t0 = time.time_ns()
+    pad = b"x" * 10_000
+    for i in range(1, HWM * 4 + 1):
+        h.frame("linear", "publicTrade.BTCUSDT", "trades", b'{"i":%d,"p":"%s"}' % (i, pad), t0 + i, "c1")
+    h.flush()
+    waiting = len(h.publisher.market)
+    assert waiting > 0                                   # the market lane is backed up
+    h.frame("private", "execution", "executions", b'{"fill":1}', time.time_ns(), "p1")
+    h.flush()
+    assert not h.publisher.account                       # handed to ZeroMQ, not waiting behind them
+    got, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and not any(Envelope.decode(p).endpoint == "private" for p in got):
+        if pull.poll(50):
+            got.extend(unpack(pull.recv_multipart()))
+        h.flush()
+    kinds = [Envelope.decode(p).endpoint for p in got]
+    # before it only market frames ZeroMQ held already, none of those that waited in the hand-off
+    assert kinds[-1] == "private" and len(kinds) - 1 <= HWM * 4 - waiting
+
+
+def test_frames_read_in_one_loop_turn_leave_together_in_order_and_a_notice_on_its_own_pipe(short_tmp):
+    """The frames of one loop turn go in batches, in order; a system notice goes on the priority
+    pipe (it may pass them: the publisher reads its pipes in turn) and releases the held frames."""
     import asyncio
 
     from common.envelope import BATCH, Envelope, unpack
@@ -109,10 +139,11 @@ def test_frames_read_in_one_loop_turn_leave_together_in_order_before_a_later_not
     try:
         asyncio.run(turn())
         got = _messages(pull, n + 1)
-        assert [m[0] for m in got[:2]] == [BATCH, BATCH] and len(unpack(got[0])) == MAX_BATCH
+        batches = [m for m in got if m[0] == BATCH]
+        assert len(batches) == 2 and len(unpack(batches[0])) == MAX_BATCH
         envs = [Envelope.decode(p) for m in got for p in unpack(m)]
-        assert [e.stream_seq for e in envs[:n]] == list(range(1, n + 1))
-        assert envs[-1].kind == "system" and envs[-1].topic == "connection_lost"
+        assert [e.stream_seq for e in envs if e.kind == "frame"] == list(range(1, n + 1))
+        assert [(e.kind, e.topic) for e in envs if e.kind != "frame"] == [("system", "connection_lost")]
         assert h.stats()["publisher"]["lingered"] == {"frames": n, "batches": 1}
     finally:
         h.close()
@@ -163,6 +194,7 @@ def test_close_sends_what_still_waits_while_the_reader_reads(short_tmp):
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1)
     pull.bind(addresses.publisher_frames(short_tmp))
+    pull.bind(addresses.publisher_priority(short_tmp))
     h = Handoff(short_tmp, bound=10**6, ctx=ctx)
     n, got = 2000, []
     try:
