@@ -6,15 +6,15 @@ from pathlib import Path
 
 
 def publisher_frames(run_dir: Path) -> str:
-    """ingest PUSH -> publisher PULL (binds): market frames (and, from senders other than ingest,
-    anything)."""
+    """ingest PUSH -> publisher PULL (binds): market frames and the book snapshots ingest makes to
+    heal a book (the publisher takes any envelope here; tools and benches push everything here)."""
     return f"ipc://{run_dir}/publisher.frames"
 
 
 def publisher_priority(run_dir: Path) -> str:
-    """ingest PUSH -> the publisher's same PULL socket (binds it too): account frames and system
-    events on a pipe of their own, which ZeroMQ reads in turn with the frames pipe, so they never
-    wait behind a backlog of market frames."""
+    """ingest and ops PUSH -> the publisher's second PULL (binds): account frames, REST results and
+    system events, read first and even while market intake waits, so they never queue behind
+    market frames."""
     return f"ipc://{run_dir}/publisher.priority"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 import zmq
 
-from common.addresses import publisher_frames
+from common.addresses import publisher_priority
 from common.envelope import SYSTEM, Envelope
 from ops import metrics
 
@@ -42,7 +42,7 @@ class SystemEventSink:
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, QUEUE_LIMIT)
         self._sock.setsockopt(zmq.LINGER, LINGER_MS)
-        self.address = publisher_frames(run_dir)
+        self.address = publisher_priority(run_dir)   # system events: read ahead of market data
         self._sock.connect(self.address)
 
     def system_event(self, kind: str, details: dict, trace_id: str | None = None, recv_ns: int | None = None,

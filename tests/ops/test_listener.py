@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zmq
 
-from common.addresses import publisher_frames
+from common.addresses import publisher_priority
 from common.envelope import Envelope
 from ops import events
 from ops.listener import Listener
@@ -54,7 +54,7 @@ def publisher_pull(short_tmp):
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(publisher_frames(short_tmp))
+    pull.bind(publisher_priority(short_tmp))
     yield pull
     pull.close()
     ctx.term()
@@ -96,7 +96,7 @@ def test_system_event_waits_for_an_absent_publisher(short_tmp):
         assert sink.system_event("process_crashed", {"program": "publisher"})
         pull = ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.bind(publisher_frames(short_tmp))
+        pull.bind(publisher_priority(short_tmp))
         try:
             assert pull.poll(5000), "queued system event not delivered after the publisher bound"
             env = Envelope.decode(pull.recv_multipart())
