@@ -44,6 +44,11 @@ MAX_DROP_STREAMS = 1000
 MAX_HEADS = 100_000        # topics whose envelope header start is kept
 
 
+def _in_account_lane(cls: str) -> bool:
+    """Frames never dropped: account data, system events ("system") and the persister's own ("")."""
+    return cls in DURABLE_CLASSES or cls == ""
+
+
 class Downstream:
     def __init__(self, ctx: zmq.Context, name: str, address: str, bound: int, bound_bytes: int,
                  max_age_ns: dict[str, int] | None = None, priority_address: str | None = None):
@@ -102,7 +107,7 @@ class Downstream:
 
     def send(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
              seq: int = 0) -> None:
-        account = cls in DURABLE_CLASSES or cls == ""
+        account = _in_account_lane(cls)
         if self._idle(account) and self._try(parts, self.account_sock if account else self.sock):
             return
         self._wait(parts, cls, recv_ns, endpoint, topic, seq)
@@ -112,10 +117,10 @@ class Downstream:
         """Several frames ``(parts, cls, recv_ns, endpoint, topic, seq)`` in order, MAX_BATCH to a message
         (account frames and the rest on their own sockets, each in order)."""
         if self.account_sock is not self.sock:
-            account = [e for e in entries if e[1] in DURABLE_CLASSES or e[1] == ""]
+            account = [e for e in entries if _in_account_lane(e[1])]
             if account:
                 if len(account) < len(entries):
-                    self._send_lane([e for e in entries if not (e[1] in DURABLE_CLASSES or e[1] == "")], False)
+                    self._send_lane([e for e in entries if not _in_account_lane(e[1])], False)
                 self._send_lane(account, True)
                 return
         self._send_lane(entries, False)
@@ -143,7 +148,7 @@ class Downstream:
 
     def _queue(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
                seq: int = 0) -> None:
-        if cls in DURABLE_CLASSES or cls == "":
+        if _in_account_lane(cls):
             self.account.append(parts)      # never dropped
         else:
             self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
@@ -246,24 +251,28 @@ class Downstream:
         market = self.market
         if (shared and account) or ((self.healing or market) and not self.writable()):
             if market:
-                self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
+                self._expire(now_ns)
             return
         healing = self.healing
         while healing:
             key = next(iter(healing))
             if not self._try(healing[key][0]):
                 if market:
-                    self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
+                    self._expire(now_ns)
                 return
             del healing[key]
         if not market:
             return
-        self._drop(market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
+        self._expire(now_ns)
         while market:
             taken = market.pop_many(MAX_BATCH)
             if not self._try_batch([entry[3][0] for entry in taken]):
                 market.put_back(taken)
                 return
+
+    def _expire(self, now_ns: int | None) -> None:
+        """Drop the waiting market frames past their age bound."""
+        self._drop(self.market.expired(time.time_ns() if now_ns is None else now_ns), freshness.TOO_OLD)
 
     def take_drop_notices(self) -> list[dict]:
         """``system.events_dropped`` details for the drops since the last call, one per reason."""

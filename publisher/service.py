@@ -170,13 +170,13 @@ class Service:
         # Counted in envelopes, not messages: a message from ingest carries up to 32, and a turn
         # that read DRAIN_BATCH of those held the loop (and every event it made) for ~0.5 s.
         recv, take, n, first = self._sock.recv_multipart, self._take, 0, self._handled
-        limit = min(DRAIN_BATCH, room)
+        limit, more = min(DRAIN_BATCH, room), True     # more: stopped by a limit, not by an empty socket
         try:
             while n < DRAIN_BATCH and self._handled - first < limit:
                 take(recv(zmq.NOBLOCK))
                 n += 1
         except zmq.Again:
-            limit = -1
+            more = False
         if n:
             self._last_rx = time.monotonic()
             self.pump()
@@ -184,7 +184,7 @@ class Service:
                 self._ask_resync()
             if self.max_envelopes is not None and self._handled >= self.max_envelopes:
                 self.request_stop()
-        if limit >= 0 and self._more is None:
+        if more and self._more is None:
             self._more = asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _on_priority(self) -> None:
@@ -195,17 +195,17 @@ class Service:
         sock = self._psock
         if sock is None:
             return
-        recv, take, n = sock.recv_multipart, self._take, 0
+        recv, take, n, more = sock.recv_multipart, self._take, 0, True
         try:
             while n < DRAIN_BATCH:
                 take(recv(zmq.NOBLOCK))
                 n += 1
         except zmq.Again:
-            n = -n
+            more = False
         if n:
             self._last_rx = time.monotonic()
             self.pump()
-        if n > 0 and self._pmore is None:
+        if more and self._pmore is None:
             self._pmore = asyncio.get_running_loop().call_soon(self._on_priority)
 
     def _intake_room(self) -> int:
