@@ -108,6 +108,7 @@ def _subscribe(sim, conn: Conn, args, req_id) -> dict:
         elif conn.endpoint != p.PRIVATE:
             stream = make_stream(sim.market, conn.endpoint, topic, sim.opts.seed)
             conn.due[topic] = now
+            sim.subscribes[f"{conn.endpoint}:{topic}"] += 1
         conn.topics[topic] = stream
     if plan.error is not None:
         sim.count("subscribe_failures")

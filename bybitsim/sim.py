@@ -55,6 +55,7 @@ class Simulator:
         self.connections_opened = Counter({e: 0 for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)})
         self.pings = Counter({e: 0 for e in (*ENDPOINTS, facts.STATUS_ENDPOINT)})
         self.frames_sent: Counter = Counter()
+        self.subscribes: Counter = Counter()      # "{endpoint}:{topic}" -> public subscriptions made
         self.counters: Counter = Counter()
         self.auth_attempts = 0
         self.auth_failures = 0
@@ -233,7 +234,7 @@ class Simulator:
                 "subscribed": subscribed,
                 "connections_opened": dict(self.connections_opened),
                 "auth_attempts": self.auth_attempts, "auth_failures": self.auth_failures,
-                "pings": dict(self.pings), "frames_sent": dict(self.frames_sent),
+                "pings": dict(self.pings), "frames_sent": dict(self.frames_sent), "subscribes": dict(self.subscribes),
                 "faults": self.faults.to_dict(), "rate": self.rate, "account_rate": self.account_rate,
                 "counters": dict(self.counters),
                 "listing": None if self.listing is None else {c: len(s) for c, s in self.listing.listed.items()}}

@@ -42,6 +42,7 @@ STOP_GRACE_S = 0.5
 _EVENTS, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLOUT), int(zmq.NOBLOCK)   # ints: enums cost ~1 us
 MAX_DROP_STREAMS = 1000
 MAX_HEADS = 100_000        # topics whose envelope header start is kept
+_KEPT = frozenset({"orderbook", "tickers"})   # classes ingest keeps a copy of, to heal from
 
 
 def _in_account_lane(cls: str) -> bool:
@@ -72,9 +73,9 @@ class Downstream:
         self.drop_ranges: dict[str, dict[str, list[int]]] = {freshness.TOO_OLD: {}, freshness.BUFFER_FULL: {},
                                                              freshness.SUPERSEDED: {}}
         self._dropped_counted: dict[str, int] = {}
-        # (endpoint, topic) -> [the last frame number dropped, reason] for plain order books, which
-        # ingest heals from its copy (taken by Handoff.flush; tickers and RPI books are healed
-        # through the publisher, which sees the hole)
+        # (endpoint, topic) -> [the last frame number dropped, reason] for plain order books and
+        # linear/inverse tickers, which ingest heals from its copy (taken by Handoff.flush; RPI
+        # books are healed through the publisher, which sees the hole)
         self.lost: dict[tuple[str, str], list] = {}
         # (endpoint, topic) -> (parts, endpoint, topic, seq) of a healing snapshot waiting, in hand-off
         # order: sent on ``sock`` ahead of every market frame
@@ -154,10 +155,10 @@ class Downstream:
             self.market.append(cls, recv_ns, len(parts[1]) + len(parts[2]) + OVERHEAD, (parts, endpoint, topic, seq))
 
     def heal(self, parts: tuple, cls: str, endpoint: str, topic: str, seq: int) -> None:
-        """A snapshot that replaces the book ``topic``'s frames still waiting, and an earlier such
-        snapshot still waiting (dropped as superseded: sent after it they would be applied to it),
-        and goes before every market frame, in the account lane, where neither the age nor the
-        memory bound drops it: at most one per book waits there."""
+        """A snapshot that replaces the book's (or ticker's) ``topic`` frames still waiting, and an
+        earlier such snapshot still waiting (dropped as superseded: sent after it they would be
+        applied to it), and goes before every market frame, in the account lane, where neither the
+        age nor the memory bound drops it: at most one per topic waits there."""
         key = (endpoint, topic)
         gone = self.market.remove(cls, lambda item: item[1] == endpoint and item[2] == topic)
         old = self.healing.pop(key, None)
@@ -185,7 +186,7 @@ class Downstream:
             cls, (_, endpoint, topic, seq) = entry[2], entry[3]
             dropped[cls] += 1          # into the metric by flush_metrics (a labelled inc costs ~5 us)
             by_reason[cls] += 1
-            if cls == "orderbook" and reason != freshness.SUPERSEDED and freshness.needs_snapshot(endpoint, topic):
+            if cls in _KEPT and reason != freshness.SUPERSEDED and freshness.needs_snapshot(endpoint, topic):
                 lost = self.lost.get((endpoint, topic))
                 if lost is None:
                     self.lost[(endpoint, topic)] = [seq, reason]
@@ -329,8 +330,8 @@ class Handoff:
         self._release_at: asyncio.Handle | None = None
         self._released = 0.0                   # monotonic time of the last release
         self.batches = self.batched = 0        # releases of held frames, and the frames in them
-        # (endpoint, topic, last frame number dropped, reason): a plain order book lost frames
-        # here, so consumers' copy is wrong until a snapshot
+        # (endpoint, topic, last frame number dropped, reason): a plain order book or a linear/inverse
+        # ticker lost frames here, so consumers' copy is wrong until a snapshot
         self.on_lost = None
 
     def set_max_age(self, max_age_ns: dict[str, int]) -> None:
@@ -365,7 +366,7 @@ class Handoff:
 
     def heal(self, endpoint: str, topic: str, cls: str, raw: bytes, recv_ns: int, conn_id: str,
              trace_id: str = "", extra: dict | None = None) -> int:
-        """Hand off ``raw``, a snapshot of a book made by ingest, in place of that book's frames still
+        """Hand off ``raw``, a snapshot of a book or ticker made by ingest, in place of its frames still
         waiting and ahead of all other market frames (Downstream.heal); its frame number."""
         self.release()      # frames held for company are queued first: this topic's are superseded
         parts, seq = self._parts(endpoint, topic, raw, recv_ns, conn_id, trace_id, extra)

@@ -21,6 +21,7 @@ from common.logs import RateLimited, get_logger
 from common.substatus import ACTIVE, FAILED, PENDING
 from common.topics import PRIVATE, Topic
 from ingest import books, metrics, parse, plan
+from ingest.tickers import KeptTicker
 from ingest.auth import ServerClock
 from ingest.connection import Connection
 from ingest.leases import ALWAYS, Lease
@@ -79,9 +80,10 @@ class TopicState:
         self.frames = 0
         self.counted = 0     # frames already added to the metric (flush_metrics)
         self.book = books.BookTracker()
-        # ingest's copy of a plain order book (not RPI: its levels are shaped otherwise), and the
-        # hand-off's number of the last snapshot of this topic handed off
-        self.kept = books.KeptBook() if self.cls == "orderbook" else None
+        # ingest's copy of a plain order book (not RPI: its levels are shaped otherwise) or of a
+        # linear/inverse ticker, and the hand-off's number of the last snapshot of this topic handed off
+        self.kept = books.KeptBook() if self.cls == "orderbook" else \
+            KeptTicker() if self.cls == "tickers" and topic.endpoint in _MERGED_TICKERS else None
         self.snapshot_seq = 0
         self.ticker_ok = False
         self.trace_id = trace_id
@@ -119,6 +121,7 @@ class Manager:
         self.ownership = None      # ingest.leases.Coordinator (set by the app); None: every topic is ours
         self.fenced = 0            # frames not handed off because their unit's lease had lapsed
         self.book_heals = 0        # snapshots handed off from ingest's copy of a book (KeptBook)
+        self.ticker_heals = 0      # the same from its copy of a ticker (KeptTicker)
         if hasattr(handoff, "set_max_age"):
             handoff.set_max_age(settings.market_max_age_ns())
 
@@ -252,6 +255,7 @@ class Manager:
             elif not st.ticker_ok:
                 self._resync(conn, st, "ticker_resync", "ticker delta before any snapshot")
                 return
+            st.kept.apply(obj, recv_ns, session.id)
         rec = self.reconciler
         if rec is None or conn.endpoint != PRIVATE or not rec.take(topic, cls, obj, raw, recv_ns, session.id):
             seq = self.handoff.frame(conn.endpoint, topic, cls, raw, recv_ns, session.id, st.trace_id, lease.extra)
@@ -317,26 +321,34 @@ class Manager:
         return True
 
     def hand_off_lost(self, endpoint: str, topic: str, seq: int, reason: str) -> None:
-        """The hand-off dropped frames of a book up to its number ``seq``: a snapshot from ingest's
-        copy heals consumers' books at once, unless a snapshot handed off after them already does.
+        """The hand-off dropped frames of a book or a linear/inverse ticker up to its number ``seq``:
+        a snapshot from ingest's copy heals consumers' copy at once, unless a snapshot handed off
+        after them already does.
         (Without a copy the publisher asks for a resubscribe once it sees the hole.)"""
         st = self.topics.get(f"{endpoint}:{topic}")
         if st is not None and st.conn is not None and st.status == ACTIVE and st.snapshot_seq <= seq:
             self._heal(st, f"dropped in ingest's hand-off: {reason}")
 
     def _heal(self, st: TopicState, reason: str) -> bool:
-        """Hand off a snapshot of ``st``'s book from ingest's copy (announced as a ``book_resync``
-        first; it replaces one still waiting); False when there is no valid copy (the caller
-        resubscribes)."""
-        kept, conn = st.kept, st.conn
-        if kept is None or not kept.valid or st.book.resyncing or st.lease.valid_until < _clock(_CLOCK):
+        """Hand off a snapshot of ``st``'s book or ticker from ingest's copy (announced as a
+        ``book_resync`` / ``ticker_resync`` first; it replaces one still waiting); False when there
+        is no valid copy (the caller resubscribes)."""
+        kept, conn, ticker = st.kept, st.conn, st.cls == "tickers"
+        # waiting for the snapshot of a (re)subscribe: the copy is not the stream's state yet
+        waiting = not st.ticker_ok if ticker else st.book.resyncing
+        if (kept is None or not kept.valid or waiting or st.topic.name in conn.resync
+                or st.lease.valid_until < _clock(_CLOCK)):
             return False
-        self._announce(conn, st, "book_resync", f"{reason}; snapshot from ingest's copy of the book")
+        self._announce(conn, st, "ticker_resync" if ticker else "book_resync",
+                       f"{reason}; snapshot from ingest's copy of the {'ticker' if ticker else 'book'}")
         # stamped with the time it is made: it is the book as ingest knows it now (a quiet book is
         # still current), and the publisher must not drop it as too old
         st.snapshot_seq = self.handoff.heal(conn.endpoint, st.topic.name, st.cls, orjson.dumps(kept.snapshot()),
                                             time.time_ns(), kept.session, st.trace_id, st.lease.extra)
-        self.book_heals += 1
+        if ticker:
+            self.ticker_heals += 1
+        else:
+            self.book_heals += 1
         return True
 
     def _announce(self, conn: Connection, st: TopicState, kind: str, reason: str) -> None:
@@ -414,6 +426,7 @@ class Manager:
             "bad_frames": self.bad_frames,
             "fenced_frames": self.fenced,
             "book_heals": self.book_heals,
+            "ticker_heals": self.ticker_heals,
             "rotation_duplicates": self.rotation_duplicates,
             "task_failures": self.task_failures.status(),
             "reconciliation": self.reconciler.status() if self.reconciler else {"configured": False},

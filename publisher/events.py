@@ -45,7 +45,7 @@ class Event:
     seq: int = 0                   # outbox order, assigned by the outbox
     extra: dict = field(default_factory=dict)
     recv_ns: int = 0               # ingest's receive time (0: unknown, e.g. read back from the spool)
-    heals: bool = False            # a book snapshot for a stream consumers hold wrong (Outbox.heal)
+    heals: bool = False            # a book or ticker snapshot for a stream consumers hold wrong (Outbox.heal)
 
     @property
     def is_account(self) -> bool:

@@ -164,7 +164,7 @@ class Outbox:
             self._drop(self._market.pop_victim()[3], BUFFER_FULL)
 
     def heal(self, event: Event) -> None:
-        """A book snapshot for a stream consumers hold wrong: the stream's events still waiting
+        """A book or ticker snapshot for a stream consumers hold wrong: the stream's events still waiting
         are dropped as superseded (published after it they would be applied to it; their numbers
         stay unused, a hole the snapshot closes at once, so they ask for no further snapshot), and
         it goes before every market event, in the lane that is never dropped (never spooled)."""

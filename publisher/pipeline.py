@@ -131,10 +131,12 @@ class Pipeline:
                     self.healer.lost(f"{endpoint}:{topic}", "ticker delta without a snapshot in the publisher",
                                      now_ns / 1e9)
                 return []
-            if merged.type == "snapshot" and endpoint in MERGED_TICKERS:
+            healed = merged.type == "snapshot" and endpoint in MERGED_TICKERS and \
                 self.healer.frame(f"{endpoint}:{topic}", True, now_ns / 1e9)
-            return [events.market_event(env, frame, data=merged.data, type_=merged.type,
-                                        changed_keys=merged.changed_keys, numbers=self.numbers)]
+            ev = events.market_event(env, frame, data=merged.data, type_=merged.type,
+                                     changed_keys=merged.changed_keys, numbers=self.numbers)
+            ev.heals = healed       # goes first, in place of the ticker's waiting events
+            return [ev]
         ev = events.market_event(env, frame, numbers=self.numbers)
         if ev.event_class in BOOK_CLASSES and needs_snapshot(endpoint, topic):
             stream = f"{endpoint}:{topic}"

@@ -8,13 +8,13 @@ frames is dropped here (too old, buffer full), when frames from ingest went miss
 ``seq_jump``), or when a delta comes with no snapshot seen since this publisher started
 (after a restart). A broken stream is asked for once at once, then again every ``RETRY_S``
 while no snapshot arrives; never more often than ``MIN_INTERVAL_S`` per topic. Plain order books
-are asked for up to ``BOOK_INTERVAL_S``: ingest answers them from its own copy of the book, no
-request to Bybit (RPI books and tickers are resubscribed).
+and tickers are asked for up to every ``BOOK_INTERVAL_S``: ingest answers them from its own copy
+of the book or ticker, no request to Bybit (RPI books are resubscribed).
 """
 from __future__ import annotations
 
 MIN_INTERVAL_S = 0.5      # per topic: at most two requests a second
-BOOK_INTERVAL_S = 0.1     # the same for a plain order book (ingest's copy, no resubscribe)
+BOOK_INTERVAL_S = 0.1     # the same for a plain order book or a ticker (ingest's copy, no resubscribe)
 RETRY_S = 2.0             # asked, and still no snapshot this long after: ask again
 MAX_STREAMS = 100_000     # streams remembered (the subscribed books and tickers: far fewer)
 
@@ -95,4 +95,5 @@ class Healer:
 def _interval(stream: str) -> float:
     """``endpoint:topic`` -> the least time between two requests for it."""
     topic = stream.partition(":")[2]
-    return BOOK_INTERVAL_S if topic.startswith("orderbook.") and not topic.startswith("orderbook.rpi") else MIN_INTERVAL_S
+    kept = topic.startswith("tickers.") or (topic.startswith("orderbook.") and not topic.startswith("orderbook.rpi"))
+    return BOOK_INTERVAL_S if kept else MIN_INTERVAL_S

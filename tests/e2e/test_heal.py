@@ -2,7 +2,8 @@
 RabbitMQ): a book delta dropped in the publisher (too old after the publisher was held still
 for a second) is followed on the bus by a fresh snapshot of each affected topic; a publisher
 killed with -9 while linear tickers stream has complete tickers on the bus again within 5 s
-of being back; /api/v1/status judges freshness on what reaches RabbitMQ."""
+of being back, made from ingest's copy of each ticker (no new subscription at the exchange);
+/api/v1/status judges freshness on what reaches RabbitMQ."""
 from __future__ import annotations
 
 import os
@@ -134,6 +135,8 @@ def test_publisher_kill9_tickers_flow_again_and_freshness_follows_rabbitmq(gatew
         wait_for(lambda: {b["symbol"] for b in col.of("tickers.linear.")} >= {r["symbol"] for r in TICKERS}, 20,
                  message="tickers flowing")
         full = set(col.of("tickers.linear.")[0]["data"])       # a complete linear ticker's fields
+        subscribed = {k: v for k, v in gateway.sim_state()["subscribes"].items() if k in keys}
+        assert set(subscribed) == set(keys)
         old = gateway.pid("publisher")
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: publisher_status(gateway).get("pid") not in (None, old), 30, interval=0.1,
@@ -148,6 +151,10 @@ def test_publisher_kill9_tickers_flow_again_and_freshness_follows_rabbitmq(gatew
                  message="the restarted publisher asked ingest for ticker snapshots")
         assert {e["data"]["topic"] for e in col.of("system.ticker_resync", since=back - 1)
                 if "dropped in the publisher" in e["data"]["reason"]} >= {f"tickers.{r['symbol']}" for r in TICKERS}
+        # healed from ingest's copy of each ticker: nothing was subscribed again at the exchange
+        reasons = [e["data"]["reason"] for e in col.of("system.ticker_resync", since=back - 1)]
+        assert all("ingest's copy of the ticker" in r for r in reasons), reasons
+        assert {k: v for k, v in gateway.sim_state()["subscribes"].items() if k in keys} == subscribed
 
         def freshness() -> dict[str, str]:
             report = gateway.api("GET", "/api/v1/status").json()

@@ -266,25 +266,26 @@ def test_after_a_publisher_restart_a_delta_without_snapshot_asks_for_one():
 
 def test_requests_are_rate_limited_per_topic_and_repeated_until_healed():
     h = Healer()
-    h.lost("linear:tickers.A", "too_old in the publisher", 100.0)
-    assert h.due(100.0) == [("linear:tickers.A", "too_old in the publisher")]
-    h.lost("linear:tickers.A", "again", 100.1)
+    h.lost("linear:orderbook.rpi.A", "too_old in the publisher", 100.0)
+    assert h.due(100.0) == [("linear:orderbook.rpi.A", "too_old in the publisher")]
+    h.lost("linear:orderbook.rpi.A", "again", 100.1)
     assert h.due(100.1) == [] and h.due(100.0 + RETRY_S - 0.01) == []
     assert len(h.due(100.0 + RETRY_S)) == 1                 # no snapshot came: asked again
-    h.frame("linear:tickers.A", True, 103.0)            # the snapshot came
-    h.lost("linear:tickers.A", "too_old in the publisher", 103.0)
+    h.frame("linear:orderbook.rpi.A", True, 103.0)            # the snapshot came
+    h.lost("linear:orderbook.rpi.A", "too_old in the publisher", 103.0)
     assert len(h.due(103.0)) == 1                           # a new loss: asked at once
-    h.frame("linear:tickers.A", True, 103.1)
-    h.lost("linear:tickers.A", "too_old in the publisher", 103.2)
+    h.frame("linear:orderbook.rpi.A", True, 103.1)
+    h.lost("linear:orderbook.rpi.A", "too_old in the publisher", 103.2)
     assert h.due(103.2) == []                               # but not twice within MIN_INTERVAL_S
     assert len(h.due(103.0 + MIN_INTERVAL_S)) == 1
-    h.unasked(["linear:tickers.A"])                    # the request could not be sent
+    h.unasked(["linear:orderbook.rpi.A"])                    # the request could not be sent
     assert len(h.due(103.6)) == 1 and h.requests == 5 and h.healed == 2
 
 
 
-def test_a_plain_book_may_be_asked_for_more_often_than_a_resubscribed_stream():
-    """ingest answers a plain order book from its own copy (no request to Bybit)."""
+def test_a_plain_book_or_a_ticker_may_be_asked_for_more_often_than_a_resubscribed_stream():
+    """ingest answers a plain order book or a linear/inverse ticker from its own copy (no request
+    to Bybit); an RPI book is resubscribed."""
     h = Healer()
     for stream in ("linear:orderbook.50.A", "linear:orderbook.rpi.A", "linear:tickers.A"):
         h.lost(stream, "too_old in the publisher", 100.0)
@@ -292,8 +293,8 @@ def test_a_plain_book_may_be_asked_for_more_often_than_a_resubscribed_stream():
     for stream in ("linear:orderbook.50.A", "linear:orderbook.rpi.A", "linear:tickers.A"):
         h.frame(stream, True, 100.01)
         h.lost(stream, "too_old in the publisher", 100.02)
-    assert h.due(100.001 + BOOK_INTERVAL_S) == [("linear:orderbook.50.A", "too_old in the publisher")]
-    assert {s for s, _ in h.due(100.001 + MIN_INTERVAL_S)} == {"linear:orderbook.rpi.A", "linear:tickers.A"}
+    assert {s for s, _ in h.due(100.001 + BOOK_INTERVAL_S)} == {"linear:orderbook.50.A", "linear:tickers.A"}
+    assert h.due(100.001 + MIN_INTERVAL_S) == [("linear:orderbook.rpi.A", "too_old in the publisher")]
 
 
 # -- ingest: hand-off ----------------------------------------------------------------------
