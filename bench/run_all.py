@@ -327,6 +327,21 @@ def overload_topics() -> tuple[list[dict], list[str]]:
 MARKET_COUNTED = ("trades", "tickers", "orderbook")
 
 
+def sent_by_class(before: dict, after: dict) -> dict:
+    """Public frames the simulator sent between two of its ``frames_sent`` readings, by the
+    contract's class of their topic (``"{endpoint}:{topic}"`` keys; private pushes left out)."""
+    out: dict[str, int] = {}
+    for key, n in after.items():
+        endpoint, _, topic = key.partition(":")
+        cls = SENT_CLASS.get(topic.split(".", 1)[0])
+        if endpoint != "private" and cls is not None and n - before.get(key, 0):
+            out[cls] = out.get(cls, 0) + n - before.get(key, 0)
+    return out
+
+
+SENT_CLASS = {"publicTrade": "trades", "orderbook": "orderbook", "tickers": "tickers"}
+
+
 def _delivered(wins: list[dict]) -> int:
     return sum(sum(v for c, v in w["counts"].items() if c in MARKET_COUNTED) for w in wins)
 
@@ -492,12 +507,13 @@ def overload_phase(args) -> dict:
                 sampler = RssSampler(gw)
                 sampler.start()
                 p0, i0, c0 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_by_process(gw, extra)
-                sim0 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+                sent0 = run.sim_call("GET", "/__sim/state")["frames_sent"]
                 t0 = time.time()
                 time.sleep(args.overload)
                 t1 = time.time()
                 p1, i1, c1 = status_file(gw, "publisher"), status_file(gw, "ingest"), cpu_by_process(gw, extra)
-                sim1 = sum(run.sim_call("GET", "/__sim/state")["frames_sent"].values())
+                sent1 = run.sim_call("GET", "/__sim/state")["frames_sent"]
+                sim0, sim1 = sum(sent0.values()), sum(sent1.values())
                 depth = QueueDepths(amqp_url)
                 queued = sum(depth.read().values())
                 depth.close()
@@ -538,6 +554,7 @@ def overload_phase(args) -> dict:
                 around = [b["delivered_per_s"] for b in out["bare_runs"][-2:]]
                 out["steps"].append({
                     "mult": mult, "offered": capacity * mult, "sim_per_s": (sim1 - sim0) / (t1 - t0),
+                    "sent": sent_by_class(sent0, sent1),
                     "delivered_per_s": delivered / (t1 - t0), "bare_around": around,
                     "ratio": delivered / (t1 - t0) / (sum(around) / len(around)) if sum(around) else 0.0,
                     "ages": ages, "drops": drops,
