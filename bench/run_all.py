@@ -342,6 +342,12 @@ def sent_by_class(before: dict, after: dict) -> dict:
 SENT_CLASS = {"publicTrade": "trades", "orderbook": "orderbook", "tickers": "tickers"}
 
 
+def sent_cell(sent: dict | None) -> str:
+    if not sent:
+        return "-"
+    return ", ".join(f"{sent.get(c, 0):,}" for c in ("orderbook", "tickers", "trades"))
+
+
 def _delivered(wins: list[dict]) -> int:
     return sum(sum(v for c, v in w["counts"].items() if c in MARKET_COUNTED) for w in wins)
 
@@ -754,8 +760,9 @@ def overload_rows(over: dict) -> list[str]:
              "alone: a `stream_seq` jump on a book's routing key breaks its book until the next snapshot event of "
              "that key (deltas in between count as received on a broken book); the hole shows with the first "
              "event after it, or with the snapshot itself.", "",
-             "| offered (simulator sent/s) | delivered/s (x bare around it) | books p50/p99 | tickers p50/p99 "
-             "| trades p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync "
+             "| offered (simulator sent/s; frames sent: books, tickers, trades) | delivered/s (x bare around it) "
+             "| books p50/p99 (delivered) | tickers p50/p99 (delivered) "
+             "| trades p50/p99 (delivered) | queued | dropped (ingest; publisher) | resync requests / book_resync "
              "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; "
              "snapshot made -> taken p50/max; still broken "
              "| account (fills pushed -> consumer p50/p99/max ms) | RSS MB | tree CPU us/event (bare) | result |",
@@ -776,7 +783,8 @@ def overload_rows(over: dict) -> list[str]:
         cpu_cell = f"{st['cpu_us_per_event']:.0f} ({bare_cpu:.0f})" if st["cpu_us_per_event"] else "-"
         ratio = st["ratio"]
         lines.append(
-            f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}) | {st['delivered_per_s']:,.0f} "
+            f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}; {sent_cell(st.get('sent'))}) | "
+            f"{st['delivered_per_s']:,.0f} "
             f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {age3(a, 'orderbook')} | "
             f"{age3(a, 'tickers')} | {age3(a, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | {heal_cell} | "
