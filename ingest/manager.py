@@ -21,11 +21,11 @@ from common.logs import RateLimited, get_logger
 from common.substatus import ACTIVE, FAILED, PENDING
 from common.topics import PRIVATE, Topic
 from ingest import books, metrics, parse, plan
-from ingest.tickers import KeptTicker
 from ingest.auth import ServerClock
 from ingest.connection import Connection
 from ingest.leases import ALWAYS, Lease
 from ingest.supervise import TaskFailures
+from ingest.tickers import KeptTicker
 
 log = get_logger(__name__)
 _clock, _CLOCK = time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)   # as leases.clock
