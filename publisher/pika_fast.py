@@ -106,6 +106,13 @@ class CorkedConnection(AsyncioConnection):
         else:
             self._write(data)
 
+    def emit_parts(self, parts: list[bytes]) -> None:
+        """Pieces of frames to write in this order: kept as they are while corked."""
+        if self._cork is not None:
+            self._cork += parts
+        else:
+            self._adapter_emit_data(b"".join(parts))
+
     def _write(self, data: bytes) -> None:
         t = self._transport
         if t.__class__ is _PlainTransport and t._state == t._STATE_ACTIVE and not t._tx_buffers:
@@ -163,17 +170,24 @@ def publish_frames(channel: int, exchange: str, routing_key: str, mandatory: boo
     return b"\x01" + _H(channel) + _U32(len(payload)) + payload + _FRAME_END
 
 
-def content_frames(channel: int, props: bytes, body: bytes, body_max: int) -> tuple[bytes, int]:
-    """(header frame + body frames, frame count) as pika's ``_send_message`` writes them."""
+def message_parts(method: bytes, channel: int, props: bytes, body: bytes, body_max: int) -> tuple[list[bytes], int]:
+    """(the pieces of ``method`` + header frame + body frames, frame count) as pika's
+    ``_send_message`` writes them; joined once, by the write that takes them (each join of a body
+    is a copy: three per message were a tenth of the publisher's CPU in a flood)."""
     ch = _H(channel)
     size = len(body)
-    parts = [b"\x02", ch, _U32(12 + len(props)), _HEADER_CLASS, _U64(size), props, _FRAME_END]
-    n = 1
+    parts = [method, b"\x02", ch, _U32(12 + len(props)), _HEADER_CLASS, _U64(size), props, _FRAME_END]
+    n = 2
+    if size <= body_max:
+        if size:
+            parts += (b"\x03", ch, _U32(size), body, _FRAME_END)
+            n += 1
+        return parts, n
     for start in range(0, size, body_max):
         chunk = body[start:start + body_max]
         parts += (b"\x03", ch, _U32(len(chunk)), chunk, _FRAME_END)
         n += 1
-    return b"".join(parts), n
+    return parts, n
 
 
 def _short(s: str) -> bytes:
