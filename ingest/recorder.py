@@ -225,7 +225,6 @@ class Recorder:
         gz, raw, path = self._gz, self._raw, self._current
         if gz is None:
             return
-        self._gz = self._raw = self._current = None
         self._unflushed = False
         try:
             gz.close()
@@ -236,6 +235,9 @@ class Recorder:
                 raw.close()
             except OSError:
                 pass
+            # only now: status() shows no current file once the file is whole on disk (its gzip
+            # trailer written), which is what a reader of the directory waits for
+            self._gz = self._raw = self._current = None
         try:
             size = path.stat().st_size
         except OSError:
