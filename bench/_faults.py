@@ -199,7 +199,9 @@ class Run:
                            interval=0.1, message="every ticker confirmed by RabbitMQ again")
             res.recovered_s = round(max(0.0, max(got[k] for k in keys) - ready), 2)
             res.recovery_what = f"all {len(keys)} linear tickers confirmed again (from the new publisher ready)"
-            ev = self.event("ticker_resync", t0, 30, lambda e: "publisher" in str(e["data"].get("reason")))
+            # asked for by the new publisher, or made by ingest for frames its hand-off dropped meanwhile
+            ev = self.event("ticker_resync", t0, 30,
+                            lambda e: any(w in str(e["data"].get("reason")) for w in ("publisher", "hand-off")))
             res.detected_by = f"system.ticker_resync ({ev['data'].get('reason')})"
             res.detect_s = round(ev["t"] - t0, 2)
         return run
