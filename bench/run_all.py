@@ -327,19 +327,19 @@ def overload_topics() -> tuple[list[dict], list[str]]:
 MARKET_COUNTED = ("trades", "tickers", "orderbook")
 
 
+SENT_CLASS = {"publicTrade": "trades", "orderbook": "orderbook", "tickers": "tickers"}
+
+
 def sent_by_class(before: dict, after: dict) -> dict:
     """Public frames the simulator sent between two of its ``frames_sent`` readings, by the
     contract's class of their topic (``"{endpoint}:{topic}"`` keys; private pushes left out)."""
     out: dict[str, int] = {}
     for key, n in after.items():
         endpoint, _, topic = key.partition(":")
-        cls = SENT_CLASS.get(topic.split(".", 1)[0])
-        if endpoint != "private" and cls is not None and n - before.get(key, 0):
-            out[cls] = out.get(cls, 0) + n - before.get(key, 0)
+        cls, sent = SENT_CLASS.get(topic.split(".", 1)[0]), n - before.get(key, 0)
+        if endpoint != "private" and cls is not None and sent:
+            out[cls] = out.get(cls, 0) + sent
     return out
-
-
-SENT_CLASS = {"publicTrade": "trades", "orderbook": "orderbook", "tickers": "tickers"}
 
 
 def sent_cell(sent: dict | None) -> str:

@@ -336,8 +336,7 @@ class Manager:
         kept, conn, ticker = st.kept, st.conn, st.cls == "tickers"
         # waiting for the snapshot of a (re)subscribe: the copy is not the stream's state yet
         waiting = not st.ticker_ok if ticker else st.book.resyncing
-        if (kept is None or not kept.valid or waiting or st.topic.name in conn.resync
-                or st.lease.valid_until < _clock(_CLOCK)):
+        if kept is None or not kept.valid or waiting or st.lease.valid_until < _clock(_CLOCK):
             return False
         self._announce(conn, st, "ticker_resync" if ticker else "book_resync",
                        f"{reason}; snapshot from ingest's copy of the {'ticker' if ticker else 'book'}")

@@ -178,13 +178,8 @@ def message_parts(method: bytes, channel: int, props: bytes, body: bytes, body_m
     size = len(body)
     parts = [method, b"\x02", ch, _U32(12 + len(props)), _HEADER_CLASS, _U64(size), props, _FRAME_END]
     n = 2
-    if size <= body_max:
-        if size:
-            parts += (b"\x03", ch, _U32(size), body, _FRAME_END)
-            n += 1
-        return parts, n
     for start in range(0, size, body_max):
-        chunk = body[start:start + body_max]
+        chunk = body[start:start + body_max]      # the body itself when it fits one frame: no copy
         parts += (b"\x03", ch, _U32(len(chunk)), chunk, _FRAME_END)
         n += 1
     return parts, n
