@@ -226,17 +226,21 @@ class SimServer:
         now, ts = time.monotonic(), now_ms()
         batch, sent = [], []
         # only the topics due now: most are not, and looking at each of them was most of a pass
+        jitter, append, dumps = sim.pace_rng.random, batch.append, orjson.dumps
         for topic, due in [item for item in conn.due.items() if item[1] <= now]:
             stream = conn.topics.get(topic)
             if stream is None:
                 continue
+            # once per topic, not per frame: nothing else runs until the pass is written
+            sim.book_frame_faults(conn, topic, stream)
+            gap = interval * sim.slowness(conn.endpoint, topic)
+            next_frame = stream.next
             n = 0
             while due <= now and n < MAX_BURST:
-                sim.book_frame_faults(conn, topic, stream)
-                batch.append(orjson.dumps(stream.next(ts)))
+                append(dumps(next_frame(ts)))
                 # Jittered gaps (mean = interval): topics drift out of phase, so frames arrive
                 # spread out as from an exchange, not as one burst of every topic per period.
-                due += interval * sim.slowness(conn.endpoint, topic) * (0.5 + sim.pace_rng.random())
+                due += gap * (0.5 + jitter())
                 n += 1
             if due < now - 1.0:
                 due = now                   # more than a second behind: skip, do not burst
@@ -259,7 +263,10 @@ class SimServer:
             protocol = ws.protocol
             if (protocol.state is State.OPEN and not protocol.extensions and not protocol.expect_continuation_frame
                     and not protocol.writes):
-                ws.transport.write(b"".join([_text_frame(payload) for payload in payloads]))
+                chunks = []
+                for payload in payloads:
+                    chunks += (_text_header(len(payload)), payload)
+                ws.transport.write(b"".join(chunks))
                 return
             for payload in payloads:
                 protocol.send_text(payload)
@@ -310,11 +317,14 @@ class SimServer:
                 self.sim.count("account_errors")
 
 
-def _text_frame(payload: bytes) -> bytes:
-    """One final, unmasked text frame (RFC 6455 5.2: a server never masks)."""
-    n = len(payload)
+_SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+
+
+def _text_header(n: int) -> bytes:
+    """The header of one final, unmasked text frame of ``n`` bytes (RFC 6455 5.2: a server
+    never masks); written beside the payload, not copied into one with it."""
     if n < 126:
-        return b"\x81%c%b" % (n, payload)
+        return _SHORT_HEADERS[n]
     if n < 65536:
-        return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
-    return b"\x81\x7f%b%b" % (n.to_bytes(8, "big"), payload)
+        return b"\x81\x7e" + n.to_bytes(2, "big")
+    return b"\x81\x7f" + n.to_bytes(8, "big")

@@ -81,12 +81,18 @@ class TradeStream(Stream):
         return frame
 
     def _trade(self, ts_ms: int) -> dict:
-        # in whole ticks (ints): Decimal arithmetic and str() per trade were a fifth of its cost
-        ticks = self.market.mid_ticks(self.inst, ts_ms) + self.rng.randint(-2, 2)
-        if self.last is not None and ticks != self.last:
-            self.last_dir = 1 if ticks > self.last else -1
-        direction = _TICK_DIR[self.last_dir] if self.last is None or ticks != self.last else (
-            "ZeroPlusTick" if self.last_dir >= 0 else "ZeroMinusTick")
+        # in whole ticks (ints): Decimal arithmetic and str() per trade were a fifth of its cost;
+        # the draws inlined (``_Rng.randint`` exactly): a call per draw was a fifth of what was left
+        random = self.rng.random
+        ticks = self.market.mid_ticks(self.inst, ts_ms) - 2 + int(random() * 5)
+        last = self.last
+        if last is None:
+            direction = _TICK_DIR[self.last_dir]
+        elif ticks != last:
+            self.last_dir = 1 if ticks > last else -1
+            direction = _TICK_DIR[self.last_dir]
+        else:
+            direction = "ZeroPlusTick" if self.last_dir >= 0 else "ZeroMinusTick"
         self.last = ticks
         self.n += 1
         p = self.prices.get(ticks)
@@ -94,63 +100,86 @@ class TradeStream(Stream):
             if len(self.prices) > 1000:
                 self.prices.clear()
             p = self.prices[ticks] = _s(self.inst.tick * ticks)
-        trade = {"T": ts_ms - self.rng.randint(0, 3), "s": self.inst.symbol,
-                 "S": self.rng.choice(("Buy", "Sell")), "v": self.sizes[self.rng.randint(0, 49)], "p": p}
+        at = ts_ms - int(random() * 4)
+        side = "Sell" if random() >= 0.5 else "Buy"
+        size = self.sizes[int(random() * 50)]
         if self.category == "option":
+            trade = {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p}
             index = self.market.index_price(self.base, ts_ms)
             iv = Decimal("0.45") + Decimal(self.rng.randint(-200, 200)) / 10000
             trade.update({"i": f"{self.id_head}{self.n:012x}", "BT": False, "seq": self.seq,
                           "mP": p, "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
             return trade
-        if self.category != "spot":
-            trade["L"] = direction
-        trade["i"] = str(2290000000000000000 + self.n) if self.category == "spot" else f"{self.id_head}{self.n:012x}"
-        trade.update({"BT": False, "RPI": False, "seq": self.seq})
-        return trade
+        if self.category == "spot":
+            return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "i": str(2290000000000000000 + self.n),
+                    "BT": False, "RPI": False, "seq": self.seq}
+        return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "L": direction,
+                "i": f"{self.id_head}{self.n:012x}", "BT": False, "RPI": False, "seq": self.seq}
 
 
 class BookStream(Stream):
-    """``orderbook.{depth}.{symbol}``: a snapshot, then deltas with ``u`` +1 (depth 1: snapshots)."""
+    """``orderbook.{depth}.{symbol}``: a snapshot, then deltas with ``u`` +1 (depth 1: snapshots).
+
+    The book is held in whole ticks (price) and qty steps (size), each made a string once:
+    Decimal arithmetic and str() per level were most of a book push's cost."""
 
     def __init__(self, market, category, topic, seed, parsed):
         super().__init__(market, category, topic, seed, parsed)
         self.depth = parsed.depth or facts.RPI_DEPTH
         self.u = self.rng.randint(1_000_000, 90_000_000)
-        self.bids: dict[Decimal, Decimal] = {}
-        self.asks: dict[Decimal, Decimal] = {}
-        self.best_bid: Decimal | None = None
+        self.bids: dict[int, int] = {}       # price in ticks -> size in qty steps
+        self.asks: dict[int, int] = {}
         self.best_ticks = 0
         self.started = False
         self.gap_next = False      # hooks: the next delta skips one u
         self.reset_next = False    # hooks: the next frame is a snapshot with u == 1
+        self._prices: dict[int, str] = {}
+        self._sizes: dict[int, str] = {0: "0"}     # 0: a level deleted
 
-    def _target(self, ts_ms: int) -> tuple[dict, dict, tuple[list, list] | None]:
-        """The book at ``ts_ms``: ``depth`` levels each side of the mid, a few re-quoted; and the
-        prices re-quoted per side, or None when the book moved (every level may differ)."""
-        tick = self.inst.tick
+    def levels(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The book as sent: (bids, asks), each {price: size}."""
+        return ({self._price(p): self._size(q) for p, q in self.bids.items()},
+                {self._price(p): self._size(q) for p, q in self.asks.items()})
+
+    def _price(self, ticks: int) -> str:
+        p = self._prices.get(ticks)
+        if p is None:
+            if len(self._prices) > 4096:
+                self._prices.clear()
+            p = self._prices[ticks] = _s(self.inst.tick * ticks)
+        return p
+
+    def _size(self, steps: int) -> str:
+        q = self._sizes.get(steps)
+        if q is None:
+            q = self._sizes[steps] = _s(self.inst.qty_step * steps)
+        return q
+
+    def _target(self, ts_ms: int) -> tuple[dict, dict, tuple[dict, dict] | None]:
+        """The book at ``ts_ms``: ``depth`` levels each side of the mid, a few re-quoted; and per
+        side the re-quoted levels' sizes before (None: absent), or None when the book moved
+        (every level may differ). An unmoved book is changed in place."""
+        rng, depth = self.rng, self.depth
         # the mid is on the tick grid: the best bid is the mid (at least depth + 1 ticks)
-        best_ticks = max(self.market.mid_ticks(self.inst, ts_ms), self.depth + 1)
-        if self.bids and best_ticks == self.best_ticks:
-            best_bid = self.best_bid
-            bids, asks = dict(self.bids), dict(self.asks)
-            touched = ([], [])
+        best = max(self.market.mid_ticks(self.inst, ts_ms), depth + 1)
+        if self.bids and best == self.best_ticks:
+            bids, asks = self.bids, self.asks
+            touched = ({}, {})
         else:
-            best_bid = tick * best_ticks
-            bids, asks = {}, {}
-            for i in range(self.depth):
-                bp, ap = best_bid - tick * i, best_bid + tick * (i + 1)
-                bids[bp] = self.bids.get(bp) or self.size()
-                asks[ap] = self.asks.get(ap) or self.size()
+            bids, asks, old_bids, old_asks = {}, {}, self.bids, self.asks
+            for i in range(depth):
+                bp, ap = best - i, best + i + 1
+                bids[bp] = old_bids.get(bp) or rng.randint(1, 500)
+                asks[ap] = old_asks.get(ap) or rng.randint(1, 500)
             touched = None
-        self.best_bid, self.best_ticks = best_bid, best_ticks
+        self.best_ticks = best
         for side, book in enumerate((bids, asks)):
-            for _ in range(self.rng.randint(1, 3)):
-                size = self.size()      # drawn before the price, as the seeded streams always were
-                price = (best_bid + tick * self.rng.randint(1 - self.depth, 0) if side == 0
-                         else best_bid + tick * self.rng.randint(1, self.depth))
+            for _ in range(rng.randint(1, 3)):
+                size = rng.randint(1, 500)      # drawn before the price, as the seeded streams always were
+                price = best + rng.randint(1 - depth, 0) if side == 0 else best + rng.randint(1, depth)
+                if touched is not None and price not in touched[side]:
+                    touched[side][price] = book.get(price)
                 book[price] = size
-                if touched is not None:
-                    touched[side].append(price)
         return bids, asks, touched
 
     def next(self, ts_ms: int) -> dict:
@@ -171,19 +200,17 @@ class BookStream(Stream):
         if touched is None:
             db, da = _diff(self.bids, bids), _diff(self.asks, asks)
         else:       # only the re-quoted levels can differ: no need to compare all of them
-            db, da = _requoted(self.bids, bids, touched[0]), _requoted(self.asks, asks, touched[1])
+            db, da = _requoted(touched[0], bids), _requoted(touched[1], asks)
         self.bids, self.asks = bids, asks
         return self._frame("delta", ts_ms, dict(db), dict(da), ordered=False)
 
     def _frame(self, kind, ts_ms, bids, asks, ordered=True) -> dict:
-        b = sorted(bids.items(), reverse=True) if ordered else list(bids.items())
-        a = sorted(asks.items()) if ordered else list(asks.items())
-        data = {"s": self.inst.symbol, "b": [[_s(p), _s(q)] for p, q in b],
-                "a": [[_s(p), _s(q)] for p, q in a], "u": self.u, "seq": self.seq}
+        b = sorted(bids.items(), reverse=True) if ordered else bids.items()
+        a = sorted(asks.items()) if ordered else asks.items()
+        price, size = self._price, self._size
+        data = {"s": self.inst.symbol, "b": [[price(p), size(q)] for p, q in b],
+                "a": [[price(p), size(q)] for p, q in a], "u": self.u, "seq": self.seq}
         return {"topic": self.topic, "type": kind, "ts": ts_ms, "data": data, "cts": ts_ms - self.rng.randint(1, 3)}
-
-
-_ZERO = Decimal("0")
 
 
 def _diff(old: dict, new: dict) -> list:
@@ -191,15 +218,14 @@ def _diff(old: dict, new: dict) -> list:
     changed levels are sorted: sorting the whole book was a fifth of a flood's CPU here."""
     get = old.get
     changed = [(p, q) for p, q in new.items() if get(p) != q]
-    changed += [(p, _ZERO) for p in old if p not in new]
+    changed += [(p, 0) for p in old if p not in new]
     changed.sort(key=itemgetter(0))
     return changed
 
 
-def _requoted(old: dict, new: dict, prices: list) -> list:
-    """``_diff`` when only ``prices`` were set in ``new`` (a copy of ``old``)."""
-    changed = {p: new[p] for p in prices if old.get(p) != new[p]}
-    return sorted(changed.items(), key=itemgetter(0))
+def _requoted(before: dict, new: dict) -> list:
+    """``_diff`` when only the levels in ``before`` (price -> size before) were set in ``new``."""
+    return sorted([(p, new[p]) for p, q in before.items() if q != new[p]], key=itemgetter(0))
 
 
 class TickerStream(Stream):
@@ -215,6 +241,13 @@ class TickerStream(Stream):
         self.high, self.low = self.inst.q_price(p * Decimal("1.006")), self.inst.q_price(p * Decimal("0.985"))
         self.volume = self.size(10**6)
         self.oi = self.size(10**7)
+        # strings of values that change seldom, made again only when the value object changes
+        # (str() and arithmetic of Decimals were most of a ticker push's cost)
+        self._prev24_s = _s(self.prev24)
+        self._prev1h_s = _s(self.inst.q_price(self.prev24 * Decimal("1.01")))
+        self._by_last: tuple | None = None     # (last, its str, price24hPcnt, last + tick as str)
+        self._high_low: tuple | None = None    # (high, low, their strs)
+        self._prev_last: Decimal | None = None
 
     def next(self, ts_ms: int) -> dict:
         self.n += 1
@@ -238,12 +271,22 @@ class TickerStream(Stream):
             self.fields = fields
         return {"topic": self.topic, "type": kind, "data": data, "cs": self.seq, "ts": ts_ms}
 
+    def _last(self, last: Decimal) -> tuple:
+        by = self._by_last
+        if by is None or by[0] is not last:
+            pcnt = ((last - self.prev24) / self.prev24).quantize(Decimal("0.000001"))
+            by = self._by_last = (last, _s(last), _s(pcnt), _s(last + self.inst.tick))
+        return by
+
     def _common(self, last: Decimal) -> dict:
-        pcnt = ((last - self.prev24) / self.prev24).quantize(Decimal("0.000001"))
+        _, last_s, pcnt_s, _ = self._last(last)
+        hl = self._high_low
+        if hl is None or hl[0] is not self.high or hl[1] is not self.low:
+            hl = self._high_low = (self.high, self.low, _s(self.high), _s(self.low))
         turnover = (self.volume * last).quantize(Decimal("0.0001"))
-        return {"lastPrice": _s(last), "highPrice24h": _s(self.high), "lowPrice24h": _s(self.low),
-                "prevPrice24h": _s(self.prev24), "volume24h": _s(self.volume), "turnover24h": _s(turnover),
-                "price24hPcnt": _s(pcnt)}
+        return {"lastPrice": last_s, "highPrice24h": hl[2], "lowPrice24h": hl[3],
+                "prevPrice24h": self._prev24_s, "volume24h": _s(self.volume), "turnover24h": _s(turnover),
+                "price24hPcnt": pcnt_s}
 
     def _spot(self, last: Decimal) -> dict:
         c = self._common(last)
@@ -259,19 +302,20 @@ class TickerStream(Stream):
         self.oi += self.inst.qty_step * self.rng.randint(-20, 20)
         oi_value = (self.oi * mark).quantize(Decimal("0.01"))
         half, half_value = self.oi / 2, (self.oi * mark / 2).quantize(Decimal("0.01"))
-        prev_last = Decimal(self.fields["lastPrice"]) if self.fields else last
+        prev_last = self._prev_last if self.fields else last
+        self._prev_last = last
         direction = "PlusTick" if last > prev_last else "MinusTick" if last < prev_last else (
             self.fields["tickDirection"] if self.fields else "ZeroPlusTick")
         funding_at = (ts_ms // 28_800_000 + 1) * 28_800_000
         return {"symbol": self.inst.symbol, "tickDirection": direction, "price24hPcnt": c["price24hPcnt"],
                 "lastPrice": c["lastPrice"], "prevPrice24h": c["prevPrice24h"], "highPrice24h": c["highPrice24h"],
-                "lowPrice24h": c["lowPrice24h"], "prevPrice1h": _s(self.inst.q_price(self.prev24 * Decimal("1.01"))),
+                "lowPrice24h": c["lowPrice24h"], "prevPrice1h": self._prev1h_s,
                 "markPrice": _s(mark), "indexPrice": _s(index), "openInterest": _s(self.oi),
                 "openInterestValue": _s(oi_value), "singleOpenInterest": _s(half),
                 "singleOpenInterestValue": _s(half_value), "turnover24h": c["turnover24h"],
                 "volume24h": c["volume24h"], "fundingIntervalHour": "8", "fundingCap": "0.005",
                 "nextFundingTime": str(funding_at), "fundingRate": "0.0001",
-                "bid1Price": _s(last), "bid1Size": _s(self.size()), "ask1Price": _s(last + tick),
+                "bid1Price": c["lastPrice"], "bid1Size": _s(self.size()), "ask1Price": self._last(last)[3],
                 "ask1Size": _s(self.size()), "preOpenPrice": "", "preQty": "", "curPreListingPhase": ""}
 
     def _option(self, last: Decimal, ts_ms: int) -> dict:

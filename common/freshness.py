@@ -139,33 +139,37 @@ class MarketQueues:
 
     def pop_many(self, n: int) -> list[tuple]:
         """Up to ``n`` entries, removed, in the order ``n`` calls of ``pop`` would give."""
-        return self._run(1, lambda out: len(out) < n)
+        return self._run(1, n, -1, -1)
 
     def trim(self, count: int, size: int) -> list[tuple]:
         """The entries ``pop_victim`` would give up, removed, until at most ``count`` entries and
         ``size`` bytes are left."""
-        return self._run(-1, lambda _out: self.n > count or self.bytes > size)
+        return self._run(-1, NEVER, count, size)
 
-    def _run(self, sign: int, more) -> list[tuple]:
-        """Entries taken as repeated ``_pick(sign)`` + ``take`` would take them while ``more(out)``,
-        picking the queue once per run: its heads keep winning until it is empty, or (another
-        queue with the same bound) until its head is no earlier than that queue's. A flood takes
-        or drops a frame for every one read, and a pick per frame was a tenth of ingest's CPU."""
+    def _run(self, sign: int, most: int, count: int, size: int) -> list[tuple]:
+        """Up to ``most`` entries, taken as repeated ``_pick(sign)`` + ``take`` would take them while
+        more than ``count`` entries or ``size`` bytes are left, picking the queue once per run: its
+        heads keep winning until it is empty, or (another queue with the same bound) until its head
+        is no earlier than that queue's. A flood takes or drops a frame for every one read, and a
+        pick per frame was a tenth of ingest's CPU."""
         out, bounds, queues = [], self.bounds, self.queues
-        while more(out):
+        n, nbytes = self.n, self.bytes
+        while len(out) < most and (n > count or nbytes > size):
             q = self._pick(sign)
             if q is None:
                 break
             b = bounds.get(q[0][2], NEVER)
             rival = min((o[0][0] for c, o in queues.items() if o and o is not q and bounds.get(c, NEVER) == b),
                         default=NEVER + 1)
+            popleft, append = q.popleft, out.append
             while True:
-                entry = q.popleft()
-                self.n -= 1
-                self.bytes -= entry[1]
-                out.append(entry)
-                if not q or q[0][0] >= rival or not more(out):
+                entry = popleft()
+                n -= 1
+                nbytes -= entry[1]
+                append(entry)
+                if not q or q[0][0] >= rival or len(out) >= most or (n <= count and nbytes <= size):
                     break
+            self.n, self.bytes = n, nbytes
         return out
 
     def remove(self, cls: str, pred) -> list[tuple]:

@@ -238,7 +238,7 @@ def test_a_batch_beyond_the_bound_drops_the_oldest_and_names_each_streams_range(
         kept: dict[str, list[int]] = {t: [] for t in topics}
         for q in d.market.queues.values():
             for entry in q:
-                kept[entry[3][2]].append(entry[3][3])
+                kept[entry[3][4]].append(entry[3][5])
         [notice] = d.take_drop_notices()
         frames = notice["dropped_frames"]
         assert notice["reason"] == "buffer_full" and notice["dropped_total"] == {"trades": sum(d.dropped.values())}

@@ -29,8 +29,8 @@ def test_the_copy_equals_the_simulators_book_after_thousands_of_deltas():
         kept.apply(frame, i, "s1")
         if i % 500 == 499 or i == 0:
             snap = kept.snapshot()
-            assert _truth(dict(snap["data"]["b"])) == _truth({str(p): str(q) for p, q in stream.bids.items()})
-            assert _truth(dict(snap["data"]["a"])) == _truth({str(p): str(q) for p, q in stream.asks.items()})
+            assert _truth(dict(snap["data"]["b"])) == _truth(stream.levels()[0])
+            assert _truth(dict(snap["data"]["a"])) == _truth(stream.levels()[1])
             bids = [Decimal(p) for p, _ in snap["data"]["b"]]
             asks = [Decimal(p) for p, _ in snap["data"]["a"]]
             assert bids == sorted(bids, reverse=True) and asks == sorted(asks) and bids[0] < asks[0]
@@ -77,8 +77,8 @@ def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(slo
         h.frame("linear", "orderbook.50.AUSDT", "orderbook", b'{"a":%d,"p":"%s"}' % (i, pad), now + i, "c")
         h.frame("linear", "orderbook.50.BUSDT", "orderbook", b'{"b":%d,"p":"%s"}' % (i, pad), now + i, "c")
     h.flush()
-    waiting_a = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.AUSDT")
-    waiting_b = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][2] == "orderbook.50.BUSDT")
+    waiting_a = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][4] == "orderbook.50.AUSDT")
+    waiting_b = sum(1 for e in h.publisher.market.queues["orderbook"] if e[3][4] == "orderbook.50.BUSDT")
     assert waiting_a > 0 and waiting_b > 0
     h.heal("linear", "orderbook.50.AUSDT", "orderbook", b'{"snapshot":0}', now + 10**6, "c")
     assert ("linear", "orderbook.50.AUSDT") in h.publisher.healing
@@ -90,7 +90,7 @@ def test_a_healing_snapshot_replaces_the_books_waiting_frames_and_goes_first(slo
     assert h.publisher.dropped_by["superseded"]["orderbook"] == waiting_a + 2
     assert len(h.publisher.healing) == 1 and not h.publisher.account
     assert not h.publisher.lost                                   # superseded is not a loss
-    assert all(e[3][2] == "orderbook.50.BUSDT" for e in h.publisher.market.queues["orderbook"])
+    assert all(e[3][4] == "orderbook.50.BUSDT" for e in h.publisher.market.queues["orderbook"])
     got = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (h.publisher.buffered or not got or pull.poll(200)):
