@@ -151,6 +151,42 @@ def test_frames_read_in_one_loop_turn_leave_together_in_order_and_a_notice_on_it
         ctx.term()
 
 
+def test_fills_among_a_turns_market_frames_reach_the_persister_and_market_only_turns_do_not(short_tmp):
+    """Turns of market frames alone, and turns with a fill among them, in any order: every fill
+    reaches the persister once and the publisher's priority pipe, every frame the publisher."""
+    import asyncio
+
+    from common import addresses
+    from common.envelope import Envelope, unpack
+    ctx, pull, h = _linger_rig(short_tmp, 0.0)
+    persister = ctx.socket(zmq.PULL)
+    persister.bind(addresses.persister_frames(short_tmp))
+    turns = ["market", "fill", "market", "market", "fill", "fill", "market"]
+
+    async def run():
+        for i, kind in enumerate(turns):
+            for j in range(5):
+                h.frame("linear", "publicTrade.BTCUSDT", "trades", b'{"t":%d,"j":%d}' % (i, j), time.time_ns(), "c1")
+                if kind == "fill" and j == 2:
+                    h.frame("private", "execution", "executions", b'{"fill":%d}' % i, time.time_ns(), "p1")
+            await asyncio.sleep(0)            # the turn ends: its frames are released together
+
+    try:
+        asyncio.run(run())
+        fills = [i for i, kind in enumerate(turns) if kind == "fill"]
+        to_publisher = [Envelope.decode(p) for m in _messages(pull, len(turns) * 5 + len(fills)) for p in unpack(m)]
+        to_persister = [Envelope.decode(p) for m in _messages(persister, len(fills)) for p in unpack(m)]
+        assert [e.payload for e in to_persister] == [b'{"fill":%d}' % i for i in fills]
+        assert [e.payload for e in to_publisher if e.endpoint == "private"] == [b'{"fill":%d}' % i for i in fills]
+        assert [e.stream_seq for e in to_publisher if e.endpoint == "linear"] == list(range(1, len(turns) * 5 + 1))
+        assert not persister.poll(200)        # nothing else: market frames never go to the persister
+    finally:
+        h.close()
+        persister.close(0)
+        pull.close(0)
+        ctx.term()
+
+
 def test_with_a_linger_the_first_frame_goes_at_once_and_the_next_wait_for_company(short_tmp):
     import asyncio
 
