@@ -43,14 +43,8 @@ _EVENTS, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLOUT), int(zmq.NOBLOCK
 MAX_DROP_STREAMS = 1000
 MAX_HEADS = 100_000        # topics whose envelope header start is kept
 _KEPT = frozenset({"orderbook", "tickers"})   # classes ingest keeps a copy of, to heal from
-
-
 # Frames never dropped: account data, system events ("system") and the persister's own ("")
 _ACCOUNT_LANE = DURABLE_CLASSES | {""}
-
-
-def _in_account_lane(cls: str) -> bool:
-    return cls in _ACCOUNT_LANE
 
 
 class Downstream:
@@ -111,7 +105,7 @@ class Downstream:
 
     def send(self, parts: tuple, cls: str, recv_ns: int = 0, endpoint: str = "", topic: str = "",
              seq: int = 0) -> None:
-        account = _in_account_lane(cls)
+        account = cls in _ACCOUNT_LANE
         if self._idle(account) and self._try(parts, self.account_sock if account else self.sock):
             return
         self._wait((parts, cls, recv_ns, endpoint, topic, seq))

@@ -270,15 +270,15 @@ def test_requests_are_rate_limited_per_topic_and_repeated_until_healed():
     assert h.due(100.0) == [("linear:orderbook.rpi.A", "too_old in the publisher")]
     h.lost("linear:orderbook.rpi.A", "again", 100.1)
     assert h.due(100.1) == [] and h.due(100.0 + RETRY_S - 0.01) == []
-    assert len(h.due(100.0 + RETRY_S)) == 1                 # no snapshot came: asked again
+    assert len(h.due(100.0 + RETRY_S)) == 1                   # no snapshot came: asked again
     h.frame("linear:orderbook.rpi.A", True, 103.0)            # the snapshot came
     h.lost("linear:orderbook.rpi.A", "too_old in the publisher", 103.0)
-    assert len(h.due(103.0)) == 1                           # a new loss: asked at once
+    assert len(h.due(103.0)) == 1                             # a new loss: asked at once
     h.frame("linear:orderbook.rpi.A", True, 103.1)
     h.lost("linear:orderbook.rpi.A", "too_old in the publisher", 103.2)
-    assert h.due(103.2) == []                               # but not twice within MIN_INTERVAL_S
+    assert h.due(103.2) == []                                 # but not twice within MIN_INTERVAL_S
     assert len(h.due(103.0 + MIN_INTERVAL_S)) == 1
-    h.unasked(["linear:orderbook.rpi.A"])                    # the request could not be sent
+    h.unasked(["linear:orderbook.rpi.A"])                     # the request could not be sent
     assert len(h.due(103.6)) == 1 and h.requests == 5 and h.healed == 2
 
 
