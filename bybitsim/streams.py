@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from operator import itemgetter
 
+import orjson
+
 from . import facts
 from .market import Instrument, Market, default_option_symbol, rng_uuid, stable_hash
 
@@ -50,6 +52,10 @@ class Stream:
     def next(self, ts_ms: int) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def encoded(self, ts_ms: int) -> bytes:
+        """The next frame as the socket carries it (``orjson.dumps(next(ts_ms))``)."""
+        return orjson.dumps(self.next(ts_ms))
+
 
 class TradeStream(Stream):
     """``publicTrade.{symbol}``; on option ``publicTrade.{base}`` with option trades."""
@@ -71,6 +77,17 @@ class TradeStream(Stream):
         # trade sizes as sent, by qty steps - 1 (str of a Decimal per trade is slow)
         self.sizes = [_s(self.inst.qty_step * k) for k in range(1, 51)]
         self.prices: dict[int, str] = {}    # price in ticks -> as sent
+        # ``encoded``: the frame's JSON written from templates, the same bytes as orjson.dumps
+        # of ``next`` (tests/sim/test_data.py); a dict per trade and its serialisation were
+        # most of a trade push's cost. The symbol and topic as JSON strings, escaped by orjson.
+        sym, top = orjson.dumps(self.inst.symbol).decode(), orjson.dumps(self.topic).decode()
+        self._frame_fmt = '{"topic":' + top.replace("%", "%%") + ',"type":"snapshot","ts":%d,"data":[%s]}'
+        sym = sym.replace("%", "%%")
+        if category == "spot":
+            self._trade_fmt = '{"T":%d,"s":' + sym + ',"S":"%s","v":"%s","p":"%s","i":"%d","BT":false,"RPI":false,"seq":%d}'
+        else:
+            self._trade_fmt = ('{"T":%d,"s":' + sym + ',"S":"%s","v":"%s","p":"%s","L":"%s","i":"'
+                               + orjson.dumps(self.id_head).decode()[1:-1] + '%012x","BT":false,"RPI":false,"seq":%d}')
 
     def next(self, ts_ms: int) -> dict:
         self.seq += self.rng.randint(1, 50)
@@ -80,9 +97,43 @@ class TradeStream(Stream):
             frame = {"id": f"{self.topic}-{ts_ms}-{self.rng.getrandbits(32):08x}", **frame}
         return frame
 
+    def encoded(self, ts_ms: int) -> bytes:
+        if self.category == "option":
+            return orjson.dumps(self.next(ts_ms))
+        random = self.rng.random
+        # the draws of ``next`` in the same order: ``_Rng.randint(1, 50)``, ``_Rng.choice((1, 1, 1, 2, 3))``
+        self.seq += 1 + int(random() * 50)
+        count = (1, 1, 1, 2, 3)[int(random() * 5)]
+        fmt, spot, seq = self._trade_fmt, self.category == "spot", self.seq
+        trades = []
+        for _ in range(count):
+            at, side, size, p, direction = self._draw(ts_ms)
+            if spot:
+                trades.append(fmt % (at, side, size, p, 2290000000000000000 + self.n, seq))
+            else:
+                trades.append(fmt % (at, side, size, p, direction, self.n, seq))
+        return (self._frame_fmt % (ts_ms, ",".join(trades))).encode()
+
     def _trade(self, ts_ms: int) -> dict:
-        # in whole ticks (ints): Decimal arithmetic and str() per trade were a fifth of its cost;
-        # the draws inlined (``_Rng.randint`` exactly): a call per draw was a fifth of what was left
+        at, side, size, p, direction = self._draw(ts_ms)
+        if self.category == "option":
+            trade = {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p}
+            index = self.market.index_price(self.base, ts_ms)
+            iv = Decimal("0.45") + Decimal(self.rng.randint(-200, 200)) / 10000
+            trade.update({"i": f"{self.id_head}{self.n:012x}", "BT": False, "seq": self.seq,
+                          "mP": p, "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
+            return trade
+        if self.category == "spot":
+            return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "i": str(2290000000000000000 + self.n),
+                    "BT": False, "RPI": False, "seq": self.seq}
+        return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "L": direction,
+                "i": f"{self.id_head}{self.n:012x}", "BT": False, "RPI": False, "seq": self.seq}
+
+    def _draw(self, ts_ms: int) -> tuple:
+        """(time, side, size, price, tick direction) of the next trade, as sent.
+
+        In whole ticks (ints): Decimal arithmetic and str() per trade were a fifth of its cost;
+        the draws inlined (``_Rng.randint`` exactly): a call per draw was a fifth of what was left."""
         random = self.rng.random
         ticks = self.market.mid_ticks(self.inst, ts_ms) - 2 + int(random() * 5)
         last = self.last
@@ -102,19 +153,7 @@ class TradeStream(Stream):
             p = self.prices[ticks] = _s(self.inst.tick * ticks)
         at = ts_ms - int(random() * 4)
         side = "Sell" if random() >= 0.5 else "Buy"
-        size = self.sizes[int(random() * 50)]
-        if self.category == "option":
-            trade = {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p}
-            index = self.market.index_price(self.base, ts_ms)
-            iv = Decimal("0.45") + Decimal(self.rng.randint(-200, 200)) / 10000
-            trade.update({"i": f"{self.id_head}{self.n:012x}", "BT": False, "seq": self.seq,
-                          "mP": p, "iP": _s(index), "mIv": _s(iv), "iv": _s(iv + Decimal("0.0010"))})
-            return trade
-        if self.category == "spot":
-            return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "i": str(2290000000000000000 + self.n),
-                    "BT": False, "RPI": False, "seq": self.seq}
-        return {"T": at, "s": self.inst.symbol, "S": side, "v": size, "p": p, "L": direction,
-                "i": f"{self.id_head}{self.n:012x}", "BT": False, "RPI": False, "seq": self.seq}
+        return at, side, self.sizes[int(random() * 50)], p, direction
 
 
 class BookStream(Stream):
@@ -448,6 +487,8 @@ class PoolStream:
         return {"topic": self.topic, "type": kind, "ts": ts_ms,
                 "data": [{"coin": self.coin, "symbols": self.contract, "balance": _s(self.balance),
                           "updateTime": str(ts_ms)}]}
+
+    encoded = Stream.encoded
 
 
 _KINDS = {"publicTrade": TradeStream, "orderbook": BookStream, "orderbook.rpi": RpiBookStream,

@@ -130,7 +130,7 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
             "topic": topic, "symbol": symbol, "type": type_, "exchange_ts": exchange_ts,
             "received_at": iso_utc(recv_ns), "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
     headers = {"event_class": event_class, "category": category or "", "symbol": symbol or "",
-               "trace_id": trace_id, "stream_seq": stream_seq, "stream_epoch": numbers.epoch}
+               "trace_id": trace_id, "stream_epoch": numbers.epoch}
     if owner:
         instance, epoch = owner.get("oi"), owner.get("oe")
         if instance.__class__ is str and epoch.__class__ is int:
@@ -143,6 +143,9 @@ def make_event(*, event_id: str, event_class: str, source: str, category: str | 
     if changed_keys is not None:
         body["changed_keys"] = changed_keys
         headers["changed_keys"] = ",".join(changed_keys)
+    # last: the rest of a market event's headers repeat per stream, and their encoding is kept
+    # (publisher/pika_fast.py EventProperties)
+    headers["stream_seq"] = stream_seq
     persistent = event_class in classify.DURABLE_CLASSES
     return Event(event_id=event_id, event_class=event_class, routing_key=routing_key,
                  body=dumps(body), headers=headers, persistent=persistent,

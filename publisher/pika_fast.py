@@ -156,6 +156,7 @@ _FLAGS = struct.pack(">H", 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0040)
 _CONTENT_TYPE = b"\x10application/json"
 _MODES = {1: b"\x01", 2: b"\x02"}
 _MAX_ITEMS = 10_000
+_SEQ_KEY = b"\x0astream_seq"
 _H = struct.Struct(">H").pack
 # AMQP 0-9-1 frames: type, channel, payload size, payload, frame-end (0xCE).
 _FRAME_END = b"\xce"
@@ -208,6 +209,7 @@ class EventProperties(pika.BasicProperties):
     content_type = "application/json"
     _keys: dict[str, bytes] = {}
     _items: dict[tuple[str, str], bytes] = {}
+    _tables: dict[tuple, bytes] = {}
 
     def __init__(self, message_id: str, timestamp: int, headers: dict, delivery_mode: int):
         # Not calling pika's __init__: it only assigns the 14 attributes, the class has the rest.
@@ -218,9 +220,31 @@ class EventProperties(pika.BasicProperties):
         return [self.encode_bytes()]
 
     def encode_bytes(self) -> bytes:
+        headers = self.headers
+        pairs = tuple(headers.items())
+        if pairs and pairs[-1][0] == "stream_seq" and "version" not in headers:
+            # A market or system event: every header but the last (its number in the stream)
+            # repeats for the stream's events; that part of the table is encoded once.
+            seq, head = pairs[-1][1], pairs[:-1]
+            table = self._tables.get(head)
+            if table is None:
+                if len(self._tables) >= _MAX_ITEMS:
+                    self._tables.clear()
+                table = self._tables[head] = self._table(head)
+            if seq.__class__ is not int:
+                raise TypeError(f"header 'stream_seq': unsupported value {seq!r}")
+            table += _SEQ_KEY + (b"I" + _I32(seq) if -2**31 <= seq < 2**31 else b"l" + _I64(seq))
+        else:
+            table = self._table(pairs)
+        mid = self.message_id.encode()
+        return b"".join((_FLAGS, _CONTENT_TYPE, _U32(len(table)), table, _MODES[self.delivery_mode],
+                         bytes((len(mid),)) + mid, _U64(self.timestamp)))
+
+    def _table(self, pairs) -> bytes:
+        """The field table of ``pairs`` (key, str or int value), as pika encodes it."""
         table = []
         keys, items = self._keys, self._items
-        for key, value in self.headers.items():
+        for key, value in pairs:
             if value.__class__ is str:
                 # (key, str value) pairs repeat per stream (class, category, symbol, trace id):
                 # encoded once, then looked up.
@@ -241,7 +265,4 @@ class EventProperties(pika.BasicProperties):
                 table.append(b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value))
             else:
                 raise TypeError(f"header {key!r}: unsupported value {value!r}")
-        body = b"".join(table)
-        mid = self.message_id.encode()
-        return b"".join((_FLAGS, _CONTENT_TYPE, _U32(len(body)), body, _MODES[self.delivery_mode],
-                         bytes((len(mid),)) + mid, _U64(self.timestamp)))
+        return b"".join(table)

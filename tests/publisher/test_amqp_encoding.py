@@ -29,6 +29,21 @@ def test_event_properties_match_pika(name, endpoint):
     assert decoded.headers == ev.headers and decoded.message_id == ev.event_id
 
 
+@pytest.mark.parametrize("seq", [1, 2**31 - 1, 2**31, -2**31, 2**40])
+def test_event_properties_of_one_stream_match_pika_whatever_its_number(seq):
+    """A stream's headers but its number are encoded once and kept: the number is still its own."""
+    [ev] = Pipeline().process(env_for("public_trade", "linear"))
+    for n in (7, seq, 8):
+        ev.headers["stream_seq"] = n
+        fast = EventProperties(ev.event_id, ev.timestamp, ev.headers, 1).encode_bytes()
+        ref = pika.BasicProperties(content_type="application/json", message_id=ev.event_id, timestamp=ev.timestamp,
+                                   headers=ev.headers, delivery_mode=1)
+        assert fast == b"".join(ref.encode())
+    ev.headers["stream_seq"] = "7"
+    with pytest.raises(TypeError):
+        EventProperties(ev.event_id, ev.timestamp, ev.headers, 1).encode_bytes()
+
+
 def test_backoff_first_retry_at_once_then_capped_with_jitter():
     assert backoff_delay(0, 30) == 0
     assert [backoff_delay(n, 30, rng=lambda: 1.0) for n in (1, 2, 3, 10)] == [0.5, 1.0, 2.0, 30]

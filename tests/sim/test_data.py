@@ -168,6 +168,22 @@ def test_streams_are_deterministic_given_the_seed():
     assert run(3) != run(4)
 
 
+@pytest.mark.parametrize("endpoint,topic", [
+    ("linear", "publicTrade.BTCUSDT"), ("inverse", "publicTrade.BTCUSD"), ("spot", "publicTrade.ETHUSDT"),
+    ("option", "publicTrade.BTC"), ("linear", "orderbook.50.BTCUSDT"), ("linear", "tickers.BTCUSDT"),
+    ("linear", "insurance.USDT")])
+def test_what_a_stream_sends_is_its_frame_as_json(endpoint, topic):
+    """The socket carries ``encoded`` (trades write their JSON from templates): the same bytes as
+    serialising the frame, draw for draw."""
+    import orjson
+
+    a, b = make_stream(Market(3), endpoint, topic, 11), make_stream(Market(3), endpoint, topic, 11)
+    ts = 1785000000000
+    for i in range(3000):
+        ts += i % 3           # several frames in one ms, as in a publisher pass
+        assert b.encoded(ts) == orjson.dumps(a.next(ts))
+
+
 def test_kline_confirms_a_closed_candle():
     s = make_stream(Market(1), "linear", "kline.1.BTCUSDT", 1)
     first = s.next(1785000059000)["data"][0]
