@@ -220,6 +220,24 @@ class Outbox:
         while self.full and self._market:
             self._drop(self._market.pop_victim()[3], BUFFER_FULL)
 
+    def pop_many(self, n: int) -> list[Event]:
+        """Up to ``n`` events, in the order ``n`` calls of ``pop`` would give them (a pump takes a
+        window's worth at once: a ``pop`` per event, each picking the class again, was a twentieth of
+        a saturated publisher's CPU)."""
+        out: list[Event] = []
+        account = self._account
+        while len(out) < n:
+            if not account:
+                self._refill()
+                if not account:
+                    break
+            out.append(account.popleft())
+        if len(out) < n and self._market:
+            out.extend([entry[3] for entry in self._market.pop_many(n - len(out))])
+        if out:
+            self.bytes -= sum([len(ev.body) for ev in out]) + OVERHEAD * len(out)
+        return out
+
     def _refill(self) -> None:
         if self.spool is not None and self.spool.depth and not self._account:
             room = max(self.bound - self.in_memory, 1)

@@ -271,21 +271,18 @@ class Service:
         b = self.broker
         if b is None or not b.ready or self._restore is not None:
             return
-        inflight, window, pop, publish, published = b.inflight, self.window, self.outbox.pop, b.publish, \
-            self.tally.published
+        publish, published = b.publish, self.tally.published
         self.outbox.expire(time.time_ns())
         b.cork()
         try:
-            while len(inflight) < window:
-                ev = pop()
-                if ev is None:
-                    break
+            events = self.outbox.pop_many(self.window - len(b.inflight))
+            for i, ev in enumerate(events):
                 try:
                     publish(ev)
                 except pika.exceptions.AMQPError as exc:
                     # the channel or connection is going away (its close callback follows): keep the
-                    # event, first in line for the next channel
-                    self.outbox.requeue([ev])
+                    # event and those after it, first in line for the next channel
+                    self.outbox.requeue(events[i:])
                     self.rl("warning", "publish refused by a closing channel; event kept", error=repr(exc))
                     break
                 except (TypeError, ValueError) as exc:
@@ -294,6 +291,9 @@ class Service:
                     self.rl("error", "event cannot be encoded; not published", event_id=ev.event_id,
                             event_class=ev.event_class, error=repr(exc))
                     continue
+                except BaseException:
+                    self.outbox.requeue(events[i + 1:])     # taken out with it, never tried
+                    raise
                 published[ev.event_class] += 1
         finally:
             b.uncork()

@@ -169,6 +169,32 @@ def test_requeue_goes_before_newer_events(tmp_path):
     assert [box.pop().stream_seq for _ in range(6)] == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 1000])
+def test_outbox_gives_a_pump_in_one_take_what_pop_would_one_by_one(tmp_path, n):
+    """Spooled account events, those in memory, heals and market classes of different bounds:
+    ``pop_many(n)`` takes them in ``pop``'s order, and the bytes held go down the same."""
+    def fill(box):
+        for i in range(12):
+            box.add(ev("balances", i))          # 10 in memory, 2 in the spool
+        box.bound = 50
+        for i in range(30):
+            box.add(ev(("trades", "orderbook", "tickers")[i % 3], 100 + i))
+        box.heal(ev("orderbook", 200))
+    bounds = {"trades": 5_000_000_000, "orderbook": 500_000_000, "tickers": 500_000_000}
+    one = Outbox(bound=10, spool=EventSpool(tmp_path / "a"), max_age_ns=bounds)
+    many = Outbox(bound=10, spool=EventSpool(tmp_path / "b"), max_age_ns=bounds)
+    fill(one), fill(many)
+    assert many.spool_depth == 2
+    by_pop, by_take = [], []
+    while (e := one.pop()) is not None:
+        by_pop.append((e.event_class, e.stream_seq))
+    while chunk := many.pop_many(n):
+        assert len(chunk) <= n
+        by_take += [(e.event_class, e.stream_seq) for e in chunk]
+    assert by_take == by_pop and len(by_pop) == 12 + 30 - 10 + 1      # the heal superseded the 10 books
+    assert many.bytes == one.bytes == 0
+
+
 def test_system_envelopes_without_epoch_do_not_end_an_epoch():
     from common.envelope import json_envelope
     p = Pipeline()
