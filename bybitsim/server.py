@@ -37,11 +37,6 @@ MAX_BURST = 500          # frames per topic per publisher pass, so one topic can
 # simulator a wake-up and a write: at 10,700 frames/s a pass every 1 ms cost it 34 us of CPU per
 # frame, every 5 ms 25 us, flooding 13 us; CPU the gateway it feeds shares on a small machine.
 PASS_S = 0.005
-# A simulator short of CPU (or held back by a slow reader) falls behind its rate. Catching up
-# sent up to MAX_BURST frames per topic at once, a third of a second of data in one write: a
-# burst no exchange sends, that aged the last frames of each pass. Only the last 50 ms are
-# made up; the rest is skipped (counted as frames_skipped), a quieter market, evenly spread.
-CATCH_UP_S = 0.05
 PRIVATE_POLL_S = 0.1     # how often a private connection checks its close deadlines
 
 
@@ -238,9 +233,6 @@ class SimServer:
                 continue
             # once per topic, not per frame: nothing else runs until the pass is written
             sim.book_frame_faults(conn, topic, stream)
-            if due < now - CATCH_UP_S:
-                due = now - CATCH_UP_S      # behind (short of CPU or throttled): skip, do not burst
-                sim.count("frames_skipped")
             # [topic, its next frame, when it is due, mean gap, frames this pass]
             rows.append([topic, stream.encoded, due, interval * sim.slowness(conn.endpoint, topic), 0])
         # One frame per due topic per round, as an exchange interleaves its streams, not each topic's
@@ -260,6 +252,9 @@ class SimServer:
                     still.append(row)
             active = still
         for row in rows:
+            if row[2] < now - 1.0:
+                row[2] = now                # more than a second behind: skip, do not burst
+                sim.count("frames_skipped")
             conn.due[row[0]] = row[2]
         if batch:
             await self._write(conn, batch)
