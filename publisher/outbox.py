@@ -222,8 +222,8 @@ class Outbox:
 
     def pop_many(self, n: int) -> list[Event]:
         """Up to ``n`` events, in the order ``n`` calls of ``pop`` would give them (a pump takes a
-        window's worth at once: a ``pop`` per event, each picking the class again, was a twentieth of
-        a saturated publisher's CPU)."""
+        window's worth at once: a ``pop`` per event, each picking the class again, cost 3.1 us an
+        event with books, tickers and trades waiting, against 0.6 us)."""
         out: list[Event] = []
         account = self._account
         while len(out) < n:
