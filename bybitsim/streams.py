@@ -77,17 +77,19 @@ class TradeStream(Stream):
         # trade sizes as sent, by qty steps - 1 (str of a Decimal per trade is slow)
         self.sizes = [_s(self.inst.qty_step * k) for k in range(1, 51)]
         self.prices: dict[int, str] = {}    # price in ticks -> as sent
-        # ``encoded``: the frame's JSON written from templates, the same bytes as orjson.dumps
-        # of ``next`` (tests/sim/test_data.py); a dict per trade and its serialisation were
-        # most of a trade push's cost. The symbol and topic as JSON strings, escaped by orjson.
-        sym, top = orjson.dumps(self.inst.symbol).decode(), orjson.dumps(self.topic).decode()
-        self._frame_fmt = '{"topic":' + top.replace("%", "%%") + ',"type":"snapshot","ts":%d,"data":[%s]}'
-        sym = sym.replace("%", "%%")
-        if category == "spot":
-            self._trade_fmt = '{"T":%d,"s":' + sym + ',"S":"%s","v":"%s","p":"%s","i":"%d","BT":false,"RPI":false,"seq":%d}'
-        else:
-            self._trade_fmt = ('{"T":%d,"s":' + sym + ',"S":"%s","v":"%s","p":"%s","L":"%s","i":"'
-                               + orjson.dumps(self.id_head).decode()[1:-1] + '%012x","BT":false,"RPI":false,"seq":%d}')
+        if category != "option":
+            # ``encoded``: the frame's JSON written from templates, the same bytes as orjson.dumps
+            # of ``next`` (tests/sim/test_data.py); a dict per trade and its serialisation were
+            # most of a trade push's cost. The symbol and topic as JSON strings, escaped by orjson.
+            sym, top = orjson.dumps(self.inst.symbol).decode(), orjson.dumps(self.topic).decode()
+            self._frame_fmt = '{"topic":' + top.replace("%", "%%") + ',"type":"snapshot","ts":%d,"data":[%s]}'
+            sym = sym.replace("%", "%%")
+            if category == "spot":
+                self._trade_fmt = ('{"T":%d,"s":' + sym
+                                   + ',"S":"%s","v":"%s","p":"%s","i":"%d","BT":false,"RPI":false,"seq":%d}')
+            else:
+                self._trade_fmt = ('{"T":%d,"s":' + sym + ',"S":"%s","v":"%s","p":"%s","L":"%s","i":"'
+                                   + orjson.dumps(self.id_head).decode()[1:-1] + '%012x","BT":false,"RPI":false,"seq":%d}')
 
     def next(self, ts_ms: int) -> dict:
         self.seq += self.rng.randint(1, 50)

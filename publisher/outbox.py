@@ -222,8 +222,8 @@ class Outbox:
 
     def pop_many(self, n: int) -> list[Event]:
         """Up to ``n`` events, in the order ``n`` calls of ``pop`` would give them (a pump takes a
-        window's worth at once: a ``pop`` per event, each picking the class again, cost 3.1 us an
-        event with books, tickers and trades waiting, against 0.6 us)."""
+        window's worth at once: a ``pop`` per event, each picking the class again, cost 1.1 us an
+        event with books, tickers and trades waiting, against 0.5 us)."""
         out: list[Event] = []
         account = self._account
         while len(out) < n:
@@ -235,7 +235,7 @@ class Outbox:
         if len(out) < n and self._market:
             out.extend([entry[3] for entry in self._market.pop_many(n - len(out))])
         if out:
-            self.bytes -= sum([len(ev.body) for ev in out]) + OVERHEAD * len(out)
+            self.bytes -= sum([_size(ev) for ev in out])
         return out
 
     def _refill(self) -> None:
