@@ -50,6 +50,14 @@ def prepare_dir(directory: Path) -> None:
         raise ConfigError(f"GW_RECORD_DIR: cannot write recordings to {directory}: {exc.strerror or exc}") from None
 
 
+def file_name(ns: int, pid: int) -> str:
+    """A recording file's name: its creation time to the nanosecond (UTC), so names sort as the
+    files were made. One clock reading: seconds and nanoseconds read apart could straddle a
+    second and name a later file as the earlier one."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"frames-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(sec))}_{frac:09d}Z-{pid}{SUFFIX}"
+
+
 class Recorder:
     def __init__(self, directory: Path, rotate_bytes: int, rotate_s: float, max_bytes: int,
                  queue_bytes: int, level: int = LEVEL):
@@ -198,8 +206,7 @@ class Recorder:
         self._enforce_total(self._raw.tell())
 
     def _open(self, now: float) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        path = self.dir / f"frames-{stamp}_{time.time_ns() % 1_000_000_000:09d}Z-{os.getpid()}{SUFFIX}"
+        path = self.dir / file_name(time.time_ns(), os.getpid())
         raw = open(path, "xb")
         try:
             gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=self.level, mtime=0)

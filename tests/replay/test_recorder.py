@@ -72,6 +72,15 @@ def test_files_rotate_by_size_and_each_reads_on_its_own(tmp_path):
     assert all(per_file) and [r for part in per_file for r in part] == sent
 
 
+def test_file_names_sort_as_the_files_were_made_across_second_boundaries():
+    times = [1_764_806_399_999_999_999, 1_764_806_400_000_000_000, 1_764_806_400_000_000_001,
+             1_764_806_400_999_999_998, 1_764_806_401_000_000_003, 1_764_892_800_123_456_789]
+    names = [recorder_mod.file_name(ns, 4242) for ns in times]
+    assert sorted(names) == names and len(set(names)) == len(names)
+    assert names[0] == "frames-20251203T235959_999999999Z-4242.rec.gz"
+    assert names[1] == "frames-20251204T000000_000000000Z-4242.rec.gz"
+
+
 def test_an_idle_file_is_closed_whole_at_its_age_and_the_next_frame_opens_another(tmp_path):
     rec = make(tmp_path, rotate_s=0.5)
     rec.start()
@@ -87,6 +96,17 @@ def test_an_idle_file_is_closed_whole_at_its_age_and_the_next_frame_opens_anothe
     finally:
         rec.close()
     assert [r[0] for r in records_of([tmp_path])] == [1, 2]
+
+
+def _disk_bytes(path) -> int:
+    """The files' sizes while the writer may delete one between the listing and its stat."""
+    total = 0
+    for p in path.iterdir():
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def test_total_size_is_bounded_oldest_files_deleted_first_and_counted(tmp_path):
@@ -109,7 +129,7 @@ def test_total_size_is_bounded_oldest_files_deleted_first_and_counted(tmp_path):
         rec.record(i, "linear", "linear-1", 1, frame(i))
         if i % 300 == 0:
             wait_for(lambda: rec.status()["queued"] == 0, 10, message="writer caught up")
-            assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= bound + 8_000 + 64 * 1024
+            assert _disk_bytes(tmp_path) <= bound + 8_000 + 64 * 1024
     rec.close()
     st = rec.status()
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
