@@ -20,8 +20,12 @@ run: bootstrap
 demo: bootstrap
 	@BYBIT_ENV=sim scripts/run.sh
 
+## Two test processes (TEST_WORKERS), a test file to each in turn (each has its own database
+## and vhost); then, in one process, the tests that cannot be shared out or stop the broker.
+TEST_WORKERS ?= 2
 test: bootstrap
-	@$(PY) -m pytest tests -q --durations=15
+	@$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile -m "not destructive and not serial" --durations=15
+	@$(PY) -m pytest tests -q -m "destructive or serial"
 
 ## The tests that need neither PostgreSQL nor RabbitMQ nor a process of the gateway (seconds).
 unit:
