@@ -3,7 +3,9 @@
 websockets' own client connection, except that once ``deliver_to(callback)`` is called its
 messages go to ``callback(bytes)`` as the protocol parses them, in order, instead of into the
 queue ``recv()`` reads: that queue, its future and a wake-up of the reading task per message
-were about a tenth of ingest's CPU in a flood. Until then (the auth reply) ``recv()`` works as
+were about a tenth of ingest's CPU in a flood. The whole messages taken off the buffer at once go
+in one list, so the receiver does once for all of them what it would do per message (read the
+clock, above all). Until then (the auth reply) ``recv()`` works as
 usual; after it ``recv()`` only waits for the end of the socket and raises ConnectionClosed.
 
 Its protocol also takes whole, unfragmented data frames off the read buffer itself, with no
@@ -30,7 +32,7 @@ _FINAL_TEXT, _FINAL_BINARY = 0x81, 0x82
 class _Frames(Protocol):
     """Protocol.parse with a fast path for whole data frames once ``on_data`` is set."""
 
-    on_data: Callable[[bytes], None] | None = None
+    on_data: Callable[[list[bytes]], None] | None = None
     _parts: list | None = None          # the frames of a fragmented message so far
 
     def parse(self):
@@ -77,9 +79,11 @@ class _Frames(Protocol):
 
     def _take_messages(self) -> bool:
         """Hands every whole, final, unmasked text or binary frame at the head of the buffer to
-        ``on_data``; stops at the first other or incomplete one. Whether it took any."""
+        ``on_data``, in one list; stops at the first other or incomplete one. Whether it took any."""
         buf = self.reader.buffer
-        end, pos, limit, deliver = len(buf), 0, self.max_message_size, self.on_data
+        end, pos, limit = len(buf), 0, self.max_message_size
+        taken = []
+        take = taken.append
         with memoryview(buf) as view:      # released before the buffer is cut (it cannot resize while viewed)
             while end - pos >= 2:
                 first, n = buf[pos], buf[pos + 1]
@@ -100,9 +104,10 @@ class _Frames(Protocol):
                 if start + n > end or (limit is not None and n > limit):
                     break
                 pos = start + n
-                deliver(bytes(view[start:pos]))
+                take(bytes(view[start:pos]))
         if pos:
             del buf[:pos]
+            self.on_data(taken)
         return pos > 0
 
     def _recv_data(self, frame: Frame) -> None:
@@ -131,7 +136,7 @@ class _Frames(Protocol):
         elif not frame.fin:
             self._parts = [data]
             return
-        self.on_data(data if data.__class__ is bytes else bytes(data))
+        self.on_data([data if data.__class__ is bytes else bytes(data)])
 
 
 class PushProtocol(ClientProtocol, _Frames):
@@ -147,9 +152,10 @@ class PushConnection(ClientConnection):
         protocol.__class__ = PushProtocol
         super().__init__(protocol, *args, **kwargs)
 
-    def deliver_to(self, callback: Callable[[bytes], None]) -> None:
-        """From now on every message goes to ``callback``; those already waiting for
-        ``recv()`` go first. The callback must not raise (it runs inside the protocol)."""
+    def deliver_to(self, callback: Callable[[list[bytes]], None]) -> None:
+        """From now on every message goes to ``callback``, in lists (those taken off the buffer
+        together); those already waiting for ``recv()`` go first. The callback must not raise
+        (it runs inside the protocol)."""
         protocol: PushProtocol = self.protocol
         protocol.on_data = callback
         queue = getattr(getattr(self.recv_messages, "frames", None), "queue", None)

@@ -43,7 +43,7 @@ def test_messages_go_to_the_callback_whole_in_order_and_recv_reports_the_close(c
                 # m2 and m3's three frames parsed and waiting for recv()
                 await until(lambda: len(ws.recv_messages.frames) >= 4, 5, "m2 and m3 parsed", interval=0.01)
                 got: list[bytes] = []
-                ws.deliver_to(got.append)
+                ws.deliver_to(got.extend)
                 assert got == [b"m2", b"m3-ab"]                       # what waited goes first, whole
                 go.set()
                 with pytest.raises(ConnectionClosed) as closed:
@@ -72,7 +72,7 @@ def test_a_callback_that_is_set_at_once_gets_every_message(compression):
                                compression=compression)
             assert bool(ws.protocol.extensions) == (compression is not None)
             got: list[bytes] = []
-            ws.deliver_to(got.append)
+            ws.deliver_to(got.extend)
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(decode=False), 5)
             assert got == [(f"n{i}" * (i * 7 % 300)).encode() for i in range(200)]

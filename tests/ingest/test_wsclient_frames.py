@@ -21,7 +21,7 @@ def protocol(delivering: bool = True) -> tuple[PushProtocol, list[bytes]]:
     p = PushProtocol(parse_uri("ws://127.0.0.1/v5/public/linear"), state=State.OPEN, max_size=MAX_SIZE)
     got: list[bytes] = []
     if delivering:
-        p.on_data = got.append
+        p.on_data = got.extend
     return p, got
 
 
@@ -66,12 +66,24 @@ def test_messages_of_every_size_and_shape_in_any_pieces_come_out_whole_and_in_or
         assert len(p.data_to_send()) == pings
 
 
+def test_the_whole_messages_of_one_read_come_in_one_list():
+    p = PushProtocol(parse_uri("ws://127.0.0.1/v5/public/linear"), state=State.OPEN, max_size=MAX_SIZE)
+    calls: list[list[bytes]] = []
+    p.on_data = calls.append
+    p.receive_data(b"".join(server_frame(Opcode.TEXT, b"m%d" % i) for i in range(3)) + server_frame(Opcode.TEXT, b"m3")[:3])
+    assert calls == [[b"m0", b"m1", b"m2"]]      # the cut fourth waits for its rest
+    p.receive_data(server_frame(Opcode.TEXT, b"m3")[3:] + server_frame(Opcode.TEXT, b"m4") + server_frame(Opcode.TEXT, b"m5"))
+    # the message completed by websockets' own parser comes alone, as does a fragmented one
+    p.receive_data(server_frame(Opcode.TEXT, b"f", fin=False) + server_frame(Opcode.CONT, b"g"))
+    assert calls == [[b"m0", b"m1", b"m2"], [b"m3"], [b"m4", b"m5"], [b"fg"]]
+
+
 def test_before_on_data_is_set_messages_are_events_as_in_websockets():
     p, got = protocol(delivering=False)
     p.receive_data(server_frame(Opcode.TEXT, b"auth reply") + server_frame(Opcode.TEXT, b"m2", fin=False))
     events = p.events_received()
     assert [(e.opcode, e.data) for e in events] == [(Opcode.TEXT, b"auth reply"), (Opcode.TEXT, b"m2")]
-    p.on_data = got.append
+    p.on_data = got.extend
     p.assemble(events[1])                   # what PushConnection.deliver_to does with waiting frames
     p.receive_data(server_frame(Opcode.CONT, b"-rest") + server_frame(Opcode.TEXT, b"m3"))
     assert got == [b"m2-rest", b"m3"]
