@@ -401,8 +401,8 @@ class Connection:
         session.lost(f"reader failed: {exc!r}")
 
     def _deliver(self, session: Session, raws: list[bytes]) -> None:
-        """Messages straight from the protocol, those taken off the buffer together: a failure here
-        replaces the socket, as a failed reader task did, and must not reach websockets."""
+        """Messages straight from the protocol, those taken off the buffer together: a failure
+        here replaces the socket, as a failed reader task did, and must not reach websockets."""
         try:
             self._messages(session, raws)
         except Exception as exc:
@@ -413,8 +413,8 @@ class Connection:
         self._messages(session, [raw])
 
     def _messages(self, session: Session, raws: list[bytes]) -> None:
-        """Messages taken off the buffer together: one receive time for all of them (a clock reading and a call
-        chain per message were a tenth of ingest's CPU in a flood)."""
+        """Messages taken off the buffer together: one receive time for all of them (a clock
+        reading and a call chain per message were a tenth of ingest's CPU in a flood)."""
         recv_ns = time.time_ns()
         session.last_rx = time.monotonic()
         done, recorder, endpoint = session.done, self.recorder, self.endpoint

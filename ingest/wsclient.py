@@ -1,8 +1,8 @@
 """The WebSocket client connection ingest reads Bybit through.
 
 websockets' own client connection, except that once ``deliver_to(callback)`` is called its
-messages go to ``callback(bytes)`` as the protocol parses them, in order, instead of into the
-queue ``recv()`` reads: that queue, its future and a wake-up of the reading task per message
+messages go to ``callback(list of bytes)`` as the protocol parses them, in order, instead of into
+the queue ``recv()`` reads: that queue, its future and a wake-up of the reading task per message
 were about a tenth of ingest's CPU in a flood. The whole messages taken off the buffer at once go
 in one list, so the receiver does once for all of them what it would do per message (read the
 clock, above all). Until then (the auth reply) ``recv()`` works as

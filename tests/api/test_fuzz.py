@@ -19,8 +19,8 @@ KEY = "fuzz-key"
 
 # The committed document (test_ops keeps it equal to what the app serves).
 schema = schemathesis.openapi.from_dict(json.loads(COMMITTED.read_text()))
-# Its cases (one per operation) share one node id, which test processes cannot share out: each
-# would run one operation only.
+# Its cases (one per operation) share one node id: spread over test processes (pytest-xdist),
+# only one of them would run.
 pytestmark = pytest.mark.serial
 
 
