@@ -193,6 +193,11 @@ def _short(s: str) -> bytes:
     return bytes((len(b),)) + b
 
 
+def _int_value(value: int) -> bytes:
+    """An int header value as pika encodes it: 32-bit signed 'I' when it fits, else 64-bit 'l'."""
+    return b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value)
+
+
 class EventProperties(pika.BasicProperties):
     """The publisher's fixed property set, encoded in one pass.
 
@@ -233,7 +238,7 @@ class EventProperties(pika.BasicProperties):
                 table = self._tables[head] = self._table(head)
             if seq.__class__ is not int:
                 raise TypeError(f"header 'stream_seq': unsupported value {seq!r}")
-            table += _SEQ_KEY + (b"I" + _I32(seq) if -2**31 <= seq < 2**31 else b"l" + _I64(seq))
+            table += _SEQ_KEY + _int_value(seq)
         else:
             table = self._table(pairs)
         mid = self.message_id.encode()
@@ -261,8 +266,7 @@ class EventProperties(pika.BasicProperties):
                 k = keys[key] = _short(key)
             table.append(k)
             if value.__class__ is int:
-                # pika: 32-bit signed 'I' when it fits, else 64-bit 'l'
-                table.append(b"I" + _I32(value) if -2**31 <= value < 2**31 else b"l" + _I64(value))
+                table.append(_int_value(value))
             else:
                 raise TypeError(f"header {key!r}: unsupported value {value!r}")
         return b"".join(table)
