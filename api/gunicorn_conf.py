@@ -62,6 +62,13 @@ class JsonLogger(glogging.Logger):
 logger_class = JsonLogger
 
 
+def on_starting(server):
+    """The master, once (not on a HUP reload): its workers inherit the lower priority."""
+    from common.runtime import lower_priority
+
+    server.log.info("priority nice=%s (ingest reads first)", lower_priority(_settings.nice_behind_ingest))
+
+
 def child_exit(server, worker):
     """A worker's live gauges must not outlive it in /metrics."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

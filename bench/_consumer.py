@@ -2,7 +2,7 @@
 
 Writes three JSON-lines files in ``out_dir``:
 - ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
-  -> consume time, ms), counts per class, ``stream_seq`` gaps, duplicates and restarts, and the
+  -> consume time, ms; per class also from Bybit's ``ts``, the event's ``exchange_ts``), counts per class, ``stream_seq`` gaps, duplicates and restarts, and the
   order books healed by a snapshot after a hole (``BookHeals``) and those still broken;
 - ``account.jsonl``: every account event as received (body fields, ``mid`` = message_id, ``rk`` =
   routing key), for the consumer-side ledger (tests/support/ledger.py);
@@ -48,11 +48,13 @@ def percentile(hist: dict, p: float) -> float | None:
     return max(hist)
 
 
-def merge(windows: list[dict], cls: str | None = None) -> Counter:
-    """The windows' market latency histograms merged (``cls``: that class's only)."""
+def merge(windows: list[dict], cls: str | None = None, since: str = "received") -> Counter:
+    """The windows' market latency histograms merged (``cls``: that class's only; ``since="exchange"``:
+    that class's age from Bybit's ``ts``, the event's ``exchange_ts``, instead of ``received_at``)."""
     out: Counter = Counter()
+    by = "hist_by_class_exchange" if since == "exchange" else "hist_by_class"
     for w in windows:
-        h = w["hist"] if cls is None else (w.get("hist_by_class") or {}).get(cls, {})
+        h = w["hist"] if cls is None else (w.get(by) or {}).get(cls, {})
         out.update({float(k): v for k, v in h.items()})
     return out
 
@@ -143,7 +145,8 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
     files = {name: open(out / f"{name}.jsonl", "ab", buffering=0) for name in ("windows", "account", "system")}
     streams = Streams()
     heals = BookHeals()
-    state = {"hist": Counter(), "by_class": {}, "counts": Counter(), "n": 0, "tag": 0, "reconnects": 0}
+    state = {"hist": Counter(), "by_class": {}, "by_class_x": {}, "counts": Counter(), "n": 0, "tag": 0,
+             "reconnects": 0}
 
     def on_message(channel, method, props, body):
         now = time.time_ns()
@@ -158,6 +161,12 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
             if by is None:
                 by = state["by_class"][cls] = Counter()
             by[b] += 1
+            xts = doc.get("exchange_ts")
+            if xts.__class__ is int:    # Bybit's ts (ms): also the time the event spent before ingest read it
+                by = state["by_class_x"].get(cls)
+                if by is None:
+                    by = state["by_class_x"][cls] = Counter()
+                by[bucket(now / 1e6 - xts)] += 1
             streams.see(f"{method.routing_key}@{doc.get('stream_epoch')}", doc["stream_seq"])
             if cls == "orderbook":
                 heals.see(method.routing_key, doc.get("stream_epoch"), doc["stream_seq"], doc.get("type"), now / 1e9,
@@ -184,10 +193,11 @@ def run(amqp_url: str, out_dir: str, stop, ready, window_s: float = 1.0) -> None
         files["windows"].write(orjson.dumps({
             "t": time.time(), "hist": {str(k): v for k, v in state["hist"].items()},
             "hist_by_class": {c: {str(k): v for k, v in h.items()} for c, h in state["by_class"].items()},
+            "hist_by_class_exchange": {c: {str(k): v for k, v in h.items()} for c, h in state["by_class_x"].items()},
             "counts": dict(state["counts"]), "gaps": streams.gaps, "dups": streams.dups,
             "restarts": streams.restarts, "reconnects": state["reconnects"],
             "book_heals": heals.take(), "books_open": heals.open(time.time())}) + b"\n")
-        state["hist"], state["counts"], state["by_class"] = Counter(), Counter(), {}
+        state["hist"], state["counts"], state["by_class"], state["by_class_x"] = Counter(), Counter(), {}, {}
 
     next_window = time.monotonic() + window_s
     first = True

@@ -5,7 +5,7 @@ One process, one asyncio loop: a websockets client on the simulator's public soc
 topics the gateway holds) and a pika AsyncioConnection in confirm mode on the same broker,
 vhost and topology, read by the same consumer process. Per frame: parse it (the topic names
 the routing key), wrap the raw bytes as ``data`` in a body the consumer can measure
-(``event_class``, ``received_at``, ``stream_seq``), ``basic_publish`` it (public pika API,
+(``event_class``, ``received_at``, ``exchange_ts``, ``stream_seq``), ``basic_publish`` it (public pika API,
 mandatory, the contract's properties) and count the confirm. At most ``--window`` messages
 unconfirmed; when the window is full it stops reading the socket, so TCP pushes back on the
 simulator (which skips what it cannot send: the rate it reaches is what this forwarder carries).
@@ -147,7 +147,9 @@ async def forward(ws_url: str, amqp_url: str | None, topics: list[str], window: 
                     route = routes[topic] = (key, cls.encode())
                 key, cls = route
                 n = seq[key] = seq.get(key, 0) + 1
-                body = (b'{"event_class":"' + cls + b'","received_at":"' + iso(recv_ns) + b'","stream_seq":'
+                ts = frame.get("ts")
+                body = (b'{"event_class":"' + cls + b'","received_at":"' + iso(recv_ns) + b'","exchange_ts":'
+                        + (str(ts).encode() if ts.__class__ is int else b"null") + b',"stream_seq":'
                         + str(n).encode() + b',"stream_epoch":"bare","data":' + raw + b"}")
                 publish(classify.EXCHANGE, key, body, pika.BasicProperties(
                     content_type="application/json", message_id=f"bare-{key}-{n}", timestamp=recv_ns // 10 ** 9,

@@ -442,6 +442,8 @@ def bare_run(args, gw, ref: RefSimulator, consumer, amqp_url: str, topics: list[
                 "delivered_per_s": delivered / (t1 - t0), "delivered": delivered, "queued_at_end": backlog,
                 "ages": {cls: (percentile(h := merge(wins, cls), 50), percentile(h, 99), sum(h.values()))
                          for cls in ("orderbook", "tickers", "trades")},
+                "ages_exchange": {cls: (percentile(h := merge(wins, cls, since="exchange"), 50), percentile(h, 99),
+                                        sum(h.values())) for cls in ("orderbook", "tickers", "trades")},
                 "cpu_us_per_event": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {}})
     depth = QueueDepths(amqp_url)        # what it left queued is consumed before the next step
     try:
@@ -528,10 +530,11 @@ def overload_phase(args) -> dict:
                 wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the step")
                 wins = consumer.windows(t0, t1)
                 delivered = _delivered(wins)
-                ages = {}
+                ages, ages_x = {}, {}
                 for cls in ("orderbook", "tickers", "trades"):
-                    h = merge(wins, cls)
+                    h, hx = merge(wins, cls), merge(wins, cls, since="exchange")
                     ages[cls] = (percentile(h, 50), percentile(h, 99), sum(h.values()))
+                    ages_x[cls] = (percentile(hx, 50), percentile(hx, 99), sum(hx.values()))
 
                 def diff(a: dict, b: dict) -> dict:
                     return {k: v - a.get(k, 0) for k, v in b.items() if v - a.get(k, 0)}
@@ -563,7 +566,7 @@ def overload_phase(args) -> dict:
                     "sent": sent_by_class(sent0, sent1),
                     "delivered_per_s": delivered / (t1 - t0), "bare_around": around,
                     "ratio": delivered / (t1 - t0) / (sum(around) / len(around)) if sum(around) else 0.0,
-                    "ages": ages, "drops": drops,
+                    "ages": ages, "ages_exchange": ages_x, "drops": drops,
                     "queued_at_end": queued, "resync_requests": resync, "book_resync_events": book_resyncs,
                     "book_heals": book_heals(heal_wins),
                     "account_missing": acct.account_missing, "fills": fills, "rss": rss,
@@ -736,6 +739,14 @@ def overload_rows(over: dict) -> list[str]:
         p50, p99, n = a[cls]
         return f"{p50}/{p99} ({n:,})" if n else "-"
 
+    def ages_cell(st: dict, cls: str) -> str:
+        """Since ingest received it; then since Bybit's ts (runs before this column have none)."""
+        x = (st.get("ages_exchange") or {}).get(cls)
+        return age3(st["ages"], cls) + (f"; ts {x[0]:.0f}/{x[1]:.0f}" if x and x[2] else "")
+
+    def p99s(st: dict, cls: str) -> list:
+        return [a[cls][1] for a in (st["ages"], st.get("ages_exchange") or {}) if cls in a and a[cls][2]]
+
     def mean_cpu(name: str) -> float:
         vals = [b["cpu_us_per_event"].get(name, 0.0) for b in bares if b.get("cpu_us_per_event")]
         return sum(vals) / len(vals) if vals else 0.0
@@ -748,12 +759,14 @@ def overload_rows(over: dict) -> list[str]:
              "process) delivered to the consumer, its own simulator flooding the same topics. It ran before the "
              "first step, between steps and after the last (" + ", ".join(f"{r:,.0f}" for r in rates)
              + " events/s); each step is compared with the mean of the runs just before and after it. "
-             "Forwarder ages (p50/p99 ms) books " + "; ".join(age3(b["ages"], "orderbook") for b in bares)
-             + ", tickers " + "; ".join(age3(b["ages"], "tickers") for b in bares)
+             "Forwarder ages (p50/p99 ms, since it read the frame; since Bybit's `ts`) books "
+             + "; ".join(ages_cell(b, "orderbook") for b in bares)
+             + ", tickers " + "; ".join(ages_cell(b, "tickers") for b in bares)
              + f"; forwarder CPU {bare_cpu:.0f} us/event. The simulator alone (a reader dropping every frame) "
              f"sent {alone.get('sim_per_s', 0):,.0f} frames/s: above that no offered load is real.", "",
              "Age = event `received_at` (ingest's receive time) -> taken by a consumer process, per class "
-             "p50/p99 ms. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
+             "p50/p99 ms; after `ts`: the same from Bybit's `ts` (the event's `exchange_ts`, the simulator's clock, "
+             "ms), which adds the time a frame waited in the simulator and the sockets before ingest read it. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
              "in RabbitMQ at the end of the step (the consumer not keeping up). Targets: book and ticker p99 <= "
              "1000 ms; delivered >= 0.8x the bare forwarder; every book hole healed by a snapshot within 1 s of the "
              "last event before it (an upper bound of drop -> snapshot). Book holes are judged by the consumer "
@@ -761,15 +774,15 @@ def overload_rows(over: dict) -> list[str]:
              "that key (deltas in between count as received on a broken book); the hole shows with the first "
              "event after it, or with the snapshot itself.", "",
              "| offered (simulator sent/s; frames sent: books, tickers, trades) | delivered/s (x bare around it) "
-             "| books p50/p99 (delivered) | tickers p50/p99 (delivered) "
-             "| trades p50/p99 (delivered) | queued | dropped (ingest; publisher) | resync requests / book_resync "
+             "| books p50/p99 (delivered); ts p50/p99 | tickers p50/p99 (delivered); ts p50/p99 "
+             "| trades p50/p99 (delivered); ts p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync "
              "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; "
              "snapshot made -> taken p50/max; still broken "
              "| account (fills pushed -> consumer p50/p99/max ms) | RSS MB | tree CPU us/event (bare) | result |",
              "|---" * 13 + "|"]
     for st in over["steps"]:
-        a = st["ages"]
-        ok = all(a[c][1] is None or a[c][1] <= 1000 for c in ("orderbook", "tickers")) and not st["account_missing"]
+        ok = all(p is None or p <= 1000 for c in ("orderbook", "tickers") for p in p99s(st, c)) \
+            and not st["account_missing"]
         bh = st.get("book_heals") or {}
         late = {k: ms for k, ms in (bh.get("open") or {}).items() if ms > HEAL_TARGET_MS}
         # judged on last event -> snapshot: an upper bound of drop -> snapshot that a gateway
@@ -785,8 +798,8 @@ def overload_rows(over: dict) -> list[str]:
         lines.append(
             f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}; {sent_cell(st.get('sent'))}) | "
             f"{st['delivered_per_s']:,.0f} "
-            f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {age3(a, 'orderbook')} | "
-            f"{age3(a, 'tickers')} | {age3(a, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
+            f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {ages_cell(st, 'orderbook')} | "
+            f"{ages_cell(st, 'tickers')} | {ages_cell(st, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | {heal_cell} | "
             f"{'untouched' if not st['account_missing'] else st['account_missing']}{fills_cell(st.get('fills'))} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
@@ -795,14 +808,25 @@ def overload_rows(over: dict) -> list[str]:
              "rabbitmq"]
     lines += ["", "CPU per delivered market event, us, per process (tree = ingest, publisher, persister, api, ops "
               "listener, supervisord; for the forwarder, itself. RabbitMQ is shared with other work on this "
-              "machine: context only):", "",
-              "| run | " + " | ".join(names) + " | tree |", "|---" * (len(names) + 2) + "|"]
-    rows = [("bare forwarder (mean)", {n: mean_cpu(n) for n in names})]
-    rows += [(f"gateway {st['mult']}x", st.get("cpu_us_by_process") or {}) for st in over["steps"]]
-    for label, c in rows:
-        tree = c.get("bare", 0.0) if label.startswith("bare") else sum(v for k, v in c.items() if k in TREE)
+              "machine: context only). Both sides use the two cores to the full, so the delivered rate follows the "
+              "CPU every program spends per delivered event: `all` is their sum, `budget` the forwarder's `all` "
+              "over this row's (the ratio the budget predicts; `measured` beside it), `exchange elsewhere` the same "
+              "without the simulator on either side (an estimate of the ratio with Bybit on other machines):", "",
+              "| run | " + " | ".join(names) + " | tree | all | budget | exchange elsewhere | measured |",
+              "|---" * (len(names) + 6) + "|"]
+    bare_c = {n: mean_cpu(n) for n in names}
+    bare_all = sum(bare_c.values())
+    rows = [("bare forwarder (mean)", bare_c, None)]
+    rows += [(f"gateway {st['mult']}x", st.get("cpu_us_by_process") or {}, st["ratio"]) for st in over["steps"]]
+    for label, c, measured in rows:
+        tree = c.get("bare", 0.0) if measured is None else sum(v for k, v in c.items() if k in TREE)
+        every = sum(c.get(n, 0.0) for n in names)
+        own = every - c.get("simulator", 0.0)
+        budget = "-" if measured is None or not every else f"{bare_all / every:.2f}"
+        elsewhere = "-" if measured is None or not own else f"{(bare_all - bare_c['simulator']) / own:.2f}"
         lines.append(f"| {label} | " + " | ".join(f"{c[n]:.1f}" if n in c else "-" for n in names)
-                     + f" | {tree:.1f} |")
+                     + f" | {tree:.1f} | {every:.0f} | {budget} | {elsewhere} | "
+                     + ("-" if measured is None else f"{measured:.2f}") + " |")
     return lines
 
 

@@ -294,6 +294,11 @@ TABLE: tuple[Setting, ...] = (
           "for this long (2-600 s; 30 s more right after a start) is stalled: the eventlistener restarts it "
           "(TERM, KILL after its stopwaitsecs; backing off if it keeps stalling), publishes "
           "`system.process_stalled`, and the container health check fails meanwhile"),
+    S("GW_NICE_BEHIND_INGEST", "int", 5, "supervision", field="nice_behind_ingest", minimum=0, maximum=19,
+      doc="the publisher, persister and API lower their CPU priority by this much (a nice increment, 0-19) at "
+          "start, so when the machine is short of CPU ingest reads Bybit's sockets first: a socket read late makes "
+          "every frame on it late, fills included. 0: all equal (more events delivered in an overload, read later; "
+          "[performance.md](performance.md#read-first-ingests-cpu-priority))"),
     # -- simulator (SIM_HOST, SIM_PORT and SIM_RATE are Settings fields: the gateway's URLs come from them)
     S("SIM_HOST", "str", "127.0.0.1", "simulator", field="sim_host", doc="where the simulator listens"),
     S("SIM_PORT", "int", 8765, "simulator", field="sim_port", minimum=1, maximum=65535, doc="its port"),
@@ -428,6 +433,7 @@ class Settings:
     api_gunicorn_patches: bool = True
     # ops: a program whose status file stops moving for this long is restarted
     stall_after_s: float = 20.0
+    nice_behind_ingest: int = 5
     # persister
     batch_rows: int = 1000
     batch_ms: int = 200

@@ -44,6 +44,15 @@ def tune_gc(gen0: int = GC_GEN0) -> None:
     gc.set_threshold(gen0, gen1, gen2)
 
 
+# -- CPU priority -------------------------------------------------------------------------
+
+
+def lower_priority(increment: int) -> int:
+    """Lower this process's CPU priority by ``increment`` (nice; once, at start: children and
+    gunicorn's workers inherit it). Returns the niceness now in force."""
+    return os.nice(increment) if increment > 0 else os.nice(0)
+
+
 # -- stopping -----------------------------------------------------------------------------
 
 

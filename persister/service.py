@@ -18,7 +18,7 @@ from common import addresses
 from common.config import settings_or_exit
 from common.envelope import Envelope, EnvelopeError, unpack
 from common.logs import RateLimited, get_logger, setup_logging
-from common.runtime import StopSignals, backoff_s, status_doc, write_status
+from common.runtime import StopSignals, backoff_s, lower_priority, status_doc, write_status
 from persister import metrics
 from persister.intake import BadInput, parse
 from persister.pending import Batch, Pending
@@ -328,6 +328,7 @@ def main() -> int:
     setup_logging("persister", settings.log_level)
     log.info("starting", settings=settings.describe())
     settings.warn_unknown_env(log)
+    log.info("priority", nice=lower_priority(settings.nice_behind_ingest))     # ingest reads first
     settings.status_dir.mkdir(parents=True, exist_ok=True)
     spool = RowSpool(settings.run_dir / "spool" / "persister.jsonl")
     if len(spool):

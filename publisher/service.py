@@ -25,7 +25,7 @@ from common.config import Settings, settings_or_exit
 from common.envelope import BATCH, Envelope, EnvelopeError, Socket, unpack
 from common.freshness import BOOK_CLASSES, TOO_OLD
 from common.logs import RateLimited, get_logger, setup_logging
-from common.runtime import StopSignals, tune_gc
+from common.runtime import StopSignals, lower_priority, tune_gc
 from publisher import events as evmod, metrics
 from publisher.amqp import READY, Broker, backoff_delay
 from publisher.events import Event, FrameError
@@ -758,6 +758,7 @@ def main() -> int:
     settings = settings_or_exit("publisher")
     setup_logging("publisher", settings.log_level)
     settings.warn_unknown_env(log)
+    log.info("priority", nice=lower_priority(settings.nice_behind_ingest))     # ingest reads first
     # pika logs each failed connect three times at ERROR; our own "broker connect failed" line suffices.
     for name in ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -25,6 +25,19 @@ def test_every_program_running_with_its_own_log(gateway):
         assert json.loads(first)["process"] == program
 
 
+def test_ingest_reads_first_the_others_run_at_a_lower_cpu_priority(gateway):
+    """GW_NICE_BEHIND_INGEST (5 unless set): the publisher, persister and API (master and workers)
+    run that much nicer than ingest, which keeps supervisord's priority."""
+    import psutil
+
+    base = psutil.Process(gateway.pid("ingest")).nice()
+    assert base == psutil.Process().nice()      # supervisord and its programs start from ours
+    for program in ("publisher", "persister", "api"):
+        proc = psutil.Process(gateway.pid(program))
+        assert [proc.nice()] + [c.nice() for c in proc.children()] == [base + 5] * (1 + len(proc.children())), program
+    assert psutil.Process(gateway.pid("api")).children(), "gunicorn's workers"
+
+
 def test_trades_flow_from_post_to_queue_and_stop_after_delete(gateway):
     body = {"channel": "trades", "category": "linear", "symbol": "BTCUSDT", "requested_by": "e2e"}
     resp = gateway.api("POST", "/api/v1/subscriptions", json=body, headers={"X-Request-ID": "e2e-trace-1"})
