@@ -2,8 +2,9 @@
 
 Writes three JSON-lines files in ``out_dir``:
 - ``windows.jsonl``: one line per ``window_s``: market latency histogram (event ``received_at``
-  -> consume time, ms; per class also from Bybit's ``ts``, the event's ``exchange_ts``), counts per class, ``stream_seq`` gaps, duplicates and restarts, and the
-  order books healed by a snapshot after a hole (``BookHeals``) and those still broken;
+  -> consume time, ms; per class also from Bybit's ``ts``, the event's ``exchange_ts``), counts
+  per class, ``stream_seq`` gaps, duplicates and restarts, and the order books healed by a
+  snapshot after a hole (``BookHeals``) and those still broken;
 - ``account.jsonl``: every account event as received (body fields, ``mid`` = message_id, ``rk`` =
   routing key), for the consumer-side ledger (tests/support/ledger.py);
 - ``system.jsonl``: every system event with its consume time (same extra fields).

@@ -765,8 +765,9 @@ def overload_rows(over: dict) -> list[str]:
              + f"; forwarder CPU {bare_cpu:.0f} us/event. The simulator alone (a reader dropping every frame) "
              f"sent {alone.get('sim_per_s', 0):,.0f} frames/s: above that no offered load is real.", "",
              "Age = event `received_at` (ingest's receive time) -> taken by a consumer process, per class "
-             "p50/p99 ms; after `ts`: the same from Bybit's `ts` (the event's `exchange_ts`, the simulator's clock, "
-             "ms), which adds the time a frame waited in the simulator and the sockets before ingest read it. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
+             "p50/p99 ms; after `ts`: the same from Bybit's `ts` (the event's `exchange_ts`, the simulator's "
+             "clock, ms), which adds the time a frame waited in the simulator and the sockets before ingest read "
+             "it. Drops per reason and class, ingest's hand-off and the publisher. Queued = messages left "
              "in RabbitMQ at the end of the step (the consumer not keeping up). Targets: book and ticker p99 <= "
              "1000 ms; delivered >= 0.8x the bare forwarder; every book hole healed by a snapshot within 1 s of the "
              "last event before it (an upper bound of drop -> snapshot). Book holes are judged by the consumer "
@@ -775,7 +776,8 @@ def overload_rows(over: dict) -> list[str]:
              "event after it, or with the snapshot itself.", "",
              "| offered (simulator sent/s; frames sent: books, tickers, trades) | delivered/s (x bare around it) "
              "| books p50/p99 (delivered); ts p50/p99 | tickers p50/p99 (delivered); ts p50/p99 "
-             "| trades p50/p99 (delivered); ts p50/p99 | queued | dropped (ingest; publisher) | resync requests / book_resync "
+             "| trades p50/p99 (delivered); ts p50/p99 | queued | dropped (ingest; publisher) "
+             "| resync requests / book_resync "
              "| book holes healed: hole seen -> snapshot p50/p99/max; last event -> snapshot p50/p99/max; "
              "snapshot made -> taken p50/max; still broken "
              "| account (fills pushed -> consumer p50/p99/max ms) | RSS MB | tree CPU us/event (bare) | result |",
@@ -798,8 +800,9 @@ def overload_rows(over: dict) -> list[str]:
         lines.append(
             f"| {st['mult']}x = {st['offered']:,.0f}/s ({st['sim_per_s']:,.0f}; {sent_cell(st.get('sent'))}) | "
             f"{st['delivered_per_s']:,.0f} "
-            f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | {ages_cell(st, 'orderbook')} | "
-            f"{ages_cell(st, 'tickers')} | {ages_cell(st, 'trades')} | {st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
+            f"({ratio:.2f}x of {sum(st['bare_around']) / len(st['bare_around']):,.0f}) | "
+            f"{ages_cell(st, 'orderbook')} | {ages_cell(st, 'tickers')} | {ages_cell(st, 'trades')} | "
+            f"{st.get('queued_at_end', '?')} | {st['drops']['ingest']}; "
             f"{st['drops']['publisher']} | {st['resync_requests']} / {st['book_resync_events']} | {heal_cell} | "
             f"{'untouched' if not st['account_missing'] else st['account_missing']}{fills_cell(st.get('fills'))} | "
             + ", ".join(f"{k} {v:.0f}" for k, v in st["rss"].items())
