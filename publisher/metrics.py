@@ -36,6 +36,11 @@ UNCONFIRMED = Gauge("wsgw_publisher_unconfirmed", "Events published, not yet con
 BROKER_UP = Gauge("wsgw_publisher_broker_up", "1 when the RabbitMQ channel is ready", multiprocess_mode="livemax")
 CONFIRM_LATENCY = Histogram("wsgw_publisher_confirm_latency_seconds", "basic.publish -> confirm",
                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+EXCHANGE_TO_RECEIVED_P99 = Gauge(
+    "wsgw_publisher_exchange_to_received_p99_seconds",
+    "p99 of Bybit's ts -> ingest's receive time of the public pushes published in the last 10 s (includes "
+    "the network and the two clocks' difference): high when ingest reads Bybit's sockets late",
+    multiprocess_mode="livemax")
 RECEIVED_TO_CONFIRMED = Histogram(
     "wsgw_publisher_received_to_confirmed_seconds",
     "Bybit frame received by ingest -> confirmed by RabbitMQ (the latency target of docs/performance.md)",
@@ -59,6 +64,23 @@ class LatencyCounts:
 
     def doc(self) -> dict:
         return {"edges_ms": list(self.EDGES_MS), "counts": list(self.counts)}
+
+
+class LagWindow:
+    """The p99 of a ``LatencyCounts`` over the last ``window_s`` (read with ``p99_ms``)."""
+
+    def __init__(self, counts: LatencyCounts, window_s: float = 10.0) -> None:
+        self.counts, self.window_s = counts, window_s
+        self._at, self._before = 0.0, None
+        self.last: float | None = None
+
+    def p99_ms(self, now: float) -> float | None:
+        """The p99 of the window that ended at ``now``, computed once per window (None: no events)."""
+        if now - self._at >= self.window_s:
+            after = self.counts.doc()
+            self.last = percentile_ms(self._before, after, 99) if self._before is not None else None
+            self._at, self._before = now, after
+        return self.last
 
 
 def percentile_ms(before: dict | None, after: dict, p: float) -> float | None:

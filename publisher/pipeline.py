@@ -27,6 +27,7 @@ from common.topics import PRIVATE
 from publisher import events
 from publisher.events import Event, FrameError, StreamNumbers
 from publisher.gaps import GapTracker
+from publisher.metrics import LatencyCounts
 from publisher.resync import Healer
 from publisher.tickers import TickerMerger
 
@@ -44,6 +45,9 @@ class Pipeline:
         self.clock = clock
         self.on_drop = None      # (class, routing key, stream_seq, reason) for a frame dropped here
         self.counts: Counter[str] = Counter()   # ticker_delta_no_snapshot, ignored_kind, ...
+        # Bybit's ts -> ingest's receive time of each public push made into an event: what the age
+        # bounds (which start at the receive time) cannot see, a socket read late
+        self.exchange_to_received = LatencyCounts()
 
     def process(self, env: Envelope) -> list[Event]:
         """Events for one envelope (gap notices first). Raises FrameError / UnknownTopic."""
@@ -121,6 +125,9 @@ class Pipeline:
         if topic != env.topic:
             # ingest routed it by the topic it read first: a frame naming two is not Bybit's
             raise FrameError(f"frame topic {topic!r} is not the one ingest read ({env.topic!r})")
+        ts = frame.get("ts")
+        if ts.__class__ is int and env.recv_ns:
+            self.exchange_to_received.add(env.recv_ns / 1e6 - ts)
         if topic.startswith("tickers."):
             merged = self._merge(env, frame)
             if merged is None:

@@ -69,6 +69,7 @@ class Service:
         self.latency = metrics.LatencyCounts()   # received -> confirmed, every event
         max_age = settings.market_max_age_ns()
         self.pipeline = Pipeline(max_age_ns=max_age, clock=time.time_ns)
+        self.read_lag = metrics.LagWindow(self.pipeline.exchange_to_received)
         self.spool_dir = settings.run_dir / "spool"
         self.spool = EventSpool(self.spool_dir / "publisher.spool")
         self.outbox = Outbox(settings.publisher_buffer, self.spool, bound_bytes=settings.publisher_buffer_mb << 20,
@@ -564,6 +565,8 @@ class Service:
         metrics.UNCONFIRMED.set(len(b.inflight) if b else 0)
         metrics.BROKER_UP.set(1 if b is not None and b.state == READY else 0)
         metrics.RETENTION_NOT_APPLIED.set(1 if self.retention_state["how"] == "none" else 0)   # not while pending
+        lag = self.read_lag.p99_ms(time.monotonic())
+        metrics.EXCHANGE_TO_RECEIVED_P99.set(0.0 if lag is None else min(lag, 1e6) / 1000)
         if ((self.outbox.age_ranges or (self.outage_since is None and self.outbox.drop_ranges))
                 and time.monotonic() - self._last_drop_notice >= DROP_NOTICE_EVERY_S):
             self._last_drop_notice = time.monotonic()

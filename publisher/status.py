@@ -37,6 +37,8 @@ def status_doc(svc) -> dict:
         "retention_policy": _retention(svc.retention_state),
         "topology": {**svc.topology, "restoring": svc._restore is not None, "held": len(svc._held)},
         "received_to_confirmed_ms": svc.latency.doc(),
+        "exchange_to_received_ms": svc.pipeline.exchange_to_received.doc(),
+        "exchange_to_received_p99_ms": svc.read_lag.last,
     })
 
 

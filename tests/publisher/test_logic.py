@@ -9,7 +9,7 @@ import pytest
 from common.envelope import Envelope
 from publisher.events import FrameError, system_event
 from publisher.gaps import GapTracker
-from publisher.metrics import LatencyCounts, percentile_ms
+from publisher.metrics import LagWindow, LatencyCounts, percentile_ms
 from publisher.outbox import EventSpool, Outbox
 from publisher.pipeline import Pipeline
 
@@ -237,6 +237,33 @@ def test_latency_counts_percentiles_over_a_window():
     assert percentile_ms(before, after, 100) == float("inf")
     assert percentile_ms(after, after, 99) is None
     assert percentile_ms(None, before, 100) == 4
+
+
+def test_bybits_ts_to_ingests_receive_time_is_counted_for_public_pushes_only():
+    """What the age bounds cannot see: a push ingest read 1.5 s after Bybit stamped it."""
+    p = Pipeline()
+    ts_ms = orjson.loads((FRAMES / "public_trade.json").read_bytes())["ts"]
+    p.process(frame_env("public_trade", "linear", 1, ns=(ts_ms + 1500) * 1_000_000))
+    ts_ms = orjson.loads((FRAMES / "ticker_linear_snapshot.json").read_bytes())["ts"]
+    p.process(frame_env("ticker_linear_snapshot", "linear", 1, ns=(ts_ms + 3) * 1_000_000))
+    p.process(frame_env("order", "private", 1, ns=NS * 2))          # an account push: not counted
+    lag = p.exchange_to_received.doc()
+    assert sum(lag["counts"]) == 2
+    assert (percentile_ms(None, lag, 50), percentile_ms(None, lag, 100)) == (3, 2000)
+
+
+def test_the_read_lag_p99_is_of_the_last_window_only():
+    counts = LatencyCounts()
+    win = LagWindow(counts, window_s=10)
+    assert win.p99_ms(100.0) is None                 # the first window starts here
+    for ms in [5.0] * 99 + [1200.0]:
+        counts.add(ms)
+    assert win.p99_ms(105.0) is None                 # not over yet
+    assert win.p99_ms(110.0) == 5
+    counts.add(1200.0)
+    assert win.p99_ms(119.0) == 5                    # the last whole window's, until the next ends
+    assert win.p99_ms(120.0) == 2000
+    assert win.p99_ms(130.0) is None                 # nothing published in it
 
 
 def test_outbox_never_drops_bybit_status_notices(tmp_path):

@@ -117,6 +117,9 @@ def test_twelve_consumers_each_get_every_event(publisher, broker):
                  message="every confirmed event in the latency counts")
         lat = pub.status()["received_to_confirmed_ms"]
         assert 0 < percentile_ms(None, lat, 50) <= percentile_ms(None, lat, 100) < float("inf")
+        # and Bybit's ts -> ingest's receive time of each of them (the status file is rewritten every second)
+        wait_for(lambda: sum(pub.status()["exchange_to_received_ms"]["counts"]) == n, timeout=5,
+                 message="every push in the exchange -> received counts")
     finally:
         for q in queues:
             broker.ch.queue_delete(q)
