@@ -35,6 +35,9 @@ class PublisherProc:
         self.run_dir = run_dir
         self.env = {**os.environ, "GW_ENV_FILE": "", "RABBITMQ_URL": amqp_url, "GW_RUN_DIR": str(run_dir),
                     "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "GW_BACKOFF_MAX_S": "1", "PUBLISHER_BACKOFF_MAX_S": "1",
+                    # no ingest here to read first: the test process pushes at normal priority, and a
+                    # nicer publisher would only be slower against it on a busy machine
+                    "GW_NICE_BEHIND_INGEST": "0",
                     **(extra_env or {})}
         (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.log_path = run_dir / f"publisher-{time.monotonic_ns()}.log"
