@@ -50,7 +50,7 @@ def tune_gc(gen0: int = GC_GEN0) -> None:
 def lower_priority(increment: int) -> int:
     """Lower this process's CPU priority by ``increment`` (nice; once, at start: children and
     gunicorn's workers inherit it). Returns the niceness now in force."""
-    return os.nice(increment) if increment > 0 else os.nice(0)
+    return os.nice(increment)
 
 
 # -- stopping -----------------------------------------------------------------------------

@@ -109,12 +109,7 @@ class Gateway:
 
     # -- RabbitMQ ----------------------------------------------------------------------------
     def amqp(self) -> pika.BlockingConnection:
-        """No heartbeats: a test holds such a connection unpumped while it waits on the gateway
-        (a stalled program's restart takes over a minute), and RabbitMQ would drop it, taking
-        its exclusive queue and the events in it along."""
-        params = pika.URLParameters(self.amqp_url)
-        params.heartbeat = 0
-        return pika.BlockingConnection(params)
+        return pika.BlockingConnection(pika.URLParameters(self.amqp_url))
 
     def log_text(self, program: str) -> str:
         path = self.log_dir / f"{program}.log"
