@@ -91,7 +91,7 @@ def test_a_recorded_session_replays_into_a_fresh_gateway_as_the_same_events(xpro
     with throwaway_database() as pg_url, throwaway_vhost() as vhost:
         amqp_url = f"{AMQP_BASE}/{vhost}"
         gw, run_dir = start_gateway(xprocess, f"record-{uuid.uuid4().hex[:8]}", pg_url, amqp_url,
-                                    GW_RECORD_DIR=rec_dir, GW_RECORD_ROTATE_MB="0.02", SIM_ACCOUNT_RATE="5")
+                                    GW_RECORD_DIR=rec_dir, GW_RECORD_ROTATE_MB="0.01", SIM_ACCOUNT_RATE="5")
         try:
             gw.wait_ready()
             subscribe_all(gw)
@@ -112,7 +112,7 @@ def test_a_recorded_session_replays_into_a_fresh_gateway_as_the_same_events(xpro
         recorded = drain(amqp_url, {})
 
     files = sorted(rec_dir.glob("*.rec.gz"))
-    assert len(files) >= 2, files            # rotated at 20 KB: the replay reads across files
+    assert len(files) >= 2, files            # rotated at 10 KiB of ~30 KiB: the replay reads across files
     tracks, counts = load_tracks([rec_dir])
     assert {t.endpoint for t in tracks} == {"linear", "spot", "private"}
     replies = [r.raw for r in read_recording([rec_dir]) if b'"topic"' not in r.raw]
