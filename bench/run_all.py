@@ -396,6 +396,12 @@ class RefSimulator:
         self.log.close()
 
 
+def class_ages(wins: list[dict], since: str = "received") -> dict:
+    """(p50, p99, count) of the market age per class over the consumer's windows (``merge``'s ``since``)."""
+    return {cls: (percentile(h := merge(wins, cls, since=since), 50), percentile(h, 99), sum(h.values()))
+            for cls in ("orderbook", "tickers", "trades")}
+
+
 def bare_run(args, gw, ref: RefSimulator, consumer, amqp_url: str, topics: list[str], rmq: int | None,
              discard: bool = False) -> dict:
     """The bare pika forwarder (bench/bare_forwarder.py) on the reference simulator flooding the
@@ -440,10 +446,7 @@ def bare_run(args, gw, ref: RefSimulator, consumer, amqp_url: str, topics: list[
     delivered = _delivered(wins)
     out.update({"confirmed_per_s": (s1["confirmed"] - s0["confirmed"]) / (t1 - t0),
                 "delivered_per_s": delivered / (t1 - t0), "delivered": delivered, "queued_at_end": backlog,
-                "ages": {cls: (percentile(h := merge(wins, cls), 50), percentile(h, 99), sum(h.values()))
-                         for cls in ("orderbook", "tickers", "trades")},
-                "ages_exchange": {cls: (percentile(h := merge(wins, cls, since="exchange"), 50), percentile(h, 99),
-                                        sum(h.values())) for cls in ("orderbook", "tickers", "trades")},
+                "ages": class_ages(wins), "ages_exchange": class_ages(wins, since="exchange"),
                 "cpu_us_per_event": {k: v / delivered * 1e6 for k, v in cpu.items()} if delivered else {}})
     depth = QueueDepths(amqp_url)        # what it left queued is consumed before the next step
     try:
@@ -530,11 +533,7 @@ def overload_phase(args) -> dict:
                 wait_for(lambda: consumer.windows(since=t1 + 1), 15, message="consumer window after the step")
                 wins = consumer.windows(t0, t1)
                 delivered = _delivered(wins)
-                ages, ages_x = {}, {}
-                for cls in ("orderbook", "tickers", "trades"):
-                    h, hx = merge(wins, cls), merge(wins, cls, since="exchange")
-                    ages[cls] = (percentile(h, 50), percentile(h, 99), sum(h.values()))
-                    ages_x[cls] = (percentile(hx, 50), percentile(hx, 99), sum(hx.values()))
+                ages, ages_x = class_ages(wins), class_ages(wins, since="exchange")
 
                 def diff(a: dict, b: dict) -> dict:
                     return {k: v - a.get(k, 0) for k, v in b.items() if v - a.get(k, 0)}
